@@ -1,0 +1,3 @@
+/** core: errors, progress, small utilities. Depends on nothing else in Megalith. */
+export * from "./errors.js";
+export * from "./progress.js";
