@@ -219,12 +219,13 @@ async function scan(outDir: string, prefix: string): Promise<Named[]> {
 /**
  * Every complete checkpoint in `outDir`, oldest step first. A step counts if `<prefix><step>`
  * verifies, or, failing that (a crash mid-replace), one of its `.old-` siblings does. Temp dirs
- * are never returned.
+ * are never returned. `options` may also be just the directory-name prefix.
  *
  * @example
  * for (const c of await listCheckpoints("out")) console.log(c.step, c.dir);
  */
-export async function listCheckpoints(outDir: string, options: FindCheckpointOptions = {}): Promise<CheckpointEntry[]> {
+export async function listCheckpoints(outDir: string, options: FindCheckpointOptions | string = {}): Promise<CheckpointEntry[]> {
+  if (typeof options === "string") options = { prefix: options }; // findLatestCheckpoint(outDir, "ckpt-")
   const prefix = options.prefix ?? DEFAULT_PREFIX;
   const byStep = new Map<number, Named[]>();
   for (const n of await scan(outDir, prefix)) {
@@ -252,13 +253,14 @@ export async function listCheckpoints(outDir: string, options: FindCheckpointOpt
 /**
  * The complete checkpoint with the highest step in `outDir`, or null if there is none (or
  * `outDir` does not exist). Temp dirs and directories whose manifest is missing, damaged or
- * disagrees with the files on disk are skipped (reported through `onSkip`).
+ * disagrees with the files on disk are skipped (reported through `onSkip`). `options` may also
+ * be just the directory-name prefix.
  *
  * @example
  * const latest = await findLatestCheckpoint("out", { onSkip: (d, e) => console.warn(`skipping ${d}: ${e.message}`) });
  * if (latest) startStep = latest.step; // load from latest.dir
  */
-export async function findLatestCheckpoint(outDir: string, options: FindCheckpointOptions = {}): Promise<CheckpointEntry | null> {
+export async function findLatestCheckpoint(outDir: string, options: FindCheckpointOptions | string = {}): Promise<CheckpointEntry | null> {
   const all = await listCheckpoints(outDir, options);
   return all.length > 0 ? all[all.length - 1]! : null;
 }

@@ -247,6 +247,7 @@ test("`findLatestCheckpoint()` compares steps numerically, honours the prefix, a
   assert.equal(await findLatestCheckpoint(out, { prefix: "step_" }), null);
   await writeCheckpointDir(join(out, checkpointDirName(3, "step_")), () => {}, { step: 3 });
   assert.equal((await findLatestCheckpoint(out, { prefix: "step_" }))?.step, 3);
+  assert.equal((await findLatestCheckpoint(out, "step_"))?.step, 3);
   assert.equal(await findLatestCheckpoint(join(out, "does-not-exist")), null);
 });
 
