@@ -26,7 +26,7 @@ import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { Progress } from "../core/progress.js";
-import type { Tokenizer } from "./_tokenizer_type.js";
+import type { Tokenizer } from "../tokenizers/index.js";
 import { DEFAULT_PIECE_SIZES, documentPieces, jsonlFilePieces, textFilePieces, type PieceSizes, type TextPiece } from "./_text_sources.js";
 import {
   META_FILE,
@@ -39,6 +39,12 @@ import {
   type SplitInfo,
 } from "./meta.js";
 import { ShardWriter, tokenDtypeFor, type TokenDtype } from "./shards.js";
+
+/**
+ * The part of a Tokenizer that data preparation uses: any object with these members works
+ * (tests use a tiny byte-level one).
+ */
+export type DataTokenizer = Pick<Tokenizer, "name" | "vocabSize" | "eotToken" | "encode">;
 
 /** Documents held in memory (or produced lazily), e.g. a built-in corpus. One string = one document. */
 export interface DocumentSource {
@@ -57,8 +63,8 @@ export type InputFormat = "auto" | "text" | "jsonl";
 
 /** Options for prepareData. */
 export interface PrepareOptions {
-  /** Tokenizer to encode with. */
-  tokenizer: Tokenizer;
+  /** Tokenizer to encode with, e.g. loadTokenizer("gpt2"). */
+  tokenizer: DataTokenizer;
   /** What identifies the tokenizer for a user (`gpt2` or a path); recorded in meta.json. Default tokenizer.name. */
   tokenizerSpec?: string;
   /** Files (text or JSONL) and/or in-memory document sources, read in order. */
@@ -102,7 +108,7 @@ const FINGERPRINT_PROBE =
  * check that a cached prepared directory matches the tokenizer in use.
  * @example tokenizerFingerprint(tok) // "3f1c0a9e5b7d2e44"
  */
-export function tokenizerFingerprint(tokenizer: Tokenizer): string {
+export function tokenizerFingerprint(tokenizer: DataTokenizer): string {
   const ids = tokenizer.encode(FINGERPRINT_PROBE);
   const h = createHash("sha256").update(JSON.stringify({ ids, vocabSize: tokenizer.vocabSize, eot: tokenizer.eotToken }));
   return h.digest("hex").slice(0, 16);
@@ -119,7 +125,7 @@ class SplitWriter {
     private readonly dir: string,
     private readonly split: Split,
     private readonly dtype: TokenDtype,
-    private readonly tokenizer: Tokenizer,
+    private readonly tokenizer: DataTokenizer,
     private readonly shardTokens: number,
   ) {}
 
