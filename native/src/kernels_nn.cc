@@ -1,0 +1,248 @@
+// Row-wise neural-network kernels: softmax, layer/RMS norm, embedding, cross-entropy.
+// Each row is independent in forward; weight gradients reduce over rows through per-chunk
+// partial sums added in a fixed order (deterministic for a given thread count).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "megalith.h"
+
+namespace KNS {
+using namespace mg;
+
+static inline i64 row_grain(i64 cols) { return std::max<i64>(1, (1 << 14) / std::max<i64>(cols, 1)); }
+
+static inline float row_max(const float* x, i64 n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (i64 i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+void softmax_forward(const float* x, float* y, i64 rows, i64 cols, bool log) {
+  parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      const float* p = x + r * cols;
+      float* q = y + r * cols;
+      float m = row_max(p, cols);
+      if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;  // fully masked row
+      float s = 0.0f;
+      if (log) {
+        for (i64 i = 0; i < cols; i++) s += expf(p[i] - m);
+        float ls = m + logf(s);
+        for (i64 i = 0; i < cols; i++) q[i] = p[i] - ls;
+      } else {
+        for (i64 i = 0; i < cols; i++) { float e = expf(p[i] - m); q[i] = e; s += e; }
+        float inv = 1.0f / s;
+        for (i64 i = 0; i < cols; i++) q[i] *= inv;
+      }
+    }
+  });
+}
+
+void softmax_backward(const float* y, const float* gy, float* gx, i64 rows, i64 cols, bool log) {
+  parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      const float* py = y + r * cols;
+      const float* pg = gy + r * cols;
+      float* q = gx + r * cols;
+      if (log) {
+        float s = 0.0f;
+        for (i64 i = 0; i < cols; i++) s += pg[i];
+        for (i64 i = 0; i < cols; i++) q[i] = pg[i] - expf(py[i]) * s;
+      } else {
+        float s = 0.0f;
+        for (i64 i = 0; i < cols; i++) s += pg[i] * py[i];
+        for (i64 i = 0; i < cols; i++) q[i] = py[i] * (pg[i] - s);
+      }
+    }
+  });
+}
+
+void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                        i64 rows, i64 cols, float eps) {
+  parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      const float* p = x + r * cols;
+      float* q = y + r * cols;
+      float s = 0.0f;
+      for (i64 i = 0; i < cols; i++) s += p[i];
+      float mu = s / cols;
+      float v = 0.0f;
+      for (i64 i = 0; i < cols; i++) { float d = p[i] - mu; v += d * d; }
+      float rs = 1.0f / sqrtf(v / cols + eps);
+      mean[r] = mu;
+      rstd[r] = rs;
+      if (w && b) for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs * w[i] + b[i];
+      else if (w) for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs * w[i];
+      else for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs + (b ? b[i] : 0.0f);
+    }
+  });
+}
+
+// Runs body(row_lo, row_hi, partial) over row chunks, each with its own zeroed partial buffer
+// of `width` floats, then adds the partials into `dst` (if non-null) in chunk order.
+template <typename F>
+static void rows_with_partials(i64 rows, i64 cols, i64 width, float* dst, F body) {
+  const i64 nt = num_threads();
+  const i64 chunks = std::max<i64>(1, std::min<i64>(nt, rows));
+  const i64 per = (rows + chunks - 1) / chunks;
+  std::vector<float> partial(static_cast<size_t>(chunks * width), 0.0f);
+  parallel_tasks(chunks, [&](i64 c) {
+    i64 lo = c * per, hi = std::min(rows, lo + per);
+    if (lo < hi) body(lo, hi, partial.data() + c * width);
+  });
+  if (!dst) return;
+  for (i64 c = 0; c < chunks; c++) {
+    const float* p = partial.data() + c * width;
+    for (i64 i = 0; i < width; i++) dst[i] += p[i];
+  }
+  (void)cols;
+}
+
+void layer_norm_backward(const float* x, const float* w, const float* mean, const float* rstd, const float* gy,
+                         float* gx, float* gw, float* gb, i64 rows, i64 cols) {
+  // Partial sums laid out as [gw (cols) | gb (cols)], reduced into `acc` then added to gw, gb.
+  std::vector<float> acc(static_cast<size_t>(2 * cols), 0.0f);
+  rows_with_partials(rows, cols, 2 * cols, acc.data(), [&](i64 lo, i64 hi, float* part) {
+    float* pw = part;
+    float* pb = part + cols;
+    std::vector<float> g(cols), xh(cols);
+    for (i64 r = lo; r < hi; r++) {
+      const float* px = x + r * cols;
+      const float* pg = gy + r * cols;
+      float mu = mean[r], rs = rstd[r];
+      float sg = 0.0f, sgx = 0.0f;
+      for (i64 i = 0; i < cols; i++) {
+        float xhat = (px[i] - mu) * rs;
+        float gi = pg[i] * (w ? w[i] : 1.0f);
+        xh[i] = xhat;
+        g[i] = gi;
+        sg += gi;
+        sgx += gi * xhat;
+        pw[i] += pg[i] * xhat;
+        pb[i] += pg[i];
+      }
+      float mg_ = sg / cols, mgx = sgx / cols;
+      if (gx) {
+        float* q = gx + r * cols;
+        for (i64 i = 0; i < cols; i++) q[i] = rs * (g[i] - mg_ - xh[i] * mgx);
+      }
+    }
+  });
+  if (gw) for (i64 i = 0; i < cols; i++) gw[i] += acc[i];
+  if (gb) for (i64 i = 0; i < cols; i++) gb[i] += acc[cols + i];
+}
+
+void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, i64 rows, i64 cols, float eps) {
+  parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      const float* p = x + r * cols;
+      float* q = y + r * cols;
+      float s = 0.0f;
+      for (i64 i = 0; i < cols; i++) s += p[i] * p[i];
+      float rs = 1.0f / sqrtf(s / cols + eps);
+      rstd[r] = rs;
+      if (w) for (i64 i = 0; i < cols; i++) q[i] = p[i] * rs * w[i];
+      else for (i64 i = 0; i < cols; i++) q[i] = p[i] * rs;
+    }
+  });
+}
+
+void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* gy, float* gx, float* gw,
+                       i64 rows, i64 cols) {
+  rows_with_partials(rows, cols, cols, gw, [&](i64 lo, i64 hi, float* pw) {
+    for (i64 r = lo; r < hi; r++) {
+      const float* px = x + r * cols;
+      const float* pg = gy + r * cols;
+      float rs = rstd[r];
+      float sgx = 0.0f;
+      for (i64 i = 0; i < cols; i++) {
+        float xhat = px[i] * rs;
+        float gi = pg[i] * (w ? w[i] : 1.0f);
+        sgx += gi * xhat;
+        pw[i] += pg[i] * xhat;
+      }
+      float mgx = sgx / cols;
+      if (gx) {
+        float* q = gx + r * cols;
+        for (i64 i = 0; i < cols; i++) {
+          float gi = pg[i] * (w ? w[i] : 1.0f);
+          q[i] = rs * (gi - px[i] * rs * mgx);
+        }
+      }
+    }
+  });
+}
+
+// Returns the position of the first out-of-range index, or -1.
+i64 embedding_forward(const float* w, const int32_t* idx, float* out, i64 n, i64 dim, i64 V) {
+  for (i64 i = 0; i < n; i++)
+    if (idx[i] < 0 || idx[i] >= V) return i;
+  parallel_for(n, std::max<i64>(1, (1 << 14) / std::max<i64>(dim, 1)), [&](i64 lo, i64 hi) {
+    for (i64 i = lo; i < hi; i++) {
+      const float* src = w + static_cast<i64>(idx[i]) * dim;
+      float* dst = out + i * dim;
+      for (i64 j = 0; j < dim; j++) dst[j] = src[j];
+    }
+  });
+  return -1;
+}
+
+// gw[idx[i]] += gout[i]; threads split the embedding dimension so no two write the same float.
+void embedding_backward(const float* gout, const int32_t* idx, float* gw, i64 n, i64 dim) {
+  parallel_for(dim, 16, [&](i64 lo, i64 hi) {
+    for (i64 i = 0; i < n; i++) {
+      const float* src = gout + i * dim;
+      float* dst = gw + static_cast<i64>(idx[i]) * dim;
+      for (i64 j = lo; j < hi; j++) dst[j] += src[j];
+    }
+  });
+}
+
+// Per-row loss = lse - x[target] (with label smoothing s: (1-s)(lse - x_t) + s(lse - mean x)).
+// Rows whose target is ignore_index get loss 0. Returns the first invalid target row, or -1.
+i64 cross_entropy_forward(const float* logits, const int32_t* tgt, float* loss, float* lse, i64 rows, i64 V,
+                          int32_t ignore_index, float smoothing) {
+  for (i64 r = 0; r < rows; r++)
+    if (tgt[r] != ignore_index && (tgt[r] < 0 || tgt[r] >= V)) return r;
+  parallel_for(rows, row_grain(V), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      if (tgt[r] == ignore_index) { loss[r] = 0.0f; lse[r] = 0.0f; continue; }
+      const float* p = logits + r * V;
+      float m = row_max(p, V);
+      float s = 0.0f;
+      for (i64 i = 0; i < V; i++) s += expf(p[i] - m);
+      float l = m + logf(s);
+      lse[r] = l;
+      float nll = l - p[tgt[r]];
+      if (smoothing > 0.0f) {
+        float sum = 0.0f;
+        for (i64 i = 0; i < V; i++) sum += p[i];
+        loss[r] = (1.0f - smoothing) * nll + smoothing * (l - sum / V);
+      } else {
+        loss[r] = nll;
+      }
+    }
+  });
+  return -1;
+}
+
+// glogits = (softmax - (1-s) onehot - s/V) * scale_r, with scale_r = grow[r] or gscale.
+void cross_entropy_backward(const float* logits, const int32_t* tgt, const float* lse, const float* grow, float gscale,
+                            float* glogits, i64 rows, i64 V, int32_t ignore_index, float smoothing) {
+  parallel_for(rows, row_grain(V), [&](i64 lo, i64 hi) {
+    for (i64 r = lo; r < hi; r++) {
+      float* q = glogits + r * V;
+      if (tgt[r] == ignore_index) { for (i64 i = 0; i < V; i++) q[i] = 0.0f; continue; }
+      const float* p = logits + r * V;
+      float sc = grow ? grow[r] : gscale;
+      float l = lse[r];
+      float off = smoothing / V;
+      for (i64 i = 0; i < V; i++) q[i] = (expf(p[i] - l) - off) * sc;
+      q[tgt[r]] -= (1.0f - smoothing) * sc;
+    }
+  });
+}
+
+}  // namespace KNS

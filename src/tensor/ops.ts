@@ -1,0 +1,821 @@
+/**
+ * Tensor ops: creation, elementwise (broadcasting), reductions, shape views, matmul, scans.
+ *
+ * Each differentiable op computes its output with native kernels and records a node whose
+ * gradient is looked up by op name in gradients.ts. Inputs of any strides are accepted;
+ * kernels that need contiguous memory get a temporary copy, disposed right after.
+ */
+import { ShapeError, ValueError, fmtShape } from "../core/errors.js";
+import { native, BinaryOp, UnaryOp, ReduceOp, ArgReduceOp } from "../backend/native/index.js";
+import { recordNode, needsGrad } from "../autograd/engine.js";
+import { Tensor, checkInPlace } from "./tensor.js";
+import { type DType, dtypeSize, dtypeCode, isFloating } from "./dtype.js";
+import { broadcastShapes, broadcastStrides, contiguousStrides, normDim, numel, resolveShape, shapesEqual, type Shape } from "./shape.js";
+import { gradients as G } from "./gradients.js";
+
+// ---- helpers -------------------------------------------------------------------------------------
+
+/** Throws unless `t` is float32 (the compute dtype). */
+export function checkFloat(op: string, t: Tensor): void {
+  if (t.dtype !== "float32") {
+    throw new ShapeError(op, `expected a float32 tensor, got ${t.dtype} with shape ${fmtShape(t.shape)}` +
+      (isFloating(t.dtype) ? " (convert it with .to(\"float32\"); bfloat16 compute comes later)" : ""));
+  }
+}
+
+export function checkSameShape(op: string, a: Tensor, b: Tensor): void {
+  if (!shapesEqual(a.shape, b.shape)) {
+    throw new ShapeError(op, `shape mismatch: ${fmtShape(a.shape)} vs ${fmtShape(b.shape)}`);
+  }
+}
+
+/** A contiguous copy (no autograd). */
+export function contiguousCopy(t: Tensor): Tensor {
+  const out = Tensor.empty(t.shape, t.dtype);
+  native.copyStrided(dtypeSize(t.dtype), t.ptr, [...t.strides], out.ptr, contiguousStrides(t.shape), [...t.shape]);
+  return out;
+}
+
+/** Runs fn on a contiguous version of t, disposing the temporary copy if one was made. */
+function withContig<R>(t: Tensor, fn: (c: Tensor) => R): R {
+  if (t.isContiguous) return fn(t);
+  const c = contiguousCopy(t);
+  try {
+    return fn(c);
+  } finally {
+    c.dispose();
+  }
+}
+
+/** Contiguous handle the caller owns (an alias when already contiguous). */
+function ownedContig(t: Tensor): Tensor {
+  return t.isContiguous ? t.alias() : contiguousCopy(t);
+}
+
+// ---- creation --------------------------------------------------------------------------------------
+
+/** A tensor filled with `value`. */
+export function full(shape: Shape, value: number, dtype: DType = "float32"): Tensor {
+  const s = resolveShape(shape, null, "full");
+  const t = Tensor.empty(s, dtype);
+  fillInPlace(t, value);
+  return t;
+}
+
+export function fillInPlace(t: Tensor, value: number): void {
+  if (!t.isContiguous) {
+    const src = full([], value, t.dtype);
+    copyInPlace(t, src);
+    src.dispose();
+    return;
+  }
+  let v = value;
+  if (t.dtype === "bfloat16" || t.dtype === "float16") {
+    // pass the 16-bit pattern: convert through the cast kernel
+    const f = Tensor.empty([1], "float32");
+    native.fill(f.ptr, 1, value, dtypeCode("float32"));
+    const h = Tensor.empty([1], t.dtype);
+    native.cast(dtypeCode("float32"), f.ptr, dtypeCode(t.dtype), h.ptr, 1);
+    v = new Uint16Array(native.read(h.ptr, 2))[0]!;
+    f.dispose();
+    h.dispose();
+  }
+  native.fill(t.ptr, t.numel, v, dtypeCode(t.dtype));
+}
+
+/** Copies src into dst (dst's shape; src broadcast to it). float32 <-> other dtypes convert. */
+export function copyInPlace(dst: Tensor, src: Tensor): void {
+  checkInPlace("copy_", dst);
+  const shape = broadcastShapes(dst.shape, src.shape, "copy_");
+  if (!shapesEqual(shape, dst.shape)) throw new ShapeError("copy_", `cannot copy ${fmtShape(src.shape)} into ${fmtShape(dst.shape)}`);
+  let s = src;
+  if (src.dtype !== dst.dtype) s = toDTypeRaw(src, dst.dtype);
+  native.copyStrided(dtypeSize(dst.dtype), s.ptr, broadcastStrides(s.shape, s.strides, shape), dst.ptr, [...dst.strides], [...shape]);
+  if (s !== src) s.dispose();
+}
+
+function toDTypeRaw(t: Tensor, dtype: DType): Tensor {
+  return withContig(t, (c) => {
+    const out = Tensor.empty(t.shape, dtype);
+    native.cast(dtypeCode(t.dtype), c.ptr, dtypeCode(dtype), out.ptr, t.numel);
+    return out;
+  });
+}
+
+export function toDType(t: Tensor, dtype: DType): Tensor {
+  if (dtype === t.dtype) return t.alias();
+  const out = toDTypeRaw(t, dtype);
+  if (dtype === "float32" && t.dtype === "float32") return out;
+  return recordNode("to", out, isFloating(dtype) ? [t] : [], (gy) => [G.to({ dtype: t.dtype }, gy as Tensor)]);
+}
+
+// ---- elementwise binary -----------------------------------------------------------------------------
+
+type BinName = "add" | "sub" | "mul" | "div" | "pow" | "maximum" | "minimum";
+const BIN_CODE: Record<BinName, number> = {
+  add: BinaryOp.add, sub: BinaryOp.sub, mul: BinaryOp.mul, div: BinaryOp.div, pow: BinaryOp.pow,
+  maximum: BinaryOp.max, minimum: BinaryOp.min,
+};
+
+/** Raw broadcasting binary kernel (no autograd). */
+export function binaryRaw(code: number, a: Tensor, b: Tensor, op: string): Tensor {
+  const shape = broadcastShapes(a.shape, b.shape, op);
+  const out = Tensor.empty(shape);
+  native.binary(code, a.ptr, broadcastStrides(a.shape, a.strides, shape), b.ptr, broadcastStrides(b.shape, b.strides, shape), out.ptr, shape);
+  return out;
+}
+
+function scalarTensor(v: number): Tensor {
+  return full([], v);
+}
+
+function binary(name: BinName, a: Tensor, b: Tensor | number): Tensor {
+  checkFloat(name, a);
+  if (typeof b === "number") return scalarOp(name, a, b);
+  checkFloat(name, b);
+  const out = binaryRaw(BIN_CODE[name], a, b, name);
+  if (!needsGrad(a, b)) return out;
+  const saveA = name === "mul" || name === "pow" || name === "maximum" || name === "minimum" || name === "div";
+  const saveB = name === "mul" || name === "div" || name === "pow" || name === "maximum" || name === "minimum";
+  const ctx = {
+    aShape: a.shape, bShape: b.shape,
+    a: saveA ? a.saveForBackward() : null,
+    b: saveB ? b.saveForBackward() : null,
+    out: name === "pow" || name === "div" ? out.saveForBackward() : null,
+  };
+  const saved = [ctx.a, ctx.b, ctx.out].filter((x): x is Tensor => x !== null);
+  return recordNode(name, out, [a, b], (gy) => G[name](ctx, gy as Tensor), saved);
+}
+
+function scalarOp(name: BinName, a: Tensor, s: number): Tensor {
+  switch (name) {
+    case "add": return unary("addScalar", a, s);
+    case "sub": return unary("addScalar", a, -s);
+    case "mul": return unary("mulScalar", a, s);
+    case "div": return unary("mulScalar", a, 1 / s);
+    case "pow": return unary("powScalar", a, s);
+    default: {
+      const st = scalarTensor(s);
+      const out = binary(name, a, st);
+      st.dispose();
+      return out;
+    }
+  }
+}
+
+export const add = (a: Tensor, b: Tensor | number): Tensor => binary("add", a, b);
+export const sub = (a: Tensor, b: Tensor | number): Tensor => binary("sub", a, b);
+export const mul = (a: Tensor, b: Tensor | number): Tensor => binary("mul", a, b);
+export const div = (a: Tensor, b: Tensor | number): Tensor => binary("div", a, b);
+export const pow = (a: Tensor, b: Tensor | number): Tensor => binary("pow", a, b);
+export const maximum = (a: Tensor, b: Tensor): Tensor => binary("maximum", a, b);
+export const minimum = (a: Tensor, b: Tensor): Tensor => binary("minimum", a, b);
+
+/** Elementwise comparison; returns float32 0/1 (no gradient). */
+export function compare(op: "eq" | "ne" | "lt" | "le" | "gt" | "ge", a: Tensor, b: Tensor | number): Tensor {
+  const af = a.dtype === "float32" ? a : toDTypeRaw(a, "float32");
+  const bt = typeof b === "number" ? scalarTensor(b) : b.dtype === "float32" ? b : toDTypeRaw(b, "float32");
+  const out = binaryRaw(BinaryOp[op], af, bt, op);
+  if (af !== a) af.dispose();
+  if (bt !== b) bt.dispose();
+  return out;
+}
+
+/** In place: dst += alpha * src (src broadcast to dst). No autograd. */
+export function addInPlace(dst: Tensor, src: Tensor, alpha = 1): void {
+  checkInPlace("add_", dst);
+  checkFloat("add_", dst);
+  checkFloat("add_", src);
+  let s = src;
+  if (alpha !== 1) s = mulScalarRaw(src, alpha);
+  const shape = broadcastShapes(dst.shape, s.shape, "add_");
+  if (!shapesEqual(shape, dst.shape)) throw new ShapeError("add_", `cannot add ${fmtShape(src.shape)} into ${fmtShape(dst.shape)}`);
+  native.binary(BinaryOp.add, dst.ptr, [...dst.strides], s.ptr, broadcastStrides(s.shape, s.strides, shape), dst.ptr, [...shape]);
+  if (!dst.isContiguous) throw new ValueError("add_: destination must be contiguous");
+  if (s !== src) s.dispose();
+}
+
+function mulScalarRaw(t: Tensor, s: number): Tensor {
+  return withContig(t, (c) => {
+    const out = Tensor.empty(t.shape);
+    native.unary(UnaryOp.mulScalar, c.ptr, out.ptr, t.numel, s, 0);
+    return out;
+  });
+}
+
+export function mulScalarInPlace(t: Tensor, s: number): void {
+  checkInPlace("mul_", t);
+  checkFloat("mul_", t);
+  if (!t.isContiguous) throw new ValueError("mul_: tensor must be contiguous");
+  native.unary(UnaryOp.mulScalar, t.ptr, t.ptr, t.numel, s, 0);
+}
+
+// ---- elementwise unary ---------------------------------------------------------------------------------
+
+export type UnaryName = keyof typeof UnaryOp;
+/** What the native backward of each unary op reads: x (input), y (output), or nothing. */
+const UNARY_SAVES: Partial<Record<UnaryName, "x" | "y">> = {
+  exp: "y", log: "x", sqrt: "y", rsqrt: "y", tanh: "y", relu: "x", geluTanh: "x", geluErf: "x", silu: "x",
+  sigmoid: "y", abs: "x", powScalar: "x", clamp: "x", square: "x", erf: "x", reciprocal: "y", rdivScalar: "x",
+  sin: "x", cos: "x",
+};
+
+/** Raw unary kernel on any layout (no autograd). */
+export function unaryRaw(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
+  return withContig(x, (c) => {
+    const out = Tensor.empty(x.shape);
+    native.unary(UnaryOp[name], c.ptr, out.ptr, x.numel, a, b);
+    return out;
+  });
+}
+
+export function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
+  checkFloat(name, x);
+  const xc = ownedContig(x);
+  const out = Tensor.empty(x.shape);
+  native.unary(UnaryOp[name], xc.ptr, out.ptr, x.numel, a, b);
+  if (!needsGrad(x)) {
+    xc.dispose();
+    return out;
+  }
+  const what = UNARY_SAVES[name];
+  const ctx = {
+    name, a, b,
+    x: what === "x" ? xc.saveForBackward() : null,
+    y: what === "y" ? out.saveForBackward() : null,
+  };
+  xc.dispose();
+  const saved = [ctx.x, ctx.y].filter((t): t is Tensor => t !== null);
+  return recordNode(name, out, [x], (gy) => G.unary(ctx, gy as Tensor), saved);
+}
+
+/** gx = gy * f'(x) through the native backward kernel. */
+export function unaryBackwardRaw(name: UnaryName, x: Tensor | null, y: Tensor | null, gy: Tensor, a: number, b: number): Tensor {
+  return withContig(gy, (g) => {
+    const gx = Tensor.empty(g.shape);
+    native.unaryBackward(UnaryOp[name], x ? x.ptr : null as unknown as number, y ? y.ptr : null as unknown as number, g.ptr, gx.ptr, g.numel, a, b);
+    return gx;
+  });
+}
+
+export const neg = (x: Tensor): Tensor => unary("neg", x);
+export const exp = (x: Tensor): Tensor => unary("exp", x);
+export const log = (x: Tensor): Tensor => unary("log", x);
+export const sqrt = (x: Tensor): Tensor => unary("sqrt", x);
+export const rsqrt = (x: Tensor): Tensor => unary("rsqrt", x);
+export const tanh = (x: Tensor): Tensor => unary("tanh", x);
+export const relu = (x: Tensor): Tensor => unary("relu", x);
+export const sigmoid = (x: Tensor): Tensor => unary("sigmoid", x);
+export const silu = (x: Tensor): Tensor => unary("silu", x);
+export const abs = (x: Tensor): Tensor => unary("abs", x);
+export const square = (x: Tensor): Tensor => unary("square", x);
+export const erf = (x: Tensor): Tensor => unary("erf", x);
+export const reciprocal = (x: Tensor): Tensor => unary("reciprocal", x);
+export const sin = (x: Tensor): Tensor => unary("sin", x);
+export const cos = (x: Tensor): Tensor => unary("cos", x);
+
+/** GELU: exact erf form by default, or GPT-2's tanh approximation. */
+export function gelu(x: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
+  if (approximate !== "none" && approximate !== "tanh") {
+    throw new ValueError(`gelu: approximate must be "none" or "tanh", got ${JSON.stringify(approximate)}`);
+  }
+  return unary(approximate === "tanh" ? "geluTanh" : "geluErf", x);
+}
+
+export function clamp(x: Tensor, min?: number | null, max?: number | null): Tensor {
+  if (min == null && max == null) throw new ValueError("clamp: at least one of min or max must be given");
+  return unary("clamp", x, min ?? -Infinity, max ?? Infinity);
+}
+
+// ---- where / masked fill -----------------------------------------------------------------------------
+
+/** Elementwise select: cond ? a : b (cond nonzero = true), with broadcasting. */
+export function where(cond: Tensor, a: Tensor | number, b: Tensor | number): Tensor {
+  const c = cond.dtype === "float32" ? cond : toDTypeRaw(cond, "float32");
+  const at = typeof a === "number" ? scalarTensor(a) : a;
+  const bt = typeof b === "number" ? scalarTensor(b) : b;
+  checkFloat("where", at);
+  checkFloat("where", bt);
+  const shape = broadcastShapes(broadcastShapes(c.shape, at.shape, "where"), bt.shape, "where");
+  const out = Tensor.empty(shape);
+  native.where(c.ptr, broadcastStrides(c.shape, c.strides, shape), at.ptr, broadcastStrides(at.shape, at.strides, shape),
+    bt.ptr, broadcastStrides(bt.shape, bt.strides, shape), out.ptr, shape);
+  const ta = typeof a === "number" ? null : a;
+  const tb = typeof b === "number" ? null : b;
+  let result = out;
+  if (needsGrad(ta, tb)) {
+    const ctx = { cond: c.saveForBackward(), aShape: at.shape, bShape: bt.shape };
+    result = recordNode("where", out, [ta, tb], (gy) => G.where(ctx, gy as Tensor), [ctx.cond]);
+  }
+  if (c !== cond) c.dispose();
+  if (at !== a) at.dispose();
+  if (bt !== b) bt.dispose();
+  return result;
+}
+
+export function maskedFill(x: Tensor, mask: Tensor, value: number): Tensor {
+  return where(mask, value, x);
+}
+
+// ---- reductions ---------------------------------------------------------------------------------------
+
+function normDims(dim: number | number[] | null | undefined, ndim: number, op: string): number[] {
+  if (dim == null) return Array.from({ length: ndim }, (_, i) => i);
+  const dims = (Array.isArray(dim) ? dim : [dim]).map((d) => normDim(d, ndim, op));
+  if (new Set(dims).size !== dims.length) throw new ShapeError(op, `dim ${JSON.stringify(dim)} appears more than once`);
+  return dims.sort((p, q) => p - q);
+}
+
+function keptShape(shape: readonly number[], dims: number[], keepdim: boolean): number[] {
+  const out: number[] = [];
+  shape.forEach((s, i) => {
+    if (!dims.includes(i)) out.push(s);
+    else if (keepdim) out.push(1);
+  });
+  return out;
+}
+
+/** Views x as [A, R, B] with R the reduced dims, copying (permuted) only when needed. */
+function asARB(x: Tensor, dims: number[]): { t: Tensor; A: number; R: number; B: number } {
+  const consecutive = dims.every((d, i) => i === 0 || d === dims[i - 1]! + 1);
+  if (x.isContiguous && consecutive && dims.length > 0) {
+    const A = numel(x.shape.slice(0, dims[0]));
+    const R = numel(dims.map((d) => x.shape[d]!));
+    const B = numel(x.shape.slice(dims[dims.length - 1]! + 1));
+    return { t: x.alias(), A, R, B };
+  }
+  const keptDims = x.shape.map((_, i) => i).filter((i) => !dims.includes(i));
+  const perm = [...keptDims, ...dims];
+  const p = x.view_(perm.map((d) => x.shape[d]!), perm.map((d) => x.strides[d]!), x.offset);
+  const c = contiguousCopy(p);
+  p.dispose();
+  return { t: c, A: numel(keptDims.map((d) => x.shape[d]!)), R: numel(dims.map((d) => x.shape[d]!)), B: 1 };
+}
+
+/** Raw reduction over `dims` (no autograd). */
+export function reduceRaw(op: keyof typeof ReduceOp, x: Tensor, dims: number[], keepdim: boolean, scale = 1): Tensor {
+  const { t, A, R, B } = asARB(x, dims);
+  const out = Tensor.empty(keptShape(x.shape, dims, keepdim));
+  native.reduce(ReduceOp[op], t.ptr, out.ptr, A, R, B, scale);
+  t.dispose();
+  return out;
+}
+
+export function sum(x: Tensor, dim?: number | number[] | null, keepdim = false): Tensor {
+  checkFloat("sum", x);
+  const dims = normDims(dim, x.ndim, "sum");
+  const out = reduceRaw("sum", x, dims, keepdim);
+  const ctx = { shape: x.shape, dims, keepdim, scale: 1 };
+  return recordNode("sum", out, [x], (gy) => G.sum(ctx, gy as Tensor));
+}
+
+export function mean(x: Tensor, dim?: number | number[] | null, keepdim = false): Tensor {
+  checkFloat("mean", x);
+  const dims = normDims(dim, x.ndim, "mean");
+  const R = numel(dims.map((d) => x.shape[d]!));
+  const out = reduceRaw("sum", x, dims, keepdim, 1 / R);
+  const ctx = { shape: x.shape, dims, keepdim, scale: 1 / R };
+  return recordNode("mean", out, [x], (gy) => G.sum(ctx, gy as Tensor));
+}
+
+/** Variance with Bessel's correction by default (torch.var). */
+export function variance(x: Tensor, dim: number | number[] | null | undefined, opts: { correction?: number; keepdim?: boolean }): Tensor {
+  const dims = normDims(dim, x.ndim, "var");
+  const correction = opts.correction ?? 1;
+  const n = numel(dims.map((d) => x.shape[d]!));
+  const mu = mean(x, dims, true);
+  const d = sub(x, mu);
+  const sq = square(d);
+  const s = sum(sq, dims, opts.keepdim ?? false);
+  const out = div(s, Math.max(n - correction, 0));
+  for (const t of [mu, d, sq, s]) t.dispose();
+  return out;
+}
+
+/** Gradient helper: broadcasts gy (reduced shape) back over the reduced dims. */
+export function expandReduced(gy: Tensor, shape: readonly number[], dims: number[], keepdim: boolean, scale: number): Tensor {
+  const keep = keptShape(shape, dims, true);
+  const g = keepdim ? gy.alias() : reshape(gy, keep);
+  const e = g.view_(shape, broadcastStrides(g.shape, g.strides, shape), g.offset);
+  const out = scale === 1 ? contiguousCopy(e) : mulScalarRaw(e, scale);
+  g.dispose();
+  e.dispose();
+  return out;
+}
+
+/** Max/min over all elements. */
+export function maxAll(x: Tensor, kind: "max" | "min"): Tensor {
+  checkFloat(kind, x);
+  if (x.numel === 0) throw new ShapeError(kind, "cannot reduce an empty tensor");
+  const flat = reshape(x, [x.numel]);
+  const r = maxDim(flat, 0, false, kind);
+  flat.dispose();
+  r.indices.dispose();
+  return r.values;
+}
+
+/** Max/min along a dim: {values, indices (int32)}. Gradient flows to the selected elements. */
+export function maxDim(x: Tensor, dim: number, keepdim: boolean, kind: "max" | "min"): { values: Tensor; indices: Tensor } {
+  checkFloat(kind, x);
+  const d = normDim(dim, x.ndim, kind);
+  if (x.shape[d] === 0) throw new ShapeError(kind, `cannot reduce dim ${dim} of size 0`);
+  const { t, A, R, B } = asARB(x, [d]);
+  const shape = keptShape(x.shape, [d], keepdim);
+  const values = Tensor.empty(shape);
+  const indices = Tensor.empty(shape, "int32");
+  native.argReduce(kind === "max" ? ArgReduceOp.argmax : ArgReduceOp.argmin, t.ptr, values.ptr, indices.ptr, A, R, B);
+  t.dispose();
+  if (!needsGrad(x)) return { values, indices };
+  // asARB only copies in the permuted case; the gradient scatter assumes the [A, R, B] of a
+  // contiguous x with the reduced dim in place, which holds for a single dim.
+  const ctx = { shape: x.shape, dim: d, A, R, B, indices: indices.saveForBackward() };
+  return { values: recordNode(kind, values, [x], (gy) => G.maxDim(ctx, gy as Tensor), [ctx.indices]), indices };
+}
+
+export function argReduce(x: Tensor, dim: number | undefined, keepdim: boolean, kind: "argmax" | "argmin"): Tensor {
+  checkFloat(kind, x);
+  if (dim === undefined) {
+    const flat = reshape(x, [x.numel]);
+    const out = argReduce(flat, 0, false, kind);
+    flat.dispose();
+    return out;
+  }
+  const d = normDim(dim, x.ndim, kind);
+  const { t, A, R, B } = asARB(x, [d]);
+  const indices = Tensor.empty(keptShape(x.shape, [d], keepdim), "int32");
+  native.argReduce(ArgReduceOp[kind], t.ptr, null, indices.ptr, A, R, B);
+  t.dispose();
+  return indices;
+}
+
+/** Scatters gy[a, b] into out[a, idx[a, b], b] of a zero [A, R, B] tensor (gradient of gather-like ops). */
+export function scatterARB(gy: Tensor, idx: Tensor, A: number, R: number, B: number): Tensor {
+  const out = full([A * R * B], 0);
+  const ind = idx.data() as Int32Array;
+  const flat = new Int32Array(A * B);
+  for (let a = 0; a < A; a++) for (let b = 0; b < B; b++) flat[a * B + b] = a * R * B + ind[a * B + b]! * B + b;
+  const fi = Tensor.empty([A * B], "int32");
+  native.write(fi.ptr, flat);
+  withContig(gy, (g) => native.embeddingBackward(g.ptr, fi.ptr, out.ptr, A * B, 1));
+  fi.dispose();
+  return out;
+}
+
+export function cumsum(x: Tensor, dim: number): Tensor {
+  checkFloat("cumsum", x);
+  const d = normDim(dim, x.ndim, "cumsum");
+  const out = cumsumRaw(x, d, false);
+  const ctx = { dim: d };
+  return recordNode("cumsum", out, [x], (gy) => G.cumsum(ctx, gy as Tensor));
+}
+
+export function cumsumRaw(x: Tensor, d: number, reverse: boolean): Tensor {
+  return withContig(x, (c) => {
+    const out = Tensor.empty(x.shape);
+    const A = numel(x.shape.slice(0, d)), R = x.shape[d] ?? 1, B = numel(x.shape.slice(d + 1));
+    native.cumsum(c.ptr, out.ptr, A, R, B, reverse);
+    return out;
+  });
+}
+
+/** The k largest (or smallest) entries along `dim`, sorted. */
+export function topk(x: Tensor, k: number, dim = -1, largest = true): { values: Tensor; indices: Tensor } {
+  checkFloat("topk", x);
+  const d = normDim(dim, x.ndim, "topk");
+  const n = x.shape[d] ?? 1;
+  if (!Number.isInteger(k) || k < 0 || k > n) throw new ShapeError("topk", `k=${k} is out of range for dimension ${dim} of size ${n}`);
+  const last = x.ndim === 0 ? x : d === x.ndim - 1 ? x : transpose(x, d, -1);
+  const c = ownedContig(last);
+  const rows = c.numel / Math.max(n, 1);
+  const vshape = [...last.shape.slice(0, -1), k];
+  const values = Tensor.empty(vshape);
+  const indices = Tensor.empty(vshape, "int32");
+  native.topk(c.ptr, values.ptr, indices.ptr, rows, n, k, largest);
+  c.dispose();
+  if (last !== x) last.dispose();
+  let v = values;
+  if (needsGrad(x)) {
+    const ctx = { rows, n, k, indices: indices.saveForBackward(), lastShape: [...vshape.slice(0, -1), n], dim: d, ndim: x.ndim };
+    v = recordNode("topk", values, [x], (gy) => G.topk(ctx, gy as Tensor), [ctx.indices]);
+  }
+  if (d !== x.ndim - 1 && x.ndim > 0) {
+    const vt = transpose(v, d, -1);
+    const it = transpose(indices, d, -1);
+    return { values: vt, indices: it };
+  }
+  return { values: v, indices };
+}
+
+// ---- shape views --------------------------------------------------------------------------------------
+
+/** Strides for viewing (shape, strides) as newShape without copying, or null if impossible. */
+function viewStrides(shape: readonly number[], strides: readonly number[], newShape: number[]): number[] | null {
+  // Group old dims into contiguous chunks and map new dims onto them (torch's computeStride).
+  if (numel(shape) === 0) return contiguousStrides(newShape);
+  const out = new Array<number>(newShape.length);
+  let viewD = newShape.length - 1;
+  let chunkBase = strides[strides.length - 1] ?? 1;
+  let tensorNumel = 1;
+  let viewNumel = 1;
+  for (let d = shape.length - 1; d >= 0; d--) {
+    tensorNumel *= shape[d]!;
+    if (d === 0 || (shape[d - 1] !== 1 && strides[d - 1] !== tensorNumel * chunkBase)) {
+      while (viewD >= 0 && (viewNumel < tensorNumel || newShape[viewD] === 1)) {
+        out[viewD] = viewNumel * chunkBase;
+        viewNumel *= newShape[viewD]!;
+        viewD--;
+      }
+      if (viewNumel !== tensorNumel) return null;
+      if (d > 0) {
+        chunkBase = strides[d - 1]!;
+        tensorNumel = 1;
+        viewNumel = 1;
+      }
+    }
+  }
+  if (viewD !== -1) {
+    for (; viewD >= 0; viewD--) out[viewD] = 1;  // trailing size-1 dims
+  }
+  return out;
+}
+
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  const s = resolveShape(shape, x.numel, "reshape");
+  const st = viewStrides(x.shape, x.strides, s);
+  let out: Tensor;
+  if (st) out = x.view_(s, st, x.offset);
+  else {
+    const c = contiguousCopy(x);
+    out = c.view_(s, contiguousStrides(s), 0);
+    c.dispose();
+  }
+  const ctx = { shape: x.shape };
+  return recordNode("reshape", out, [x], (gy) => G.reshape(ctx, gy as Tensor));
+}
+
+export function flatten(x: Tensor, startDim = 0, endDim = -1): Tensor {
+  if (x.ndim === 0) return reshape(x, [1]);
+  const s = normDim(startDim, x.ndim, "flatten"), e = normDim(endDim, x.ndim, "flatten");
+  const shape = [...x.shape.slice(0, s), numel(x.shape.slice(s, e + 1)), ...x.shape.slice(e + 1)];
+  return reshape(x, shape);
+}
+
+export function permute(x: Tensor, dims: readonly number[]): Tensor {
+  if (dims.length !== x.ndim) throw new ShapeError("permute", `expected ${x.ndim} dims for shape ${fmtShape(x.shape)}, got [${dims.join(", ")}]`);
+  const d = dims.map((v) => normDim(v, x.ndim, "permute"));
+  if (new Set(d).size !== d.length) throw new ShapeError("permute", `repeated dim in [${dims.join(", ")}]`);
+  const out = x.view_(d.map((i) => x.shape[i]!), d.map((i) => x.strides[i]!), x.offset);
+  const inv = new Array<number>(d.length);
+  d.forEach((v, i) => (inv[v] = i));
+  const ctx = { inv };
+  return recordNode("permute", out, [x], (gy) => G.permute(ctx, gy as Tensor));
+}
+
+export function transpose(x: Tensor, a: number, b: number): Tensor {
+  if (x.ndim < 2 && x.ndim === 0) return x.alias();
+  const p = x.shape.map((_, i) => i);
+  const da = normDim(a, x.ndim, "transpose"), db = normDim(b, x.ndim, "transpose");
+  [p[da], p[db]] = [p[db]!, p[da]!];
+  return permute(x, p);
+}
+
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  if (shape.length < x.ndim) throw new ShapeError("expand", `cannot expand ${fmtShape(x.shape)} to fewer dims ${fmtShape(shape)}`);
+  const target = shape.map((s, i) => {
+    const j = i - (shape.length - x.ndim);
+    if (s === -1) {
+      if (j < 0) throw new ShapeError("expand", `-1 is not allowed in a new leading dimension (${fmtShape(shape)})`);
+      return x.shape[j]!;
+    }
+    if (j >= 0 && x.shape[j] !== 1 && x.shape[j] !== s) {
+      throw new ShapeError("expand", `cannot expand ${fmtShape(x.shape)} to ${fmtShape(shape)}: dimension ${i} is ${x.shape[j]}, not 1 or ${s}`);
+    }
+    return s;
+  });
+  const out = x.view_(target, broadcastStrides(x.shape, x.strides, target), x.offset);
+  const ctx = { shape: x.shape };
+  return recordNode("expand", out, [x], (gy) => G.expand(ctx, gy as Tensor));
+}
+
+/** Reduces a broadcast gradient back to `shape` (sums over broadcast dims). */
+export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
+  if (shapesEqual(g.shape, shape)) return g.alias();
+  const lead = g.ndim - shape.length;
+  const dims: number[] = [];
+  for (let i = 0; i < g.ndim; i++) {
+    if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) dims.push(i);
+  }
+  const r = reduceRaw("sum", g, dims, true);
+  const out = r.view_([...shape], contiguousStrides(shape), 0);
+  r.dispose();
+  return out;
+}
+
+export function slice(x: Tensor, dim: number, start: number, end?: number, step = 1): Tensor {
+  const d = normDim(dim, x.ndim, "slice");
+  const n = x.shape[d]!;
+  if (!Number.isInteger(step) || step < 1) throw new ShapeError("slice", `step must be a positive integer, got ${step}`);
+  let s = start < 0 ? start + n : start;
+  let e = end === undefined ? n : end < 0 ? end + n : end;
+  s = Math.min(Math.max(s, 0), n);
+  e = Math.min(Math.max(e, s), n);
+  const len = Math.ceil((e - s) / step);
+  const shape = [...x.shape];
+  shape[d] = len;
+  const strides = [...x.strides];
+  strides[d] = x.strides[d]! * step;
+  const out = x.view_(shape, strides, x.offset + s * x.strides[d]!);
+  const ctx = { shape: x.shape, dim: d, start: s, step, len };
+  return recordNode("slice", out, [x], (gy) => G.slice(ctx, gy as Tensor));
+}
+
+export function select(x: Tensor, dim: number, index: number): Tensor {
+  const d = normDim(dim, x.ndim, "select");
+  const n = x.shape[d]!;
+  if (!Number.isInteger(index) || index < -n || index >= n) throw new ShapeError("select", `index ${index} is out of range for dimension ${dim} of size ${n}`);
+  const i = index < 0 ? index + n : index;
+  const s = slice(x, d, i, i + 1);
+  const out = squeeze(s, d);
+  s.dispose();
+  return out;
+}
+
+export function squeeze(x: Tensor, dim?: number): Tensor {
+  let keepDims: number[];
+  if (dim === undefined) keepDims = x.shape.map((_, i) => i).filter((i) => x.shape[i] !== 1);
+  else {
+    const d = normDim(dim, x.ndim, "squeeze");
+    keepDims = x.shape.map((_, i) => i).filter((i) => i !== d || x.shape[i] !== 1);
+  }
+  return reshape(x, keepDims.map((i) => x.shape[i]!));
+}
+
+export function unsqueeze(x: Tensor, dim: number): Tensor {
+  const d = normDim(dim, x.ndim + 1, "unsqueeze");
+  const shape = [...x.shape];
+  shape.splice(d, 0, 1);
+  return reshape(x, shape);
+}
+
+export function contiguous(x: Tensor): Tensor {
+  if (x.isContiguous) return x.alias();
+  const out = contiguousCopy(x);
+  return recordNode("contiguous", out, [x], (gy) => [(gy as Tensor).alias()]);
+}
+
+export function clone(x: Tensor): Tensor {
+  const out = contiguousCopy(x);
+  return recordNode("clone", out, [x], (gy) => [(gy as Tensor).alias()]);
+}
+
+// ---- concat / split / stack ---------------------------------------------------------------------------
+
+/** Concatenates along `dim` (torch.cat). */
+export function cat(tensors: readonly Tensor[], dim = 0): Tensor {
+  if (tensors.length === 0) throw new ShapeError("cat", "expected a non-empty list of tensors");
+  const first = tensors[0]!;
+  const d = normDim(dim, first.ndim, "cat");
+  for (const t of tensors) {
+    if (t.ndim !== first.ndim || t.shape.some((s, i) => i !== d && s !== first.shape[i])) {
+      throw new ShapeError("cat", `all tensors must match except in dimension ${dim}: got ${fmtShape(first.shape)} and ${fmtShape(t.shape)}`);
+    }
+    if (t.dtype !== first.dtype) throw new ShapeError("cat", `dtype mismatch: ${first.dtype} vs ${t.dtype}`);
+  }
+  const shape = [...first.shape];
+  shape[d] = tensors.reduce((acc, t) => acc + t.shape[d]!, 0);
+  const out = Tensor.empty(shape, first.dtype);
+  const ostr = contiguousStrides(shape);
+  let off = 0;
+  const sizes: number[] = [];
+  for (const t of tensors) {
+    native.copyStrided(dtypeSize(t.dtype), t.ptr, [...t.strides], out.ptr + off * ostr[d]! * dtypeSize(t.dtype), ostr, [...t.shape]);
+    off += t.shape[d]!;
+    sizes.push(t.shape[d]!);
+  }
+  const ctx = { dim: d, sizes };
+  return recordNode("cat", out, [...tensors], (gy) => G.cat(ctx, gy as Tensor));
+}
+
+/** Stacks along a new dim (torch.stack). */
+export function stack(tensors: readonly Tensor[], dim = 0): Tensor {
+  if (tensors.length === 0) throw new ShapeError("stack", "expected a non-empty list of tensors");
+  const d = normDim(dim, tensors[0]!.ndim + 1, "stack");
+  for (const t of tensors) {
+    if (!shapesEqual(t.shape, tensors[0]!.shape)) throw new ShapeError("stack", `all tensors must have the same shape: ${fmtShape(tensors[0]!.shape)} vs ${fmtShape(t.shape)}`);
+  }
+  const us = tensors.map((t) => unsqueeze(t, d));
+  const out = cat(us, d);
+  for (const u of us) u.dispose();
+  return out;
+}
+
+/** Splits into chunks of `size` (or the given list of sizes) along `dim`: views. */
+export function split(x: Tensor, sizeOrSections: number | number[], dim = 0): Tensor[] {
+  const d = normDim(dim, x.ndim, "split");
+  const n = x.shape[d]!;
+  let sizes: number[];
+  if (Array.isArray(sizeOrSections)) {
+    sizes = sizeOrSections;
+    if (sizes.reduce((p, q) => p + q, 0) !== n) throw new ShapeError("split", `sizes [${sizes.join(", ")}] do not sum to ${n} (dimension ${dim} of ${fmtShape(x.shape)})`);
+  } else {
+    if (!Number.isInteger(sizeOrSections) || sizeOrSections <= 0) throw new ShapeError("split", `split size must be a positive integer, got ${sizeOrSections}`);
+    sizes = [];
+    for (let s = 0; s < n; s += sizeOrSections) sizes.push(Math.min(sizeOrSections, n - s));
+  }
+  const out: Tensor[] = [];
+  let s = 0;
+  for (const len of sizes) {
+    out.push(slice(x, d, s, s + len));
+    s += len;
+  }
+  return out;
+}
+
+export function chunk(x: Tensor, chunks: number, dim = 0): Tensor[] {
+  const n = x.shape[normDim(dim, x.ndim, "chunk")]!;
+  return split(x, Math.ceil(n / chunks), dim);
+}
+
+// ---- matmul ---------------------------------------------------------------------------------------------
+
+/** How a 2-D matrix view maps to BLAS: transposed flag and leading dimension, or null. */
+function blasLayout(rows: number, cols: number, rs: number, cs: number): { trans: boolean; ld: number } | null {
+  if (cs === 1 && (rs >= Math.max(1, cols) || rows === 1)) return { trans: false, ld: Math.max(rs, cols, 1) };
+  if (rs === 1 && (cs >= Math.max(1, rows) || cols === 1)) return { trans: true, ld: Math.max(cs, rows, 1) };
+  return null;
+}
+
+/** One stride for all batch dims (after broadcast), or null when they don't collapse. */
+function batchStride(shape: readonly number[], strides: readonly number[]): number | null {
+  let stride: number | null = null;
+  let expected = 0;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    if (shape[i] === 1) continue;
+    if (stride === null) {
+      stride = strides[i]!;
+      expected = stride * shape[i]!;
+    } else {
+      if (strides[i] !== expected) return null;
+      expected *= shape[i]!;
+    }
+  }
+  return stride ?? 0;
+}
+
+/** Raw batched matmul of a [..., M, K] and b [..., K, N] with broadcast batch dims (no autograd). */
+export function matmulRaw(a: Tensor, b: Tensor): Tensor {
+  const M = a.shape[a.ndim - 2]!, K = a.shape[a.ndim - 1]!, N = b.shape[b.ndim - 1]!;
+  if (b.shape[b.ndim - 2] !== K) {
+    throw new ShapeError("matmul", `inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)} (${K} vs ${b.shape[b.ndim - 2]})`);
+  }
+  const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul");
+  const outShape = [...batch, M, N];
+  const out = Tensor.empty(outShape);
+  const nb = numel(batch);
+  if (M === 0 || N === 0 || nb === 0) return out;
+  // Fold the batch into M when b is shared and a's batch rows are contiguous (x @ W).
+  const aBatchStr = broadcastStrides(a.shape.slice(0, -2), a.strides.slice(0, -2), batch);
+  const bBatchStr = broadcastStrides(b.shape.slice(0, -2), b.strides.slice(0, -2), batch);
+  let A = a, B = b;
+  let la = blasLayout(M, K, a.strides[a.ndim - 2]!, a.strides[a.ndim - 1]!);
+  let lb = blasLayout(K, N, b.strides[b.ndim - 2]!, b.strides[b.ndim - 1]!);
+  let sa = batchStride(batch, aBatchStr);
+  let sb = batchStride(batch, bBatchStr);
+  if (!la || sa === null) { A = contiguousCopy(a); la = { trans: false, ld: K }; sa = batchStride(batch, broadcastStrides(A.shape.slice(0, -2), A.strides.slice(0, -2), batch)); }
+  if (!lb || sb === null) { B = contiguousCopy(b); lb = { trans: false, ld: N }; sb = batchStride(batch, broadcastStrides(B.shape.slice(0, -2), B.strides.slice(0, -2), batch)); }
+  const foldable = sb === 0 && !la.trans && sa === M * la.ld && nb > 1;
+  if (foldable) {
+    native.gemm(false, lb.trans, M * nb, N, K, 1, A.ptr, la.ld, 0, B.ptr, lb.ld, 0, 0, out.ptr, N, 0, 1);
+  } else {
+    native.gemm(la.trans, lb.trans, M, N, K, 1, A.ptr, la.ld, sa!, B.ptr, lb.ld, sb!, 0, out.ptr, N, M * N, nb);
+  }
+  if (A !== a) A.dispose();
+  if (B !== b) B.dispose();
+  return out;
+}
+
+/**
+ * Matrix product with torch.matmul semantics: 1-D operands are promoted and the added dim
+ * removed; batch dims broadcast.
+ */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  checkFloat("matmul", a);
+  checkFloat("matmul", b);
+  if (a.ndim === 0 || b.ndim === 0) throw new ShapeError("matmul", `both arguments need at least 1 dimension, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`);
+  if (a.ndim === 1 || b.ndim === 1) {
+    const a2 = a.ndim === 1 ? unsqueeze(a, 0) : a;
+    const b2 = b.ndim === 1 ? unsqueeze(b, -1) : b;
+    const r = matmul(a2, b2);
+    let out = r;
+    if (a.ndim === 1) { const t = squeeze(out, -2); if (out !== r) out.dispose(); out = t; }
+    if (b.ndim === 1) { const t = squeeze(out, -1); if (out !== r) out.dispose(); out = t; }
+    if (out !== r) r.dispose();
+    if (a2 !== a) a2.dispose();
+    if (b2 !== b) b2.dispose();
+    return out;
+  }
+  const out = matmulRaw(a, b);
+  if (!needsGrad(a, b)) return out;
+  const ctx = { a: a.saveForBackward(), b: b.saveForBackward(), needA: a.requiresGrad, needB: b.requiresGrad };
+  return recordNode("matmul", out, [a, b], (gy) => G.matmul(ctx, gy as Tensor), [ctx.a, ctx.b]);
+}
