@@ -1,0 +1,275 @@
+/**
+ * Byte-level BPE, the tokenizer of GPT-2: text -> UTF-8 bytes -> pre-tokens (GPT-2's regex) ->
+ * BPE merges by rank inside each pre-token. Ids match GPT-2 / tiktoken's "gpt2" exactly.
+ *
+ * Speed comes from three things, in order of effect:
+ * 1. a cache from pre-token string to ids (a corpus has far fewer distinct words than words);
+ * 2. a hand-written pre-tokenizer scanner instead of regex match objects (see _pretokenize.ts);
+ * 3. merges over an array with per-pair ranks, or a heap for long pieces (see _merge.ts).
+ */
+import { ValueError, FormatError } from "../core/errors.js";
+import { BYTE_TO_CHAR, tokenStringToBytes, utf8EncodeInto } from "./_byte_level.js";
+import { applyMerges, PairRanks } from "./_merge.js";
+import { pieceEnd } from "./_pretokenize.js";
+import { writeTokenizerJson } from "./_formats.js";
+import type { EncodeOptions, SpecialTokenSet, Tokenizer } from "./tokenizer.js";
+
+/** The end-of-text token of GPT-2 and of every vocabulary trained here. */
+export const END_OF_TEXT = "<|endoftext|>";
+
+/**
+ * Everything a byte-level BPE tokenizer is made of, as stored in vocab.json + merges.txt or a
+ * tokenizer.json. Tokens are in GPT-2's byte-character form ("Ġthe" is " the").
+ */
+export interface BpeModel {
+  /** token -> id, for the 256 byte tokens, every merge result, and optionally special tokens. */
+  vocab: Map<string, number>;
+  /** Merges in rank order: merges[r] = [left, right] makes the token left + right. */
+  merges: Array<readonly [string, string]>;
+  /** Special (added) tokens: literal text -> id. Encoded only when allowed. */
+  special: Map<string, number>;
+}
+
+/** Options of the ByteLevelBpe constructor. */
+export interface ByteLevelBpeOptions {
+  /** Name shown in logs. Default "bpe". */
+  name?: string;
+  /** The special token used as `eotToken`. Default "<|endoftext|>". */
+  eot?: string;
+  /** Where the model came from, named in FormatErrors. Default "<memory>". */
+  source?: string;
+  /** Most pre-tokens kept in the encode cache before it is emptied. Default 100,000. */
+  cacheSize?: number;
+}
+
+/** Pre-tokens longer than this (in UTF-16 units) are not cached: they rarely repeat. */
+const CACHE_MAX_PIECE = 128;
+
+/**
+ * A byte-level BPE tokenizer. Usually obtained from `loadTokenizer()` or `trainBpe()`.
+ * @example
+ * const tok = new ByteLevelBpe(model, { name: "mine" });
+ * tok.decode(tok.encode("héllo 👋")) === "héllo 👋";
+ */
+export class ByteLevelBpe implements Tokenizer {
+  readonly name: string;
+  readonly vocabSize: number;
+  readonly eotToken: number;
+  /** The model this tokenizer was built from (read-only by convention; used by save()). */
+  readonly model: BpeModel;
+
+  private readonly tokens: Array<string | undefined>;
+  private readonly tokenBytes: Array<Uint8Array | undefined>;
+  private readonly byteIds = new Int32Array(256);
+  private readonly ranks: PairRanks;
+  private readonly mergeResults: Int32Array;
+  private readonly cache = new Map<string, number[]>();
+  private readonly cacheSize: number;
+  private readonly textDecoder = new TextDecoder("utf-8");
+  private readonly specialRegexes = new Map<string, RegExp>();
+  // Scratch buffers for one pre-token: UTF-8 bytes and the symbols being merged.
+  private bytes = new Uint8Array(3 * 256);
+  private symbols = new Int32Array(3 * 256);
+
+  constructor(model: BpeModel, options: ByteLevelBpeOptions = {}) {
+    const source = options.source ?? "<memory>";
+    const fail = (msg: string): never => {
+      throw new FormatError(source, msg);
+    };
+    this.model = model;
+    this.name = options.name ?? "bpe";
+    this.cacheSize = options.cacheSize ?? 100_000;
+
+    let maxId = -1;
+    const byId = new Map<number, string>();
+    const claim = (token: string, id: number, what: string) => {
+      if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) fail(`${what} "${token}" has id ${id}; ids must be integers >= 0`);
+      const other = byId.get(id);
+      if (other !== undefined && other !== token) fail(`id ${id} is used by both "${other}" and "${token}"`);
+      byId.set(id, token);
+      maxId = Math.max(maxId, id);
+    };
+    for (const [token, id] of model.vocab) claim(token, id, "vocab token");
+    for (const [token, id] of model.special) {
+      const inVocab = model.vocab.get(token);
+      if (inVocab !== undefined && inVocab !== id) fail(`special token "${token}" has id ${id} but the vocab gives it ${inVocab}`);
+      claim(token, id, "special token");
+    }
+    this.vocabSize = maxId + 1;
+    this.tokens = new Array(this.vocabSize);
+    this.tokenBytes = new Array(this.vocabSize);
+    const utf8 = new TextEncoder();
+    for (const [token, id] of model.vocab) {
+      this.tokens[id] = token;
+      if (model.special.has(token)) continue;
+      const bytes = tokenStringToBytes(token);
+      if (bytes === undefined) {
+        fail(`vocab token ${JSON.stringify(token)} (id ${id}) is not in GPT-2's byte-character form; is this a byte-level BPE?`);
+      }
+      this.tokenBytes[id] = bytes;
+    }
+    for (const [token, id] of model.special) {
+      this.tokens[id] = token;
+      this.tokenBytes[id] = utf8.encode(token);
+    }
+    for (let b = 0; b < 256; b++) {
+      const id = model.vocab.get(BYTE_TO_CHAR[b]!);
+      if (id === undefined) fail(`vocab has no token for byte 0x${b.toString(16).padStart(2, "0")} ("${BYTE_TO_CHAR[b]}"); a byte-level BPE needs all 256`);
+      this.byteIds[b] = id;
+    }
+
+    const pairs: Array<[number, number]> = [];
+    this.mergeResults = new Int32Array(model.merges.length);
+    const seen = new Set<string>();
+    model.merges.forEach(([a, b], r) => {
+      const ia = model.vocab.get(a);
+      const ib = model.vocab.get(b);
+      const ir = model.vocab.get(a + b);
+      if (ia === undefined) fail(`merges[${r}] ("${a} ${b}"): "${a}" is not in the vocab`);
+      if (ib === undefined) fail(`merges[${r}] ("${a} ${b}"): "${b}" is not in the vocab`);
+      if (ir === undefined) fail(`merges[${r}] ("${a} ${b}"): the merged token "${a + b}" is not in the vocab`);
+      const key = `${a} ${b}`;
+      if (seen.has(key)) fail(`merges[${r}] ("${key}") repeats an earlier merge`);
+      seen.add(key);
+      pairs.push([ia!, ib!]);
+      this.mergeResults[r] = ir!;
+    });
+    this.ranks = new PairRanks(pairs);
+
+    const eot = options.eot ?? END_OF_TEXT;
+    const eotId = model.special.get(eot);
+    if (eotId === undefined) {
+      fail(`no special token "${eot}" to use as end-of-text; add it to the added tokens, or name another one with the eot option`);
+    }
+    this.eotToken = eotId!;
+  }
+
+  /** Token ids of `text`; see EncodeOptions for special tokens. */
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const out: number[] = [];
+    const allowed = this.resolveSpecial(options.allowedSpecial);
+    if (options.disallowedSpecial !== undefined) {
+      const disallowed = this.resolveSpecial(options.disallowedSpecial).filter((s) => !allowed.includes(s));
+      for (const s of disallowed) {
+        if (text.includes(s)) {
+          throw new ValueError(`encode: the text contains the special token "${s}", which is not allowed; pass allowedSpecial: ["${s}"] to encode it as a special token, or leave disallowedSpecial unset to encode it as text`);
+        }
+      }
+    }
+    if (allowed.length === 0) {
+      this.encodeOrdinary(text, 0, text.length, out);
+      return out;
+    }
+    const re = this.specialRegex(allowed);
+    let start = 0;
+    re.lastIndex = 0;
+    for (let m = re.exec(text); m !== null; m = re.exec(text)) {
+      this.encodeOrdinary(text, start, m.index, out);
+      out.push(this.model.special.get(m[0])!);
+      start = m.index + m[0].length;
+    }
+    this.encodeOrdinary(text, start, text.length, out);
+    return out;
+  }
+
+  /** Text of `ids`; bytes that are not valid UTF-8 decode to U+FFFD, as with TextDecoder. */
+  decode(ids: ArrayLike<number>): string {
+    return this.textDecoder.decode(this.decodeBytes(ids));
+  }
+
+  /** Raw bytes of `ids`. Throws ValueError on an id outside the vocabulary. */
+  decodeBytes(ids: ArrayLike<number>): Uint8Array {
+    let length = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const bytes = this.tokenBytes[ids[i]!];
+      if (bytes === undefined) {
+        throw new ValueError(`decode: ids[${i}] = ${ids[i]} is not a token of "${this.name}" (vocabSize ${this.vocabSize})`);
+      }
+      length += bytes.length;
+    }
+    const out = new Uint8Array(length);
+    let at = 0;
+    for (let i = 0; i < ids.length; i++) {
+      const bytes = this.tokenBytes[ids[i]!]!;
+      if (bytes.length === 1) out[at++] = bytes[0]!;
+      else {
+        out.set(bytes, at);
+        at += bytes.length;
+      }
+    }
+    return out;
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.tokens[id];
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.model.vocab.get(token) ?? this.model.special.get(token);
+  }
+
+  /** Writes a Hugging Face tokenizer.json (atomically: temporary file, then rename). */
+  save(path: string): void {
+    writeTokenizerJson(path, this.model);
+  }
+
+  /** Encodes text[start, end) with no special tokens, appending to `out`. */
+  private encodeOrdinary(text: string, start: number, end: number, out: number[]): void {
+    const byteIds = this.byteIds;
+    let i = start;
+    while (i < end) {
+      const j = pieceEnd(text, i, end);
+      const c = text.charCodeAt(i);
+      if (j === i + 1 && c < 0x80) {
+        out.push(byteIds[c]!); // one ASCII byte: nothing to merge
+      } else {
+        const piece = text.slice(i, j);
+        const ids = this.cache.get(piece) ?? this.encodePiece(piece);
+        if (ids.length === 1) out.push(ids[0]!);
+        else for (let k = 0; k < ids.length; k++) out.push(ids[k]!);
+      }
+      i = j;
+    }
+  }
+
+  /** BPE of one pre-token (a cache miss). */
+  private encodePiece(piece: string): number[] {
+    if (this.bytes.length < 3 * piece.length) {
+      this.bytes = new Uint8Array(3 * piece.length);
+      this.symbols = new Int32Array(3 * piece.length);
+    }
+    const n = utf8EncodeInto(piece, 0, piece.length, this.bytes);
+    for (let k = 0; k < n; k++) this.symbols[k] = this.byteIds[this.bytes[k]!]!;
+    const ids = applyMerges(this.symbols, n, this.ranks, this.mergeResults);
+    if (piece.length <= CACHE_MAX_PIECE) {
+      // Emptying the whole cache when full is cruder than LRU but costs nothing per hit, and the
+      // frequent words are back within a few kilobytes of text.
+      if (this.cache.size >= this.cacheSize) this.cache.clear();
+      this.cache.set(piece, ids);
+    }
+    return ids;
+  }
+
+  private resolveSpecial(set: SpecialTokenSet | undefined): string[] {
+    if (set === undefined) return [];
+    if (set === "all") return [...this.model.special.keys()];
+    for (const s of set) {
+      if (!this.model.special.has(s)) {
+        throw new ValueError(`encode: "${s}" is not a special token of "${this.name}"; it has ${JSON.stringify([...this.model.special.keys()])}`);
+      }
+    }
+    return [...set];
+  }
+
+  /** A global regex matching any of `tokens`, longest first so a prefix never shadows a longer token. */
+  private specialRegex(tokens: string[]): RegExp {
+    const key = tokens.join("\u0000");
+    let re = this.specialRegexes.get(key);
+    if (re === undefined) {
+      const escaped = [...tokens].sort((a, b) => b.length - a.length).map((s) => s.replace(/[\\^$*+?.()|[\]{}]/g, "\\$&"));
+      re = new RegExp(escaped.join("|"), "g");
+      this.specialRegexes.set(key, re);
+    }
+    return re;
+  }
+}
