@@ -122,6 +122,11 @@ export function setNodeObserver(obs: NodeObserver | null): NodeObserver | null {
   return prev;
 }
 
+/** Tells the scope stack about a node built outside recordNode (checkpoint). */
+export function notifyNode(node: Node): void {
+  nodeObserver?.(node);
+}
+
 /**
  * Records `op` producing `out` if grad mode is on and any input requires grad.
  * Returns `out` (now with `gradFn` set and `requiresGrad` true) for chaining.
@@ -164,6 +169,16 @@ export function needsGrad(...inputs: Array<Differentiable | null | undefined | n
  * Leaves accumulate into `.grad`; gradient-ready hooks fire as each leaf completes.
  */
 export function runBackward(root: Differentiable, gradRoot: Differentiable): void {
+  const prev = gradEnabled;
+  gradEnabled = false;  // gradients are computed without recording (no create_graph)
+  try {
+    backwardImpl(root, gradRoot);
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
   if (!root.gradFn) {
     if (root.requiresGrad) {
       root.accumulateGrad(gradRoot);

@@ -1,0 +1,16 @@
+/**
+ * Megalith: train and serve transformer models from TypeScript.
+ *
+ * @example
+ * import { tensor, randn, F, noGrad, manualSeed } from "megalith";
+ * manualSeed(0);
+ * const x = randn([4, 8]).requiresGrad_();
+ * const loss = F.gelu(x).sum();
+ * loss.backward();
+ * console.log(x.grad!.toArray());
+ */
+export * from "./core/index.js";
+export * from "./tensor/index.js";
+export { noGrad, enableGrad, isGradEnabled, checkpoint } from "./autograd/index.js";
+export * from "./nn/index.js";
+export { native as _native } from "./backend/native/index.js";
