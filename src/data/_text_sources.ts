@@ -18,13 +18,13 @@ export interface TextPiece {
 
 /** Sizes for PieceSplitter, in UTF-16 code units. */
 export interface PieceSizes {
-  /** Cut a piece once this much text is pending. Default 1 Mi. */
+  /** Cut a piece once this much text is pending. Default 256 Ki. */
   pieceChars: number;
   /** Cut anywhere (not only at a safe boundary) once this much is pending. Default 8 Mi. */
   hardChars: number;
 }
 
-export const DEFAULT_PIECE_SIZES: PieceSizes = { pieceChars: 1 << 20, hardChars: 1 << 23 };
+export const DEFAULT_PIECE_SIZES: PieceSizes = { pieceChars: 1 << 18, hardChars: 1 << 23 };
 
 /** `\s` as the GPT-2 pre-tokenizer's regex means it, with an ASCII fast path. */
 function isSpace(s: string, i: number): boolean {

@@ -83,7 +83,7 @@ export interface PrepareOptions {
   overwrite?: boolean;
   /** Show a progress line (MB of input per second) on stderr. Default true. */
   progress?: boolean;
-  /** Piece sizes for tokenizing long documents; tests shrink them. Default 1 Mi / 8 Mi chars. */
+  /** Piece sizes for tokenizing long documents; tests shrink them. Default 256 Ki / 8 Mi chars. */
   pieceSizes?: PieceSizes;
 }
 
