@@ -221,7 +221,7 @@ async function isNonEmptyDir(path: string): Promise<boolean | "file"> {
  * renamed aside, the new one renamed in, and the old one deleted; otherwise a ValueError. Returns
  * false (leaving `tmp` in place) if `out` appeared meanwhile and `overwrite` is off.
  */
-export async function installDir(tmp: string, out: string, overwrite: boolean): Promise<boolean> {
+async function installDir(tmp: string, out: string, overwrite: boolean): Promise<boolean> {
   try {
     await rename(tmp, out);
     return true;

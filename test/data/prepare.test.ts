@@ -285,3 +285,36 @@ test("`prepareData()` with the GPT-2 tokenizer matches encoding each document wh
   const want = docs.flatMap((d) => [tok.eotToken, ...tok.encode(d)]);
   assert.deepEqual(splitTokens(join(dir, "out"), meta, "train"), want);
 });
+
+test("`megalith prepare` (register()) parses its flags into a prepared directory", async (t) => {
+  const { Command } = await import("commander");
+  const { register } = await import("../../src/cli/prepare.js");
+  const dir = tempDir(t);
+  const file = join(dir, "paras.txt");
+  const docs = makeDocs(20, 4);
+  writeFileSync(file, docs.join("\n\n"));
+  const run = async (...args: string[]): Promise<void> => {
+    const program = new Command().exitOverride().configureOutput({ writeErr: () => undefined });
+    register(program);
+    const write = process.stdout.write;
+    process.stdout.write = (() => true) as typeof process.stdout.write; // keep the summary out of test output
+    try {
+      await program.parseAsync(["node", "megalith", "prepare", "--no-progress", ...args]);
+    } finally {
+      process.stdout.write = write;
+    }
+  };
+  const out = join(dir, "out");
+  await run("--tokenizer", "gpt2", "--input", file, "--out", out, "--doc-separator", "\\n\\n", "--val-fraction", "0.1", "--shard-tokens", "5000");
+  const meta = readMeta(out);
+  assert.equal(meta.tokenizer.spec, "gpt2");
+  assert.equal(meta.docSeparator, "\n\n");
+  assert.equal(meta.splits.train.documents + meta.splits.val.documents, 20);
+  assert.equal(meta.splits.val.documents, 2);
+  assert.equal(meta.shardTokens, 5000);
+
+  await assert.rejects(run("--tokenizer", "gpt2", "--input", file, "--out", out), /already exists and is not empty; pass --overwrite/);
+  await assert.rejects(run("--tokenizer", "gpt2", "--input", file, "--out", join(dir, "o2"), "--val-fraction", "lots"), /--val-fraction must be a number, got "lots"/);
+  await assert.rejects(run("--tokenizer", "gpt2", "--input", file, "--out", join(dir, "o3"), "--shard-tokens", "1.5"), /--shard-tokens must be an integer/);
+  await assert.rejects(run("--tokenizer", "gpt2", "--input", file, "--out", join(dir, "o4"), "--format", "csv"), /Allowed choices are auto, text, jsonl/);
+});

@@ -1,0 +1,96 @@
+/**
+ * `megalith prepare`: tokenize text into train/val token shards (see src/data/prepare.ts).
+ *
+ *   megalith prepare --tokenizer gpt2 --input corpus.jsonl more.txt --out data/corpus
+ *   megalith prepare --tokenizer gpt2 --input brown --out data/brown
+ *
+ * `--input brown` is the built-in Brown corpus (no download); write `./brown` for a file of
+ * that name. Plain text files are one document each unless `--doc-separator` is given.
+ */
+import { Command, Option } from "commander";
+import { resolve } from "node:path";
+import { ValueError } from "../core/errors.js";
+import { prepareData, type InputFormat, type PrepareInput } from "../data/prepare.js";
+import { brownSource } from "../data/prepare_brown.js";
+import type { PreparedMeta } from "../data/meta.js";
+import { loadTokenizer } from "../tokenizers/index.js";
+
+/** Parsed flags of `megalith prepare` (commander's camel-cased names). */
+interface PrepareFlags {
+  tokenizer: string;
+  input: string[];
+  out: string;
+  valFraction: string;
+  shardTokens: string;
+  format: InputFormat;
+  docSeparator?: string;
+  overwrite?: boolean;
+  progress: boolean;
+}
+
+/** Turns the escapes \n, \r, \t and \\ typed on a command line into the characters. */
+function unescapeSeparator(s: string): string {
+  return s.replace(/\\(.)/g, (_, c: string) => ({ n: "\n", r: "\r", t: "\t", "\\": "\\" })[c] ?? `\\${c}`);
+}
+
+function parseNumber(flag: string, value: string, integer: boolean): number {
+  const x = Number(value);
+  if (value.trim() === "" || !Number.isFinite(x) || (integer && !Number.isSafeInteger(x))) {
+    throw new ValueError(`${flag} must be ${integer ? "an integer" : "a number"}, got ${JSON.stringify(value)}`);
+  }
+  return x;
+}
+
+function summary(out: string, meta: PreparedMeta): string {
+  const line = (split: "train" | "val"): string => {
+    const s = meta.splits[split];
+    return `  ${split}: ${s.tokens.toLocaleString("en-US")} tokens, ${s.documents.toLocaleString("en-US")} documents, ${s.shards.length} shard(s)`;
+  };
+  return [`prepared ${out} (${meta.tokenizer.name}, vocab ${meta.tokenizer.vocabSize}, ${meta.dtype})`, line("train"), line("val")].join("\n");
+}
+
+/**
+ * Adds `prepare` to the CLI.
+ * @example register(program); // megalith prepare --tokenizer gpt2 --input a.txt --out data/a
+ */
+export function register(program: Command): void {
+  program
+    .command("prepare")
+    .description("Tokenize text files (plain text or JSONL with a \"text\" field) into train/val token shards")
+    .requiredOption("--tokenizer <spec>", 'tokenizer: "gpt2" or a path to tokenizer.json (or its directory)')
+    .requiredOption("--input <files...>", 'input files, or "brown" for the built-in Brown corpus')
+    .requiredOption("--out <dir>", "output directory (created atomically; meta.json marks it complete)")
+    .option("--val-fraction <f>", "fraction of documents held out for validation, in [0, 1)", "0.005")
+    .option("--shard-tokens <n>", "maximum tokens per shard file", "100000000")
+    .addOption(new Option("--format <format>", "input format; auto = jsonl for .jsonl/.ndjson, text otherwise").choices(["auto", "text", "jsonl"]).default("auto"))
+    .option("--doc-separator <sep>", 'split plain text files into documents at this string, e.g. "\\n\\n" (escapes \\n \\t \\r \\\\); default: one file = one document')
+    .option("--overwrite", "replace --out if it already exists")
+    .option("--no-progress", "do not print progress lines")
+    .action(async (flags: PrepareFlags) => {
+      const valFraction = parseNumber("--val-fraction", flags.valFraction, false);
+      const shardTokens = parseNumber("--shard-tokens", flags.shardTokens, true);
+      const spec = flags.tokenizer === "gpt2" ? "gpt2" : resolve(flags.tokenizer);
+      const tokenizer = loadTokenizer(spec);
+      const inputs: PrepareInput[] = flags.input.map((i) => (i === "brown" ? brownSource() : i));
+      const meta = await prepareData({
+        tokenizer,
+        tokenizerSpec: spec,
+        inputs,
+        outDir: flags.out,
+        valFraction,
+        shardTokens,
+        format: flags.format,
+        docSeparator: flags.docSeparator === undefined ? undefined : unescapeSeparator(flags.docSeparator),
+        overwrite: flags.overwrite ?? false,
+        progress: flags.progress,
+      });
+      process.stdout.write(`${summary(flags.out, meta)}\n`);
+      if (valFraction > 0 && meta.splits.val.documents === 0) {
+        const docs = meta.splits.train.documents;
+        process.stderr.write(
+          `megalith: warning: the val split is empty: ${docs} document(s) and --val-fraction ${valFraction} give round(${docs} * ${valFraction}) = 0 ` +
+            `val documents. Split plain text into documents with --doc-separator, or raise --val-fraction.\n`,
+        );
+      }
+    });
+}

@@ -1,0 +1,41 @@
+/**
+ * data: text -> token shards -> (inputs, targets) batches. Depends on core (and the tokenizer
+ * type). The path the data takes:
+ *
+ * - `prepare.ts`: prepareData streams text/JSONL files (or in-memory documents) through a
+ *   tokenizer into train/val shards plus meta.json, atomically (`megalith prepare`).
+ * - `shards.ts`: the shard file format (64-byte header + uint16/uint32 tokens), writer and reader.
+ * - `meta.ts`: meta.json, the manifest that marks a prepared directory complete.
+ * - `loader.ts`: TokenLoader (shuffled, resumable, data-parallel-sharded training batches) and
+ *   evalBatches (deterministic validation batches).
+ * - `brown.ts`, `prepare_brown.ts`: the built-in Brown corpus, prepared and cached on first use.
+ *
+ * @example
+ * import { ensurePreparedBrown, TokenLoader } from "../data/index.js";
+ * const { dir } = await ensurePreparedBrown(".megalith/cache", "gpt2");
+ * const loader = new TokenLoader({ dir, blockSize: 256, microBatchSize: 8, seed: 1337 });
+ * const { inputs, targets } = loader.nextBatch(); // Int32Array (8 * 256) each
+ */
+export {
+  SHARD_MAGIC,
+  SHARD_VERSION,
+  SHARD_HEADER_BYTES,
+  bytesPerToken,
+  tokenDtypeFor,
+  readShardHeader,
+  readShard,
+  ShardReader,
+  ShardWriter,
+} from "./shards.js";
+export type { TokenDtype, ShardHeader, ShardWriterOptions } from "./shards.js";
+export { META_FILE, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, readMeta, validateMeta } from "./meta.js";
+export type { PreparedMeta, Split, SplitInfo, ShardInfo, SourceInfo, TokenizerInfo } from "./meta.js";
+export { prepareData, isValDocument, tokenizerFingerprint } from "./prepare.js";
+export type { PrepareOptions, PrepareInput, DocumentSource, InputFormat, DataTokenizer } from "./prepare.js";
+export type { PieceSizes } from "./_text_sources.js";
+export { TokenLoader, evalBatches } from "./loader.js";
+export type { Batch, TokenLoaderOptions, TokenLoaderState, EvalBatchesOptions } from "./loader.js";
+export { brownCorpus, brownCorpusDocuments, brownCorpusText, detagBrown } from "./brown.js";
+export type { BrownDocument } from "./brown.js";
+export { BROWN_VAL_FRACTION, brownSource, prepareBrown, ensurePreparedBrown } from "./prepare_brown.js";
+export type { BrownPrepareOptions } from "./prepare_brown.js";
