@@ -10,6 +10,7 @@
 import { ValueError, FormatError } from "../core/errors.js";
 import { BYTE_TO_CHAR, tokenStringToBytes, utf8EncodeInto } from "./_byte_level.js";
 import { applyMerges, PairRanks } from "./_merge.js";
+import { PieceCache } from "./_piece_cache.js";
 import { pieceEnd } from "./_pretokenize.js";
 import { writeTokenizerJson } from "./_formats.js";
 import type { EncodeOptions, SpecialTokenSet, Tokenizer } from "./tokenizer.js";
@@ -59,26 +60,30 @@ export class ByteLevelBpe implements Tokenizer {
   readonly model: BpeModel;
 
   private readonly tokens: Array<string | undefined>;
-  private readonly tokenBytes: Array<Uint8Array | undefined>;
+  // Bytes of every id, flat: id's bytes are tokenData[tokenStart[id], tokenStart[id + 1]).
+  // Ids that are not tokens (holes in a sparse vocab) have tokenStart[id] = -1.
+  private readonly tokenStart: Int32Array;
+  private readonly tokenData: Uint8Array;
   private readonly byteIds = new Int32Array(256);
   private readonly ranks: PairRanks;
   private readonly mergeResults: Int32Array;
-  private readonly cache = new Map<string, number[]>();
-  private readonly cacheSize: number;
-  private readonly textDecoder = new TextDecoder("utf-8");
+  private readonly cache: PieceCache;
+  // ignoreBOM: keep a leading U+FEFF (the default strips it, and decode(encode(x)) would lose it).
+  private readonly textDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
   private readonly specialRegexes = new Map<string, RegExp>();
   // Scratch buffers for one pre-token: UTF-8 bytes and the symbols being merged.
   private bytes = new Uint8Array(3 * 256);
   private symbols = new Int32Array(3 * 256);
+  private decodeBuffer = new Uint8Array(1 << 16);
 
   constructor(model: BpeModel, options: ByteLevelBpeOptions = {}) {
     const source = options.source ?? "<memory>";
-    const fail = (msg: string): never => {
+    function fail(msg: string): never {
       throw new FormatError(source, msg);
-    };
+    }
     this.model = model;
     this.name = options.name ?? "bpe";
-    this.cacheSize = options.cacheSize ?? 100_000;
+    this.cache = new PieceCache(options.cacheSize ?? 100_000);
 
     let maxId = -1;
     const byId = new Map<number, string>();
@@ -97,7 +102,7 @@ export class ByteLevelBpe implements Tokenizer {
     }
     this.vocabSize = maxId + 1;
     this.tokens = new Array(this.vocabSize);
-    this.tokenBytes = new Array(this.vocabSize);
+    const tokenBytes = new Array<Uint8Array | undefined>(this.vocabSize);
     const utf8 = new TextEncoder();
     for (const [token, id] of model.vocab) {
       this.tokens[id] = token;
@@ -106,12 +111,22 @@ export class ByteLevelBpe implements Tokenizer {
       if (bytes === undefined) {
         fail(`vocab token ${JSON.stringify(token)} (id ${id}) is not in GPT-2's byte-character form; is this a byte-level BPE?`);
       }
-      this.tokenBytes[id] = bytes;
+      tokenBytes[id] = bytes;
     }
     for (const [token, id] of model.special) {
       this.tokens[id] = token;
-      this.tokenBytes[id] = utf8.encode(token);
+      tokenBytes[id] = utf8.encode(token);
     }
+    this.tokenStart = new Int32Array(this.vocabSize + 1);
+    this.tokenData = new Uint8Array(tokenBytes.reduce((sum, b) => sum + (b?.length ?? 0), 0));
+    let at = 0;
+    for (let id = 0; id < this.vocabSize; id++) {
+      const bytes = tokenBytes[id];
+      this.tokenStart[id] = bytes === undefined ? -1 : at;
+      if (bytes !== undefined) this.tokenData.set(bytes, at);
+      at += bytes?.length ?? 0;
+    }
+    this.tokenStart[this.vocabSize] = at;
     for (let b = 0; b < 256; b++) {
       const id = model.vocab.get(BYTE_TO_CHAR[b]!);
       if (id === undefined) fail(`vocab has no token for byte 0x${b.toString(16).padStart(2, "0")} ("${BYTE_TO_CHAR[b]}"); a byte-level BPE needs all 256`);
@@ -174,30 +189,37 @@ export class ByteLevelBpe implements Tokenizer {
 
   /** Text of `ids`; bytes that are not valid UTF-8 decode to U+FFFD, as with TextDecoder. */
   decode(ids: ArrayLike<number>): string {
-    return this.textDecoder.decode(this.decodeBytes(ids));
+    const n = this.decodeInto(ids);
+    return this.textDecoder.decode(this.decodeBuffer.subarray(0, n));
   }
 
   /** Raw bytes of `ids`. Throws ValueError on an id outside the vocabulary. */
   decodeBytes(ids: ArrayLike<number>): Uint8Array {
+    return this.decodeBuffer.slice(0, this.decodeInto(ids));
+  }
+
+  /** Writes the bytes of `ids` to the front of `decodeBuffer` (grown as needed); returns the count. */
+  private decodeInto(ids: ArrayLike<number>): number {
+    const start = this.tokenStart;
+    const data = this.tokenData;
     let length = 0;
     for (let i = 0; i < ids.length; i++) {
-      const bytes = this.tokenBytes[ids[i]!];
-      if (bytes === undefined) {
-        throw new ValueError(`decode: ids[${i}] = ${ids[i]} is not a token of "${this.name}" (vocabSize ${this.vocabSize})`);
+      const id = ids[i]!;
+      const s = id < this.vocabSize ? start[id] : undefined; // undefined for negative or fractional ids
+      if (s === undefined || s < 0) {
+        throw new ValueError(`decode: ids[${i}] = ${id} is not a token of "${this.name}" (vocabSize ${this.vocabSize})`);
       }
-      length += bytes.length;
+      length += nextStart(start, id) - s;
     }
-    const out = new Uint8Array(length);
+    if (this.decodeBuffer.length < length) this.decodeBuffer = new Uint8Array(Math.max(length, 2 * this.decodeBuffer.length));
+    const out = this.decodeBuffer;
     let at = 0;
     for (let i = 0; i < ids.length; i++) {
-      const bytes = this.tokenBytes[ids[i]!]!;
-      if (bytes.length === 1) out[at++] = bytes[0]!;
-      else {
-        out.set(bytes, at);
-        at += bytes.length;
-      }
+      const id = ids[i]!;
+      const end = nextStart(start, id);
+      for (let k = start[id]!; k < end; k++) out[at++] = data[k]!;
     }
-    return out;
+    return at;
   }
 
   idToToken(id: number): string | undefined {
@@ -216,6 +238,7 @@ export class ByteLevelBpe implements Tokenizer {
   /** Encodes text[start, end) with no special tokens, appending to `out`. */
   private encodeOrdinary(text: string, start: number, end: number, out: number[]): void {
     const byteIds = this.byteIds;
+    const cache = this.cache;
     let i = start;
     while (i < end) {
       const j = pieceEnd(text, i, end);
@@ -223,31 +246,26 @@ export class ByteLevelBpe implements Tokenizer {
       if (j === i + 1 && c < 0x80) {
         out.push(byteIds[c]!); // one ASCII byte: nothing to merge
       } else {
-        const piece = text.slice(i, j);
-        const ids = this.cache.get(piece) ?? this.encodePiece(piece);
-        if (ids.length === 1) out.push(ids[0]!);
-        else for (let k = 0; k < ids.length; k++) out.push(ids[k]!);
+        const slot = cache.find(text, i, j);
+        if (slot >= 0) cache.emit(slot, out);
+        else this.encodePiece(text, i, j, out);
       }
       i = j;
     }
   }
 
-  /** BPE of one pre-token (a cache miss). */
-  private encodePiece(piece: string): number[] {
-    if (this.bytes.length < 3 * piece.length) {
-      this.bytes = new Uint8Array(3 * piece.length);
-      this.symbols = new Int32Array(3 * piece.length);
+  /** BPE of the pre-token text[i, j) (a cache miss), appended to `out` and cached. */
+  private encodePiece(text: string, i: number, j: number, out: number[]): void {
+    const units = j - i;
+    if (this.bytes.length < 3 * units) {
+      this.bytes = new Uint8Array(3 * units);
+      this.symbols = new Int32Array(3 * units);
     }
-    const n = utf8EncodeInto(piece, 0, piece.length, this.bytes);
+    const n = utf8EncodeInto(text, i, j, this.bytes);
     for (let k = 0; k < n; k++) this.symbols[k] = this.byteIds[this.bytes[k]!]!;
     const ids = applyMerges(this.symbols, n, this.ranks, this.mergeResults);
-    if (piece.length <= CACHE_MAX_PIECE) {
-      // Emptying the whole cache when full is cruder than LRU but costs nothing per hit, and the
-      // frequent words are back within a few kilobytes of text.
-      if (this.cache.size >= this.cacheSize) this.cache.clear();
-      this.cache.set(piece, ids);
-    }
-    return ids;
+    for (let k = 0; k < ids.length; k++) out.push(ids[k]!);
+    if (units <= CACHE_MAX_PIECE) this.cache.insert(text.slice(i, j), ids);
   }
 
   private resolveSpecial(set: SpecialTokenSet | undefined): string[] {
@@ -272,4 +290,11 @@ export class ByteLevelBpe implements Tokenizer {
     }
     return re;
   }
+}
+
+/** End of id's bytes in the flat table: the start of the next id that is a token. */
+function nextStart(start: Int32Array, id: number): number {
+  let next = id + 1;
+  while (start[next]! < 0) next++;
+  return start[next]!;
 }
