@@ -2,11 +2,13 @@
   # The native core. kernels*.cc are compiled twice: once for AVX-512 (Zen 4, Sapphire Rapids...)
   # and once for baseline x86-64; the addon picks one at run time (see dispatch in addon.cc).
   # -ffast-math lets GCC vectorize expf/tanhf/erff through glibc's libmvec; finite-math stays
-  # off so NaN/Inf checks (non-finite loss detection) keep working. It is a compile flag only,
+  # off so NaN/Inf checks (non-finite loss detection) keep working. Turning finite-math off
+  # also un-defines __FAST_MATH__, which is what glibc's math-vector.h keys its SIMD
+  # declarations on, so it is defined by hand. -ffast-math is a compile flag only,
   # never a link flag, so crtfastmath (which would flip FTZ/DAZ for the whole process) is not linked.
   "variables": {
     "kernel_sources": ["src/kernels_elementwise.cc", "src/kernels_nn.cc", "src/kernels_attention.cc"],
-    "kernel_cflags": ["-O3", "-std=c++17", "-fPIC", "-ffast-math", "-fno-finite-math-only", "-fno-math-errno"]
+    "kernel_cflags": ["-O3", "-std=c++17", "-fPIC", "-ffast-math", "-fno-finite-math-only", "-fno-math-errno", "-D__FAST_MATH__=1", "-Wno-builtin-macro-redefined"]
   },
   "targets": [
     {
