@@ -1,0 +1,105 @@
+/**
+ * `megalith tokenizer <train|encode|decode>`: train a byte-level BPE vocabulary, or try a
+ * tokenizer on some text.
+ *
+ *   megalith tokenizer train --vocab-size 8192 --input data/*.txt --out runs/tok.json
+ *   megalith tokenizer train --vocab-size 4096 --brown --out runs/brown-4k.json
+ *   megalith tokenizer encode --tokenizer gpt2 --text "Hello world"      # 15496 995
+ *   megalith tokenizer decode --tokenizer runs/tok.json --ids "15496 995"
+ */
+import { readFileSync } from "node:fs";
+import type { Command } from "commander";
+import { ValueError } from "../core/errors.js";
+import { loadTokenizer, trainBpe } from "../tokenizers/index.js";
+import { brownCorpusDocuments } from "../data/brown.js";
+
+function parseInteger(flag: string, min: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\s*\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < min) {
+      throw new ValueError(`${flag} must be an integer >= ${min}, got ${JSON.stringify(value)}`);
+    }
+    return n;
+  };
+}
+
+interface TrainFlags {
+  vocabSize: number;
+  input?: string[];
+  brown?: boolean;
+  out: string;
+  minFrequency: number;
+  quiet?: boolean;
+}
+
+interface TextFlags {
+  tokenizer: string;
+  text?: string;
+  file?: string;
+  allowSpecial?: boolean;
+  json?: boolean;
+}
+
+/**
+ * Adds the `tokenizer` command group to the program.
+ * @example register(program); await program.parseAsync(["node", "megalith", "tokenizer", "encode", "--text", "hi"]);
+ */
+export function register(program: Command): void {
+  const group = program.command("tokenizer").description("train a byte-level BPE tokenizer, or encode/decode with one");
+
+  group
+    .command("train")
+    .description("learn a byte-level BPE vocabulary from text files and write tokenizer.json")
+    .requiredOption("--vocab-size <n>", "total ids: 256 bytes + merges + <|endoftext|> (>= 257)", parseInteger("--vocab-size", 257))
+    .option("--input <files...>", "UTF-8 text files to learn from (streamed)")
+    .option("--brown", "also learn from the Brown corpus (built in)")
+    .requiredOption("--out <path>", "where to write the Hugging Face tokenizer.json")
+    .option("--min-frequency <n>", "never merge pairs seen fewer times", parseInteger("--min-frequency", 1), 2)
+    .option("--quiet", "no progress lines")
+    .action(async (flags: TrainFlags) => {
+      const files = flags.input ?? [];
+      if (files.length === 0 && !flags.brown) throw new ValueError("tokenizer train: give --input FILES... and/or --brown");
+      const t0 = performance.now();
+      const tok = await trainBpe({
+        files,
+        texts: flags.brown ? brownCorpusDocuments() : undefined,
+        vocabSize: flags.vocabSize,
+        minFrequency: flags.minFrequency,
+        progress: !flags.quiet,
+      });
+      tok.save(flags.out);
+      const seconds = ((performance.now() - t0) / 1000).toFixed(1);
+      process.stdout.write(`wrote ${flags.out}: vocab ${tok.vocabSize} (${tok.model.merges.length} merges, <|endoftext|> = ${tok.eotToken}) in ${seconds}s\n`);
+    });
+
+  group
+    .command("encode")
+    .description("print the token ids of some text")
+    .option("--tokenizer <spec>", '"gpt2", a tokenizer.json, or a directory', "gpt2")
+    .option("--text <text>", "the text to encode")
+    .option("--file <path>", "encode this file's contents instead")
+    .option("--allow-special", "encode <|endoftext|> in the text as the special token")
+    .option("--json", "print {ids, tokens} as JSON instead of bare ids")
+    .action((flags: TextFlags) => {
+      if ((flags.text === undefined) === (flags.file === undefined)) throw new ValueError("tokenizer encode: give exactly one of --text or --file");
+      const text = flags.text ?? readFileSync(flags.file!, "utf8");
+      const tok = loadTokenizer(flags.tokenizer);
+      const ids = tok.encode(text, { allowedSpecial: flags.allowSpecial ? "all" : [] });
+      if (flags.json) {
+        process.stdout.write(`${JSON.stringify({ tokenizer: tok.name, count: ids.length, ids, tokens: ids.map((id) => tok.idToToken(id)) })}\n`);
+      } else {
+        process.stdout.write(`${ids.join(" ")}\n`);
+      }
+    });
+
+  group
+    .command("decode")
+    .description("print the text of some token ids")
+    .option("--tokenizer <spec>", '"gpt2", a tokenizer.json, or a directory', "gpt2")
+    .requiredOption("--ids <ids>", 'ids separated by spaces or commas, e.g. "15496 995"')
+    .action((flags: { tokenizer: string; ids: string }) => {
+      const parts = flags.ids.split(/[\s,]+/).filter((s) => s !== "");
+      const ids = parts.map((s) => parseInteger("--ids", 0)(s));
+      process.stdout.write(`${loadTokenizer(flags.tokenizer).decode(ids)}\n`);
+    });
+}
