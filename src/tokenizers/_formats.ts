@@ -41,13 +41,14 @@ function describe(x: unknown): string {
 /** Parses a token -> id object (vocab.json, or tokenizer.json's model.vocab). */
 function readVocabObject(file: string, where: string, value: unknown): Map<string, number> {
   if (!isObject(value)) throw new FormatError(file, `${where} should be an object of token -> id, got ${describe(value)}`);
-  const vocab = new Map<string, number>();
-  for (const [token, id] of Object.entries(value)) {
+  const entries = Object.entries(value);
+  for (const [token, id] of entries) {
     if (typeof id !== "number" || !Number.isInteger(id) || id < 0) {
       throw new FormatError(file, `${where}: token ${JSON.stringify(token)} has id ${JSON.stringify(id)}; ids must be integers >= 0`);
     }
-    vocab.set(token, id);
   }
+  // In id order: JSON.parse hoists integer-like keys ("0", "10") to the front of the object.
+  const vocab = new Map((entries as Array<[string, number]>).sort((a, b) => a[1] - b[1]));
   if (vocab.size === 0) throw new FormatError(file, `${where} is empty`);
   return vocab;
 }
