@@ -14,7 +14,7 @@ export {
   add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, rsqrt, tanh, relu, sigmoid, silu, gelu, abs, square,
   erf, reciprocal, sin, cos, clamp, where, maskedFill, sum, mean, variance, maxAll, maxDim, argReduce, cumsum, topk,
   reshape, flatten, permute, transpose, expand, slice, select, squeeze, unsqueeze, contiguous, clone, cat, stack, split,
-  chunk, matmul, toDType, compare,
+  chunk, matmul, toDType, compare, reduceSumSq,
 } from "./ops.js";
 export {
   softmax, logSoftmax, layerNorm, rmsNorm, embedding, crossEntropy, dropout, scaledDotProductAttention,

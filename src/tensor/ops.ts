@@ -819,3 +819,31 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
   const ctx = { a: a.saveForBackward(), b: b.saveForBackward(), needA: a.requiresGrad, needB: b.requiresGrad };
   return recordNode("matmul", out, [a, b], (gy) => G.matmul(ctx, gy as Tensor), [ctx.a, ctx.b]);
 }
+
+/**
+ * Sum of squares of every element, accumulated in float64 across rows of 4096 (parallel,
+ * and accurate for the hundred-million-element gradients of a real model).
+ */
+export function reduceSumSq(t: Tensor): number {
+  checkFloat("reduceSumSq", t);
+  return withContig(t, (c) => {
+    const n = c.numel;
+    const row = 4096;
+    const A = Math.floor(n / row);
+    let total = 0;
+    if (A > 0) {
+      const out = Tensor.empty([A]);
+      native.reduce(ReduceOp.sumSq, c.ptr, out.ptr, A, row, 1, 1);
+      for (const v of out.data() as Float32Array) total += v;
+      out.dispose();
+    }
+    const rest = n - A * row;
+    if (rest > 0) {
+      const out = Tensor.empty([1]);
+      native.reduce(ReduceOp.sumSq, c.ptr + A * row * 4, out.ptr, 1, rest, 1, 1);
+      total += (out.data() as Float32Array)[0]!;
+      out.dispose();
+    }
+    return total;
+  });
+}

@@ -1,0 +1,24 @@
+/** models/gpt: the GPT-2 model and its Hugging Face weight adapters. */
+import { GPT as GPTBase, type GPTOptions } from "./model.js";
+import { loadGPT, saveGPT } from "./weights.js";
+
+/**
+ * GPT-2 with Hugging Face directory I/O.
+ * @example
+ * const model = await GPT.fromPretrained("path/to/gpt2-dir");
+ * await model.savePretrained("out/model");
+ */
+export class GPT extends GPTBase {
+  /** Loads config.json + model.safetensors from a Hugging Face GPT-2 directory. */
+  static async fromPretrained(dir: string, opts: GPTOptions = {}): Promise<GPT> {
+    return loadGPT(dir, opts, (c, o) => new GPT(c, o));
+  }
+
+  /** Writes config.json + model.safetensors with HF names and layouts. */
+  async savePretrained(dir: string): Promise<void> {
+    await saveGPT(this, dir);
+  }
+}
+
+export { type GPTConfig, type GPTOptions, type GPTOutput, type KVCache, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
+export { readGPTConfig, hfConfig, gptToRecords } from "./weights.js";

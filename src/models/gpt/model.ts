@@ -1,0 +1,301 @@
+/**
+ * GPT-2, in one file, top-down in dependency order (nanoGPT's model.py shape).
+ *
+ * Shape legend: B batch, T sequence length, C embedding width (n_embd), H heads,
+ * D head width (C / H), V vocabulary size.
+ *
+ * Parameter names follow Hugging Face's GPT2Model (`wte.weight`, `h.0.attn.c_attn.weight`...),
+ * so a state dict maps one-to-one onto HF checkpoints; the only difference is that our linear
+ * weights are [out, in] (PyTorch nn.Linear) where HF's Conv1D stores [in, out] (see weights.ts).
+ * The model knows nothing about parallelism.
+ */
+import { ValueError, fmtShape } from "../../core/errors.js";
+import {
+  Tensor, F, Module, Linear, Embedding, LayerNorm, normal, zeros, ones, checkpoint, noGrad, cat, tensor,
+} from "./_deps.js";
+
+/** Architecture hyper-parameters (HF config.json names in comments). */
+export interface GPTConfig {
+  /** Transformer blocks (n_layer). */
+  nLayer: number;
+  /** Attention heads (n_head). */
+  nHead: number;
+  /** Embedding width (n_embd). */
+  nEmbd: number;
+  /** Maximum context length (n_positions). */
+  blockSize: number;
+  /** Vocabulary size (vocab_size). */
+  vocabSize: number;
+  /** Dropout probability on embeddings, attention output and MLP output. Default 0. */
+  dropout?: number;
+  /** Biases in linear layers and LayerNorms (GPT-2: true). Default true. */
+  bias?: boolean;
+  /** LayerNorm epsilon (layer_norm_epsilon). Default 1e-5. */
+  layerNormEpsilon?: number;
+}
+
+export interface GPTOptions {
+  /** Seed for parameter initialisation; each parameter draws from its own stream. Default 1337. */
+  seed?: number;
+  /** Recompute each block's activations in backward instead of storing them. Default false. */
+  activationCheckpointing?: boolean;
+}
+
+/** Validates a config and fills defaults; errors name the bad field. */
+export function resolveGPTConfig(c: GPTConfig): Required<GPTConfig> {
+  const need = (k: keyof GPTConfig, v: unknown, min = 1) => {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+      throw new ValueError(`GPT config: ${k} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+    }
+  };
+  need("nLayer", c.nLayer);
+  need("nHead", c.nHead);
+  need("nEmbd", c.nEmbd);
+  need("blockSize", c.blockSize);
+  need("vocabSize", c.vocabSize);
+  if (c.nEmbd % c.nHead !== 0) throw new ValueError(`GPT config: nEmbd (${c.nEmbd}) must be divisible by nHead (${c.nHead})`);
+  const dropout = c.dropout ?? 0;
+  if (!(dropout >= 0 && dropout < 1)) throw new ValueError(`GPT config: dropout must be in [0, 1), got ${dropout}`);
+  return { ...c, dropout, bias: c.bias ?? true, layerNormEpsilon: c.layerNormEpsilon ?? 1e-5 };
+}
+
+/** A stable per-parameter seed: initialisation never depends on creation order or layout. */
+function paramSeed(base: number, name: string): number {
+  let h = 2166136261 ^ base;
+  for (let i = 0; i < name.length; i++) h = Math.imul(h ^ name.charCodeAt(i), 16777619);
+  return (h >>> 0) + base * 2 ** 20;
+}
+
+/** Re-initialises a Linear the GPT-2 way: N(0, std) weights, zero bias. */
+function initLinear(l: Linear, std: number, seed: number, name: string): void {
+  noGrad(() => {
+    const w = normal(l.weight.shape, 0, std, { seed: paramSeed(seed, name) });
+    l.weight.copy_(w);
+    w.dispose();
+    l.bias?.zero_();
+  });
+}
+
+/** Per-layer key/value cache for incremental decoding: [B, H, T_cached, D] each. */
+export interface KVCache {
+  k: Array<Tensor | null>;
+  v: Array<Tensor | null>;
+  /** Tokens already in the cache. */
+  length: number;
+}
+
+// ---- blocks ----------------------------------------------------------------------------------
+
+/** Multi-head causal self-attention with one fused QKV projection. */
+export class CausalSelfAttention extends Module {
+  readonly c_attn: Linear;
+  readonly c_proj: Linear;
+  constructor(readonly cfg: Required<GPTConfig>) {
+    super();
+    this.c_attn = this.module("c_attn", new Linear(cfg.nEmbd, 3 * cfg.nEmbd, { bias: cfg.bias }));
+    this.c_proj = this.module("c_proj", new Linear(cfg.nEmbd, cfg.nEmbd, { bias: cfg.bias }));
+  }
+
+  forward(x: Tensor, cache?: { kv: KVCache; layer: number }): Tensor {
+    const [B, T, C] = x.shape as [number, number, number];
+    const H = this.cfg.nHead, D = C / H;
+    const qkv = this.c_attn.forward(x);                                        // (B, T, 3C)
+    const [q0, k0, v0] = qkv.split(C, -1);                                    // 3 x (B, T, C)
+    const heads = (t: Tensor) => t.view([B, T, H, D]).transpose(1, 2);        // (B, H, T, D)
+    let q = heads(q0!), k = heads(k0!), v = heads(v0!);
+    let causal = true;
+    if (cache) {
+      const { kv, layer } = cache;
+      const pk = kv.k[layer], pv = kv.v[layer];
+      if (pk && pv) {
+        k = cat([pk, k], 2);                                                  // (B, H, T_past + T, D)
+        v = cat([pv, v], 2);
+      } else {
+        k = k.contiguous();
+        v = v.contiguous();
+      }
+      kv.k[layer]?.dispose();
+      kv.v[layer]?.dispose();
+      kv.k[layer] = k.keep();
+      kv.v[layer] = v.keep();
+      // New queries sit at the end of the keys: bottom-right causal alignment via an explicit mask.
+      const S = k.shape[2]!;
+      if (S !== T) {
+        causal = false;
+        const mask = causalMask(T, S);
+        const y = F.scaledDotProductAttention(q, k, v, { attnMask: mask });
+        mask.dispose();
+        return this.merge(y, B, T, C);
+      }
+    }
+    const y = F.scaledDotProductAttention(q, k, v, { isCausal: causal });        // (B, H, T, D)
+    return this.merge(y, B, T, C);
+  }
+
+  private merge(y: Tensor, B: number, T: number, C: number): Tensor {
+    const m = y.transpose(1, 2).reshape([B, T, C]);                           // (B, T, C)
+    let out = this.c_proj.forward(m);
+    if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
+    return out;
+  }
+}
+
+/** 1 where query i (at position S - T + i) may see key j, as uint8 [T, S]. */
+function causalMask(T: number, S: number): Tensor {
+  const m = new Uint8Array(T * S);
+  for (let i = 0; i < T; i++) for (let j = 0; j <= S - T + i; j++) m[i * S + j] = 1;
+  return tensor(m, { shape: [T, S], dtype: "uint8" });
+}
+
+/** Position-wise MLP: C -> 4C -> GELU(tanh) -> C. */
+export class MLP extends Module {
+  readonly c_fc: Linear;
+  readonly c_proj: Linear;
+  constructor(readonly cfg: Required<GPTConfig>) {
+    super();
+    this.c_fc = this.module("c_fc", new Linear(cfg.nEmbd, 4 * cfg.nEmbd, { bias: cfg.bias }));
+    this.c_proj = this.module("c_proj", new Linear(4 * cfg.nEmbd, cfg.nEmbd, { bias: cfg.bias }));
+  }
+
+  forward(x: Tensor): Tensor {
+    const h = F.gelu(this.c_fc.forward(x), { approximate: "tanh" });          // (B, T, 4C)
+    let out = this.c_proj.forward(h);                                          // (B, T, C)
+    if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
+    return out;
+  }
+}
+
+/** Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). */
+export class Block extends Module {
+  readonly ln_1: LayerNorm;
+  readonly attn: CausalSelfAttention;
+  readonly ln_2: LayerNorm;
+  readonly mlp: MLP;
+  constructor(cfg: Required<GPTConfig>) {
+    super();
+    this.ln_1 = this.module("ln_1", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
+    this.attn = this.module("attn", new CausalSelfAttention(cfg));
+    this.ln_2 = this.module("ln_2", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
+    this.mlp = this.module("mlp", new MLP(cfg));
+  }
+
+  forward(x: Tensor, cache?: { kv: KVCache; layer: number }): Tensor {
+    const a = this.attn.forward(this.ln_1.forward(x), cache);                 // (B, T, C)
+    const x1 = x.add(a);
+    return x1.add(this.mlp.forward(this.ln_2.forward(x1)));                   // (B, T, C)
+  }
+}
+
+// ---- the model -----------------------------------------------------------------------------------
+
+export interface GPTOutput {
+  /** (B, T, V) next-token logits. */
+  logits: Tensor;
+  /** Mean cross-entropy over targets (ignore index -100), when targets were given. */
+  loss: Tensor | null;
+}
+
+/**
+ * GPT-2: token + learned position embeddings, pre-LN blocks, final LayerNorm, LM head tied to
+ * the token embedding.
+ * @example
+ * const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 64, blockSize: 64, vocabSize: 50257 });
+ * const { logits, loss } = model.forward(idx, targets);
+ */
+export class GPT extends Module {
+  readonly config: Required<GPTConfig>;
+  readonly wte: Embedding;
+  readonly wpe: Embedding;
+  readonly h: Block[];
+  readonly ln_f: LayerNorm;
+  activationCheckpointing: boolean;
+
+  constructor(config: GPTConfig, opts: GPTOptions = {}) {
+    super();
+    const cfg = resolveGPTConfig(config);
+    this.config = cfg;
+    this.activationCheckpointing = opts.activationCheckpointing ?? false;
+    const seed = opts.seed ?? 1337;
+    this.wte = this.module("wte", new Embedding(cfg.vocabSize, cfg.nEmbd, { seed: paramSeed(seed, "wte.weight") }));
+    this.wpe = this.module("wpe", new Embedding(cfg.blockSize, cfg.nEmbd, { seed: paramSeed(seed, "wpe.weight") }));
+    this.h = [];
+    for (let i = 0; i < cfg.nLayer; i++) this.h.push(this.module(`h.${i}`, new Block(cfg)));
+    this.ln_f = this.module("ln_f", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
+    // GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
+    const projStd = 0.02 / Math.sqrt(2 * cfg.nLayer);
+    this.h.forEach((b, i) => {
+      initLinear(b.attn.c_attn, 0.02, seed, `h.${i}.attn.c_attn.weight`);
+      initLinear(b.attn.c_proj, projStd, seed, `h.${i}.attn.c_proj.weight`);
+      initLinear(b.mlp.c_fc, 0.02, seed, `h.${i}.mlp.c_fc.weight`);
+      initLinear(b.mlp.c_proj, projStd, seed, `h.${i}.mlp.c_proj.weight`);
+    });
+  }
+
+  /**
+   * idx: (B, T) int32 token ids; targets: (B, T) int32 (-100 = ignore).
+   * With a KV cache, idx holds only the new tokens and positions continue from the cache.
+   */
+  forward(idx: Tensor, targets?: Tensor | null, kv?: KVCache): GPTOutput {
+    if (idx.dtype !== "int32" || idx.ndim !== 2) {
+      throw new ValueError(`GPT.forward: idx must be an int32 tensor of shape (B, T), got ${idx.dtype} ${fmtShape(idx.shape)}`);
+    }
+    const [B, T] = idx.shape as [number, number];
+    const past = kv?.length ?? 0;
+    if (past + T > this.config.blockSize) {
+      throw new ValueError(`GPT.forward: sequence length ${past + T} exceeds block_size ${this.config.blockSize}`);
+    }
+    const pos = positions(past, T);                                           // (T)
+    const tok = this.wte.forward(idx);                                        // (B, T, C)
+    const pe = this.wpe.forward(pos);                                         // (T, C)
+    let x = tok.add(pe);                                                      // (B, T, C)
+    pos.dispose();
+    if (this.config.dropout > 0) x = F.dropout(x, this.config.dropout, this.training);
+    this.h.forEach((block, i) => {
+      if (this.activationCheckpointing && this.training && !kv) x = checkpoint((h: Tensor) => block.forward(h), x);
+      else x = block.forward(x, kv ? { kv, layer: i } : undefined);
+    });
+    if (kv) kv.length = past + T;
+    x = this.ln_f.forward(x);                                                 // (B, T, C)
+    const logits = x.matmul(this.wte.weight.t());                             // (B, T, V)
+    if (!targets) return { logits, loss: null };
+    if (targets.ndim !== 2 || targets.shape[0] !== B || targets.shape[1] !== T) {
+      throw new ValueError(`GPT.forward: targets shape ${fmtShape(targets.shape)} must equal idx shape ${fmtShape(idx.shape)}`);
+    }
+    const V = this.config.vocabSize;
+    const loss = F.crossEntropy(logits.view([B * T, V]), targets.view([B * T]));
+    return { logits, loss };
+  }
+
+  /** An empty KV cache for incremental decoding. */
+  newKVCache(): KVCache {
+    return { k: new Array(this.config.nLayer).fill(null), v: new Array(this.config.nLayer).fill(null), length: 0 };
+  }
+
+  /** Frees a KV cache's tensors. */
+  static disposeKVCache(kv: KVCache): void {
+    for (const t of [...kv.k, ...kv.v]) t?.dispose();
+    kv.k.fill(null);
+    kv.v.fill(null);
+    kv.length = 0;
+  }
+
+  /**
+   * Model FLOPs per token for training (forward + backward = 3x forward): 6N for the
+   * parameter matmuls plus attention's 12 L T C (PaLM's accounting, as in nanoGPT's MFU).
+   */
+  flopsPerToken(T = this.config.blockSize): number {
+    const c = this.config;
+    const nonEmbedding = this.numParameters() - c.blockSize * c.nEmbd;
+    return 6 * nonEmbedding + 12 * c.nLayer * c.nEmbd * T;
+  }
+}
+
+function positions(start: number, T: number): Tensor {
+  const p = new Int32Array(T);
+  for (let i = 0; i < T; i++) p[i] = start + i;
+  return tensor(p, { dtype: "int32" });
+}
+
+// Keep zeros/ones imported for readers looking for the init helpers used by layers.
+void zeros;
+void ones;

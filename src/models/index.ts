@@ -1,0 +1,2 @@
+/** models: single-device model definitions. */
+export * from "./gpt/index.js";
