@@ -11,11 +11,11 @@
  * pair. Merging a pair touches only the words that contain it and adjusts the counts of the
  * pairs around each occurrence.
  */
-import { createReadStream, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { Progress } from "../core/progress.js";
 import { ValueError } from "../core/errors.js";
 import { BYTE_ORDER, BYTE_TO_CHAR, utf8EncodeInto } from "./_byte_level.js";
-import { pieceEnd } from "./_pretokenize.js";
+import { countFile, countText } from "./_word_counts.js";
 import { ByteLevelBpe, END_OF_TEXT } from "./byte_level_bpe.js";
 
 /** Options of `trainBpe()`. */
@@ -63,7 +63,7 @@ export async function trainBpe(options: TrainBpeOptions): Promise<ByteLevelBpe> 
   const totalBytes = files.reduce((sum, f) => sum + fileSize(f), 0);
   const progress = showProgress ? new Progress("tokenizer: counting words", { total: totalBytes, unit: "MB", unitScale: 1e6 }) : undefined;
   for (const file of files) await countFile(file, counts, chunkBytes, progress);
-  for (const text of options.texts ?? []) countComplete(text, counts);
+  for (const text of options.texts ?? []) countText(text, counts);
   progress?.done();
 
   const model = learnMerges(counts, vocabSize, minFrequency, showProgress);
@@ -76,69 +76,6 @@ function fileSize(file: string): number {
   } catch (err) {
     throw new ValueError(`trainBpe: cannot read input file ${JSON.stringify(file)}: ${(err as Error).message}`);
   }
-}
-
-/**
- * Past this many UTF-16 units of uncounted tail (a single enormous "word"), the tail is counted
- * as if the file ended there. Only pathological inputs get near it.
- */
-const MAX_CARRY = 1 << 24;
-
-async function countFile(file: string, counts: Map<string, number>, chunkBytes: number, progress?: Progress): Promise<void> {
-  const decoder = new TextDecoder("utf-8"); // stream mode keeps characters split across chunks whole
-  let carry = "";
-  for await (const chunk of createReadStream(file, { highWaterMark: chunkBytes })) {
-    const text = carry + decoder.decode(chunk as Buffer, { stream: true });
-    carry = countSafePrefix(text, counts);
-    if (carry.length > MAX_CARRY) carry = countComplete(carry, counts);
-    progress?.tick((chunk as Buffer).length);
-  }
-  countComplete(carry + decoder.decode(), counts);
-}
-
-/** Counts all of `text` (its end is a real end of text). Returns "" (nothing carried). */
-function countComplete(text: string, counts: Map<string, number>): string {
-  let start = 0;
-  for (let at = text.indexOf(END_OF_TEXT); at >= 0; at = text.indexOf(END_OF_TEXT, start)) {
-    countRange(text, start, at, counts);
-    start = at + END_OF_TEXT.length;
-  }
-  countRange(text, start, text.length, counts);
-  return "";
-}
-
-function countRange(text: string, start: number, end: number, counts: Map<string, number>): void {
-  for (let i = start; i < end; ) {
-    const j = pieceEnd(text, i, end);
-    const piece = text.slice(i, j);
-    counts.set(piece, (counts.get(piece) ?? 0) + 1);
-    i = j;
-  }
-}
-
-/**
- * Counts the pieces of `text` that more text cannot change, and returns the rest to be prefixed
- * to the next chunk. A piece is final when two more pieces follow it (its end and the whitespace
- * look-ahead are decided by characters already read) and it ends at least two units before where
- * an `<|endoftext|>` cut off by the chunk end could begin.
- */
-function countSafePrefix(text: string, counts: Map<string, number>): string {
-  let start = 0;
-  for (let at = text.indexOf(END_OF_TEXT); at >= 0; at = text.indexOf(END_OF_TEXT, start)) {
-    countRange(text, start, at, counts);
-    start = at + END_OF_TEXT.length;
-  }
-  const limit = text.length - (END_OF_TEXT.length - 1) - 2;
-  const ends: number[] = [];
-  for (let i = start; i < text.length; ) {
-    i = pieceEnd(text, i, text.length);
-    ends.push(i);
-  }
-  let safe = 0;
-  while (safe < ends.length - 2 && ends[safe]! <= limit) safe++;
-  const cut = safe > 0 ? ends[safe - 1]! : start;
-  countRange(text, start, cut, counts);
-  return text.slice(cut);
 }
 
 /** Max-heap of (count, pair key): larger count first, then smaller key (smaller ids). */
