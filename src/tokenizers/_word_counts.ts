@@ -22,9 +22,9 @@ const MAX_CARRY = 1 << 24;
  * counts as `countText` on the whole file, whatever the chunk size.
  */
 export async function countFile(file: string, counts: Map<string, number>, chunkBytes: number, progress?: Progress): Promise<void> {
-  // Stream mode keeps characters split across chunks whole; a leading BOM is dropped as an
-  // encoding mark; invalid UTF-8 becomes U+FFFD.
-  const decoder = new TextDecoder("utf-8");
+  // Stream mode keeps characters split across chunks whole; invalid UTF-8 becomes U+FFFD; a
+  // leading BOM is kept, so the counts are exactly those of the file's text.
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
   let carry = "";
   for await (const chunk of createReadStream(file, { highWaterMark: chunkBytes })) {
     const text = carry + decoder.decode(chunk as Buffer, { stream: true });
