@@ -9,7 +9,7 @@
  * - tokens are joined with single spaces, except that closing punctuation (. , ; : ? ! ) ]) sticks
  *   to the word before and opening brackets to the word after;
  * - `` and '' (the corpus' double quotes) become '"', attached inwards; lone ' quotes alternate
- *   between opening and closing within a paragraph;
+ *   between opening and closing within a paragraph; '' inside a token (inches: 1/2'') is '"';
  * - sentences of a paragraph are joined with a space, paragraphs with a blank line.
  * The result is deterministic and ASCII, like the corpus itself.
  *
@@ -107,6 +107,8 @@ export function detagBrown(tagged: string): string {
         singleOpen = !singleOpen;
         if (singleOpen) glueAfter = true;
         else glueBefore = true;
+      } else if (word.includes("''") || word.includes("``")) {
+        out = word.replace(/''|``/g, '"'); // inch marks inside a token: 1/2'' -> 1/2"
       }
       text += glueNext || glueBefore ? out : ` ${out}`;
       glueNext = glueAfter;
