@@ -23,6 +23,13 @@ function parseInteger(flag: string, min: number) {
   };
 }
 
+/** Writes to the command's configured output (stdout unless a caller, e.g. a test, set another). */
+function print(cmd: Command, text: string): void {
+  const writeOut = cmd.configureOutput().writeOut;
+  if (writeOut) writeOut(text);
+  else process.stdout.write(text);
+}
+
 interface TrainFlags {
   vocabSize: number;
   input?: string[];
@@ -56,7 +63,7 @@ export function register(program: Command): void {
     .requiredOption("--out <path>", "where to write the Hugging Face tokenizer.json")
     .option("--min-frequency <n>", "never merge pairs seen fewer times", parseInteger("--min-frequency", 1), 2)
     .option("--quiet", "no progress lines")
-    .action(async (flags: TrainFlags) => {
+    .action(async (flags: TrainFlags, cmd: Command) => {
       const files = flags.input ?? [];
       if (files.length === 0 && !flags.brown) throw new ValueError("tokenizer train: give --input FILES... and/or --brown");
       const t0 = performance.now();
@@ -69,7 +76,7 @@ export function register(program: Command): void {
       });
       tok.save(flags.out);
       const seconds = ((performance.now() - t0) / 1000).toFixed(1);
-      process.stdout.write(`wrote ${flags.out}: vocab ${tok.vocabSize} (${tok.model.merges.length} merges, <|endoftext|> = ${tok.eotToken}) in ${seconds}s\n`);
+      print(cmd, `wrote ${flags.out}: vocab ${tok.vocabSize} (${tok.model.merges.length} merges, <|endoftext|> = ${tok.eotToken}) in ${seconds}s\n`);
     });
 
   group
@@ -80,15 +87,15 @@ export function register(program: Command): void {
     .option("--file <path>", "encode this file's contents instead")
     .option("--allow-special", "encode <|endoftext|> in the text as the special token")
     .option("--json", "print {ids, tokens} as JSON instead of bare ids")
-    .action((flags: TextFlags) => {
+    .action((flags: TextFlags, cmd: Command) => {
       if ((flags.text === undefined) === (flags.file === undefined)) throw new ValueError("tokenizer encode: give exactly one of --text or --file");
       const text = flags.text ?? readFileSync(flags.file!, "utf8");
       const tok = loadTokenizer(flags.tokenizer);
       const ids = tok.encode(text, { allowedSpecial: flags.allowSpecial ? "all" : [] });
       if (flags.json) {
-        process.stdout.write(`${JSON.stringify({ tokenizer: tok.name, count: ids.length, ids, tokens: ids.map((id) => tok.idToToken(id)) })}\n`);
+        print(cmd, `${JSON.stringify({ tokenizer: tok.name, count: ids.length, ids, tokens: ids.map((id) => tok.idToToken(id)) })}\n`);
       } else {
-        process.stdout.write(`${ids.join(" ")}\n`);
+        print(cmd, `${ids.join(" ")}\n`);
       }
     });
 
@@ -97,9 +104,9 @@ export function register(program: Command): void {
     .description("print the text of some token ids")
     .option("--tokenizer <spec>", '"gpt2", a tokenizer.json, or a directory', "gpt2")
     .requiredOption("--ids <ids>", 'ids separated by spaces or commas, e.g. "15496 995"')
-    .action((flags: { tokenizer: string; ids: string }) => {
+    .action((flags: { tokenizer: string; ids: string }, cmd: Command) => {
       const parts = flags.ids.split(/[\s,]+/).filter((s) => s !== "");
       const ids = parts.map((s) => parseInteger("--ids", 0)(s));
-      process.stdout.write(`${loadTokenizer(flags.tokenizer).decode(ids)}\n`);
+      print(cmd, `${loadTokenizer(flags.tokenizer).decode(ids)}\n`);
     });
 }
