@@ -595,12 +595,12 @@ export function attentionBackward(q: Arr, k: Arr, v: Arr, go: Arr, opts: Attenti
  */
 export function numGrad(f: (...xs: Arr[]) => Arr, inputs: readonly Arr[], gy: Arr, wrt?: readonly number[], h = 1e-6): Arr[] {
   const which = wrt ?? inputs.map((_, i) => i);
-  const loss = (xs: Arr[]): number => {
+  // Differences are taken per output element before weighting, so large constant outputs
+  // (masked fills of -1e9 or -Infinity) do not swamp the difference in round-off.
+  const eval_ = (xs: Arr[]): Float64Array => {
     const y = f(...xs);
     if (y.data.length !== gy.data.length) throw new Error(`numGrad: f gave [${y.shape}] but gy is [${gy.shape}]`);
-    let s = 0;
-    for (let i = 0; i < y.data.length; i++) s += y.data[i]! * gy.data[i]!;
-    return s;
+    return y.data;
   };
   const out: Arr[] = [];
   for (const w of which) {
@@ -611,11 +611,13 @@ export function numGrad(f: (...xs: Arr[]) => Arr, inputs: readonly Arr[], gy: Ar
       const v = x.data[i]!;
       const step = h * Math.max(1, Math.abs(v));
       x.data[i] = v + step;
-      const lp = loss(xs);
+      const yp = eval_(xs);
       x.data[i] = v - step;
-      const lm = loss(xs);
+      const ym = eval_(xs);
       x.data[i] = v;
-      g.data[i] = (lp - lm) / (2 * step);
+      let s = 0;
+      for (let j = 0; j < yp.length; j++) if (yp[j] !== ym[j]) s += (yp[j]! - ym[j]!) * gy.data[j]!;
+      g.data[i] = s / (2 * step);
     }
     out.push(g);
   }
