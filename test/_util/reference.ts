@@ -275,10 +275,11 @@ export function reduce(a: Arr, dims: number | number[] | null | undefined, keepd
   const outShape = a.shape.map((s, i) => (ds.includes(i) ? 1 : s));
   const out = full(outShape, init);
   const rShape = ds.map((d) => a.shape[d]!);
+  const reduced = a.shape.map((_, i) => ds.includes(i));
   for (let i = 0; i < a.data.length; i++) {
     const idx = unravel(i, a.shape);
     let o = 0, r = 0;
-    for (let k = 0; k < idx.length; k++) o = o * outShape[k]! + (ds.includes(k) ? 0 : idx[k]!);
+    for (let k = 0; k < idx.length; k++) o = o * outShape[k]! + (reduced[k] ? 0 : idx[k]!);
     for (let k = 0; k < ds.length; k++) r = r * rShape[k]! + idx[ds[k]!]!;
     out.data[o] = f(out.data[o]!, a.data[i]!, r);
   }
@@ -600,7 +601,7 @@ export function numGrad(f: (...xs: Arr[]) => Arr, inputs: readonly Arr[], gy: Ar
   const eval_ = (xs: Arr[]): Float64Array => {
     const y = f(...xs);
     if (y.data.length !== gy.data.length) throw new Error(`numGrad: f gave [${y.shape}] but gy is [${gy.shape}]`);
-    return y.data;
+    return y.data.slice();  // f may return (a view of) its input, which is mutated next
   };
   const out: Arr[] = [];
   for (const w of which) {
