@@ -60,10 +60,15 @@ export async function trainBpe(options: TrainBpeOptions): Promise<ByteLevelBpe> 
   if (files.length === 0 && options.texts === undefined) throw new ValueError("trainBpe: give files or texts to train on");
 
   const counts = new Map<string, number>();
-  const totalBytes = files.reduce((sum, f) => sum + fileSize(f), 0);
-  const progress = showProgress ? new Progress("tokenizer: counting words", { total: totalBytes, unit: "MB", unitScale: 1e6 }) : undefined;
+  const fileBytes = files.reduce((sum, f) => sum + fileSize(f), 0);
+  // The total is known only for files; in-memory texts are counted as they come.
+  const total = options.texts === undefined ? fileBytes : undefined;
+  const progress = showProgress ? new Progress("tokenizer: counting words", { total, unit: "MB", unitScale: 1e6 }) : undefined;
   for (const file of files) await countFile(file, counts, chunkBytes, progress);
-  for (const text of options.texts ?? []) countText(text, counts);
+  for (const text of options.texts ?? []) {
+    countText(text, counts);
+    progress?.tick(Buffer.byteLength(text, "utf8"));
+  }
   progress?.done();
 
   const model = learnMerges(counts, vocabSize, minFrequency, showProgress);
