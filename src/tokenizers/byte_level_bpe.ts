@@ -43,6 +43,9 @@ export interface ByteLevelBpeOptions {
   cacheSize?: number;
 }
 
+/** Upper bound on token ids (16M): far above any real vocabulary. */
+const MAX_ID = 1 << 24;
+
 /** Pre-tokens longer than this (in UTF-16 units) are not cached: they rarely repeat. */
 const CACHE_MAX_PIECE = 128;
 
@@ -88,7 +91,9 @@ export class ByteLevelBpe implements Tokenizer {
     let maxId = -1;
     const byId = new Map<number, string>();
     const claim = (token: string, id: number, what: string) => {
-      if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) fail(`${what} "${token}" has id ${id}; ids must be integers >= 0`);
+      if (!Number.isInteger(id) || id < 0) fail(`${what} "${token}" has id ${id}; ids must be integers >= 0`);
+      // Tables are indexed by id, so a stray huge id would allocate gigabytes.
+      if (id >= MAX_ID) fail(`${what} "${token}" has id ${id}; ids must be below ${MAX_ID}`);
       const other = byId.get(id);
       if (other !== undefined && other !== token) fail(`id ${id} is used by both "${other}" and "${token}"`);
       byId.set(id, token);

@@ -101,6 +101,7 @@ test("`loadTokenizer()` rejects corrupt or foreign files with a FormatError nami
     ["wordpiece.json", edit((j) => (j.model.type = "WordPiece")), /model.type is "WordPiece"/],
     ["vocabarray.json", edit((j) => (j.model.vocab = [])), /model.vocab should be an object/],
     ["badid.json", edit((j) => (j.model.vocab["!"] = -3)), /token "!" has id -3/],
+    ["hugeid.json", edit((j) => (j.model.vocab["!"] = 2 ** 40)), /ids must be below/],
     ["dupid.json", edit((j) => (j.model.vocab["!"] = 1)), /id 1 is used by both/],
     ["nobyte.json", edit((j) => delete j.model.vocab["Ā"]), /no token for byte 0x00/],
     ["foreign.json", edit((j) => (j.model.vocab["€uro"] = 9999)), /not in GPT-2's byte-character form/],
