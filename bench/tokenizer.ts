@@ -46,7 +46,7 @@ function libraries(): Library[] {
   const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
   return [
     { name: "megalith", loadSeconds: megalithLoad, encode: (t) => megalith.encode(t), decode: (ids) => megalith.decode(ids) },
-    { name: "js-tiktoken", loadSeconds: jsLoad, encode: (t) => js.encode(t, [], []), decode: (ids) => js.decode(Array.from(ids)) },
+    { name: "js-tiktoken", loadSeconds: jsLoad, encode: (t) => js.encode(t, [], []), decode: (ids) => js.decode(ids as number[]) },
     {
       name: "tiktoken (wasm)",
       loadSeconds: wasmLoad,

@@ -63,9 +63,10 @@ export class ByteLevelBpe implements Tokenizer {
   readonly model: BpeModel;
 
   private readonly tokens: Array<string | undefined>;
-  // Bytes of every id, flat: id's bytes are tokenData[tokenStart[id], tokenStart[id + 1]).
+  // Bytes of every id, flat: id's bytes are tokenData[tokenStart[id], tokenEnd[id]).
   // Ids that are not tokens (holes in a sparse vocab) have tokenStart[id] = -1.
   private readonly tokenStart: Int32Array;
+  private readonly tokenEnd: Int32Array;
   private readonly tokenData: Uint8Array;
   private readonly byteIds = new Int32Array(256);
   private readonly ranks: PairRanks;
@@ -122,16 +123,18 @@ export class ByteLevelBpe implements Tokenizer {
       this.tokens[id] = token;
       tokenBytes[id] = utf8.encode(token);
     }
-    this.tokenStart = new Int32Array(this.vocabSize + 1);
+    this.tokenStart = new Int32Array(this.vocabSize).fill(-1);
+    this.tokenEnd = new Int32Array(this.vocabSize);
     this.tokenData = new Uint8Array(tokenBytes.reduce((sum, b) => sum + (b?.length ?? 0), 0));
     let at = 0;
     for (let id = 0; id < this.vocabSize; id++) {
       const bytes = tokenBytes[id];
-      this.tokenStart[id] = bytes === undefined ? -1 : at;
-      if (bytes !== undefined) this.tokenData.set(bytes, at);
-      at += bytes?.length ?? 0;
+      if (bytes === undefined) continue;
+      this.tokenStart[id] = at;
+      this.tokenData.set(bytes, at);
+      at += bytes.length;
+      this.tokenEnd[id] = at;
     }
-    this.tokenStart[this.vocabSize] = at;
     for (let b = 0; b < 256; b++) {
       const id = model.vocab.get(BYTE_TO_CHAR[b]!);
       if (id === undefined) fail(`vocab has no token for byte 0x${b.toString(16).padStart(2, "0")} ("${BYTE_TO_CHAR[b]}"); a byte-level BPE needs all 256`);
@@ -206,23 +209,23 @@ export class ByteLevelBpe implements Tokenizer {
   /** Writes the bytes of `ids` to the front of `decodeBuffer` (grown as needed); returns the count. */
   private decodeInto(ids: ArrayLike<number>): number {
     const start = this.tokenStart;
+    const end = this.tokenEnd;
     const data = this.tokenData;
-    let length = 0;
+    let out = this.decodeBuffer;
+    let at = 0;
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
       const s = id < this.vocabSize ? start[id] : undefined; // undefined for negative or fractional ids
       if (s === undefined || s < 0) {
         throw new ValueError(`decode: ids[${i}] = ${id} is not a token of "${this.name}" (vocabSize ${this.vocabSize})`);
       }
-      length += nextStart(start, id) - s;
-    }
-    if (this.decodeBuffer.length < length) this.decodeBuffer = new Uint8Array(Math.max(length, 2 * this.decodeBuffer.length));
-    const out = this.decodeBuffer;
-    let at = 0;
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i]!;
-      const end = nextStart(start, id);
-      for (let k = start[id]!; k < end; k++) out[at++] = data[k]!;
+      const e = end[id]!;
+      if (at + e - s > out.length) {
+        const bigger = new Uint8Array(Math.max(2 * out.length, at + e - s));
+        bigger.set(out.subarray(0, at));
+        out = this.decodeBuffer = bigger;
+      }
+      for (let k = s; k < e; k++) out[at++] = data[k]!;
     }
     return at;
   }
@@ -295,11 +298,4 @@ export class ByteLevelBpe implements Tokenizer {
     }
     return re;
   }
-}
-
-/** End of id's bytes in the flat table: the start of the next id that is a token. */
-function nextStart(start: Int32Array, id: number): number {
-  let next = id + 1;
-  while (start[next]! < 0) next++;
-  return start[next]!;
 }
