@@ -35,7 +35,10 @@ class Pool {
     stop();
     quit_ = false;
     n = std::max(1, n);
-    for (int i = 1; i < n; i++) workers_.emplace_back([this] { worker_loop(); });
+    // The generation is read here, on the creating thread: a worker that starts late must still
+    // see the first job as new (reading it inside the thread would miss a job already posted).
+    const uint64_t gen = generation_.load();
+    for (int i = 1; i < n; i++) workers_.emplace_back([this, gen] { worker_loop(gen); });
   }
 
   void run(i64 ntasks, const std::function<void(i64)>& fn) {
@@ -74,8 +77,7 @@ class Pool {
     }
   }
 
-  void worker_loop() {
-    uint64_t seen = generation_.load();
+  void worker_loop(uint64_t seen) {
     for (;;) {
       // Spin for a while (about 50-100 us), then sleep.
       int spins = 0;
