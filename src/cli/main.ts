@@ -6,6 +6,11 @@
  */
 import { Command } from "commander";
 import { MegalithError } from "../core/errors.js";
+import { register as prepare } from "./prepare.js";
+import { register as tokenizer } from "./tokenizer.js";
+import { register as train } from "./train.js";
+import { register as sample } from "./sample.js";
+import { register as demo } from "./demo.js";
 
 const program = new Command();
 program
@@ -13,8 +18,8 @@ program
   .description("Train and serve transformer models from TypeScript.")
   .showHelpAfterError();
 
-const registrations: Array<(p: Command) => void> = [];
-// Commands are added here as they are built (one import + one line each).
+// One line per command, in the order of the data's path.
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, sample, demo];
 
 for (const register of registrations) register(program);
 

@@ -21,4 +21,5 @@ export class GPT extends GPTBase {
 }
 
 export { type GPTConfig, type GPTOptions, type GPTOutput, type KVCache, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
-export { readGPTConfig, hfConfig, gptToRecords } from "./weights.js";
+export { readGPTConfig, hfConfig, gptToRecords, loadGPTWeights } from "./weights.js";
+export { generate, sampleToken, type GenerateOptions, type SampleOptions } from "./generate.js";

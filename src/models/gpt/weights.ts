@@ -71,10 +71,16 @@ function toFloat32(name: string, r: TensorRecord, file: string): Float32Array {
  */
 export async function loadGPT<M extends GPT>(dir: string, opts: GPTOptions = {}, make: (c: GPTConfig, o: GPTOptions) => M = (c, o) => new GPT(c, o) as M): Promise<M> {
   const config = readGPTConfig(dir);
+  const model = make(config, opts);
+  await loadGPTWeights(model, dir);
+  return model;
+}
+
+/** Copies the weights of `dir`/model.safetensors into an existing model of the same shape. */
+export async function loadGPTWeights(model: GPT, dir: string): Promise<void> {
   const file = join(dir, "model.safetensors");
   if (!existsSync(file)) throw new FormatError(file, "not found");
   const { tensors } = await readSafetensors(file);
-  const model = make(config, opts);
   const own = new Map(model.namedParameters());
   const seen = new Set<string>();
   const unexpected: string[] = [];
@@ -106,7 +112,6 @@ export async function loadGPT<M extends GPT>(dir: string, opts: GPTOptions = {},
   if (missing.length || unexpected.length) {
     throw new FormatError(file, `weights do not match the config: missing ${JSON.stringify(missing.slice(0, 8))}${missing.length > 8 ? "..." : ""}, unexpected ${JSON.stringify(unexpected.slice(0, 8))}`);
   }
-  return model;
 }
 
 /** HF config.json fields for a GPT config. */

@@ -1,0 +1,50 @@
+/** `megalith sample --model DIR --prompt TEXT --max-new-tokens N --temperature T --top-k K --top-p P --seed S` */
+import type { Command } from "commander";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { ValueError } from "../core/errors.js";
+import { GPT, generate } from "../models/index.js";
+import { loadTokenizer } from "../tokenizers/index.js";
+
+function num(name: string, v: string, int = false): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || (int && !Number.isInteger(n))) throw new ValueError(`--${name} must be ${int ? "an integer" : "a number"}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+export function register(program: Command): void {
+  program
+    .command("sample")
+    .description("generate text from a trained model directory (greedy at --temperature 0)")
+    .requiredOption("--model <dir>", "Hugging Face style model directory (config.json + model.safetensors)")
+    .option("--prompt <text>", "prompt text", "\n")
+    .option("--tokenizer <spec>", "gpt2 or a tokenizer.json path (default: the model dir's tokenizer.json, else gpt2)")
+    .option("--max-new-tokens <n>", "tokens to generate", "64")
+    .option("--temperature <t>", "sampling temperature; 0 = greedy", "1.0")
+    .option("--top-k <k>", "keep the k most likely tokens (0 = off)", "0")
+    .option("--top-p <p>", "nucleus sampling threshold (1 = off)", "1.0")
+    .option("--seed <s>", "sampling seed", "0")
+    .action(async (o: Record<string, string>) => {
+      const model = await GPT.fromPretrained(o.model!);
+      const tokSpec = o.tokenizer ?? (existsSync(join(o.model!, "tokenizer.json")) ? o.model! : "gpt2");
+      const tok = loadTokenizer(tokSpec);
+      const prompt = tok.encode(o.prompt!);
+      const ids: number[] = [];
+      process.stdout.write(o.prompt!);
+      let printed = "";
+      for (const id of generate(model, prompt, {
+        maxNewTokens: num("max-new-tokens", o.maxNewTokens!, true), temperature: num("temperature", o.temperature!),
+        topK: num("top-k", o.topK!, true), topP: num("top-p", o.topP!), seed: num("seed", o.seed!, true), stopTokens: [tok.eotToken],
+      })) {
+        if (id === tok.eotToken) break;
+        ids.push(id);
+        // Print whole characters only (a token may end inside a multi-byte UTF-8 sequence).
+        const text = tok.decode(ids);
+        if (!text.endsWith("\uFFFD")) {
+          process.stdout.write(text.slice(printed.length));
+          printed = text;
+        }
+      }
+      process.stdout.write(tok.decode(ids).slice(printed.length) + "\n");
+    });
+}

@@ -1,0 +1,319 @@
+/**
+ * The training loop: data -> forward -> backward (with accumulation) -> clip -> AdamW ->
+ * metrics -> eval -> checkpoint, resumable bit-exactly.
+ *
+ * Each micro-step runs inside a tensor scope, so every activation and temporary of the step is
+ * freed when it ends; parameters, gradients and optimizer state are kept. A step whose loss or
+ * gradient norm is not finite is skipped (gradients dropped, nothing updated) and reported;
+ * `train.max_nonfinite_steps` consecutive skips stop the run with a clear error.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { MegalithError, ValueError } from "../core/errors.js";
+
+/** 1h02m / 3m05s style durations for the progress line. */
+function fmtEta(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  return h ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(r).padStart(2, "0")}s`;
+}
+import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
+import { tensor, withScope, memoryStats, type Tensor } from "../tensor/index.js";
+import { noGrad } from "../autograd/index.js";
+import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js";
+import { AdamW, gradNorm, cosineLr } from "../optim/index.js";
+import {
+  writeCheckpointDir, findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, readSafetensors,
+} from "../checkpoint/index.js";
+import { TokenLoader, evalBatches, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
+import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import { type TrainConfig, tokensPerStep } from "./config.js";
+
+/** One line of metrics.jsonl. */
+export interface StepMetrics {
+  step: number;
+  loss: number;
+  lr: number;
+  grad_norm: number;
+  tokens_per_s: number;
+  flops_per_s: number;
+  mfu: number;
+  mem_live_mb: number;
+  mem_peak_mb: number;
+  step_ms: number;
+}
+
+export interface TrainerOptions {
+  /** Continue from the newest complete checkpoint in out_dir. */
+  resume?: boolean;
+  /** Print progress (rank 0 only under MPI). Default true. */
+  log?: boolean;
+  /** Data-parallel rank/size (issue 4's launcher fills these). */
+  rank?: number;
+  worldSize?: number;
+}
+
+/** Trainer state saved in every checkpoint (trainer_state.json). */
+interface TrainerState {
+  step: number;
+  rng: { seed: number; offset: number };
+  loader: TokenLoaderState;
+  optimizer: ReturnType<AdamW["state"]>;
+  config: TrainConfig;
+  tokens_seen: number;
+}
+
+export class Trainer {
+  readonly config: TrainConfig;
+  model!: GPT;
+  optimizer!: AdamW;
+  loader!: TokenLoader;
+  dataDir!: string;
+  tokenizer: Tokenizer | null = null;
+  step = 0;
+  tokensSeen = 0;
+  private readonly opts: Required<TrainerOptions>;
+  private consecutiveNonFinite = 0;
+
+  constructor(config: TrainConfig, opts: TrainerOptions = {}) {
+    this.config = config;
+    this.opts = { resume: opts.resume ?? false, log: opts.log ?? true, rank: opts.rank ?? 0, worldSize: opts.worldSize ?? 1 };
+  }
+
+  private get isMain(): boolean {
+    return this.opts.rank === 0;
+  }
+
+  private say(msg: string): void {
+    if (this.opts.log && this.isMain) process.stderr.write(`${msg}\n`);
+  }
+
+  /** Prepares data, builds (or loads) the model and optimizer, and restores a checkpoint if asked. */
+  async setup(): Promise<void> {
+    const c = this.config;
+    mkdirSync(c.out_dir, { recursive: true });
+    // Data: the built-in Brown corpus is prepared (and cached) on first use.
+    if (c.data.source === "brown") {
+      const { dir, reused } = await ensurePreparedBrown(c.data.cache_dir, c.data.tokenizer);
+      this.say(`data: Brown corpus ${reused ? "(cached)" : "prepared"} at ${dir}`);
+      this.dataDir = dir;
+    } else {
+      if (!existsSync(join(c.data.source, "meta.json"))) {
+        throw new ValueError(`data.source ${JSON.stringify(c.data.source)} is neither "brown" nor a directory prepared by \`megalith prepare\` (no meta.json)`);
+      }
+      this.dataDir = c.data.source;
+    }
+    const meta = readMeta(this.dataDir);
+    if (meta.tokenizer.vocabSize > c.model.vocab_size) {
+      throw new ValueError(`model.vocab_size ${c.model.vocab_size} is smaller than the data's vocabulary (${meta.tokenizer.vocabSize}); raise it (GPT-2 uses 50257, padded to 50304)`);
+    }
+    try {
+      this.tokenizer = loadTokenizer(c.data.source === "brown" ? c.data.tokenizer : meta.tokenizer.spec);
+    } catch {
+      this.tokenizer = null;  // sampling text from the final model then needs an explicit tokenizer
+    }
+    manualSeed(c.train.seed);
+    this.model = new GPT(
+      { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias },
+      { seed: c.train.seed, activationCheckpointing: c.train.activation_checkpointing },
+    );
+    if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
+    this.optimizer = new AdamW(this.model.parameters(), {
+      lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay,
+    });
+    this.loader = new TokenLoader({
+      dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
+      seed: c.train.seed, rank: this.opts.rank, worldSize: this.opts.worldSize,
+    });
+    const params = this.model.numParameters();
+    this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
+      `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
+    if (this.opts.resume) await this.restoreLatest();
+  }
+
+  /** Learning rate at optimizer step `step` (0-based). */
+  lrAt(step: number): number {
+    const o = this.config.optimizer;
+    return cosineLr(step, {
+      maxLr: o.lr, minLr: o.min_lr ?? o.lr / 10, warmupSteps: o.warmup_steps, decaySteps: o.decay_steps ?? this.config.train.max_steps,
+    });
+  }
+
+  /** One optimizer step (all micro-steps). Returns the metrics, or null when the step was skipped. */
+  trainStep(): StepMetrics | { step: number; skipped: true; reason: string } {
+    const c = this.config;
+    const t0 = performance.now();
+    const accum = c.train.grad_accum_steps;
+    const lr = this.lrAt(this.step);
+    let lossSum = 0;
+    this.model.train();
+    for (let micro = 0; micro < accum; micro++) {
+      const batch = this.loader.nextBatch();
+      lossSum += withScope(() => {
+        const B = batch.batchSize, T = batch.blockSize;
+        const x = tensor(batch.inputs, { shape: [B, T], dtype: "int32" });
+        const y = tensor(batch.targets, { shape: [B, T], dtype: "int32" });
+        const { loss } = this.model.forward(x, y);
+        const l = loss!;
+        const value = l.item();
+        // Scale so accumulated gradients are the mean over micro-batches.
+        const scaled = accum === 1 ? l : l.div(accum);
+        scaled.backward();
+        return value;
+      });
+    }
+    const loss = lossSum / accum;
+    const { norm, clipCoef } = gradNorm(this.optimizer.params, c.train.grad_clip > 0 ? c.train.grad_clip : Infinity);
+    const stepNumber = this.step;
+    if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
+      this.optimizer.zeroGrad();
+      this.consecutiveNonFinite++;
+      this.step++;
+      const reason = !Number.isFinite(loss) ? `loss is ${loss}` : `gradient norm is ${norm}`;
+      if (this.consecutiveNonFinite >= c.train.max_nonfinite_steps) {
+        throw new MegalithError(
+          `training stopped: ${this.consecutiveNonFinite} consecutive steps had non-finite values (last: ${reason} at step ${stepNumber}). ` +
+            "Lower optimizer.lr, check the data, or resume from the last checkpoint.",
+          "nonfinite",
+        );
+      }
+      return { step: stepNumber, skipped: true, reason };
+    }
+    this.consecutiveNonFinite = 0;
+    this.optimizer.step({ lr, gradScale: clipCoef });
+    this.optimizer.zeroGrad();
+    this.step++;
+    const dt = (performance.now() - t0) / 1000;
+    const tokens = tokensPerStep(c);
+    this.tokensSeen += tokens;
+    const flops = (this.model.flopsPerToken(c.model.block_size) * tokens) / dt;
+    const mem = memoryStats();
+    return {
+      step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
+      mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: mem.peakTotal / 2 ** 20, step_ms: dt * 1000,
+    };
+  }
+
+  /** Mean loss over `eval.batches` validation batches. */
+  evaluate(): number {
+    const c = this.config;
+    this.model.eval();
+    let sum = 0, n = 0;
+    noGrad(() => {
+      for (const b of evalBatches({ dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size, numBatches: c.eval.batches })) {
+        sum += withScope(() => {
+          const x = tensor(b.inputs, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
+          const y = tensor(b.targets, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
+          return this.model.forward(x, y).loss!.item();
+        });
+        n++;
+      }
+    });
+    this.model.train();
+    return n ? sum / n : NaN;
+  }
+
+  /** Runs until train.max_steps, with logging, eval and checkpoints. */
+  async run(): Promise<{ finalLoss: number; finalDir: string }> {
+    const c = this.config;
+    const metricsFile = join(c.out_dir, "metrics.jsonl");
+    const startStep = this.step;
+    const t0 = performance.now();
+    let last: StepMetrics | null = null;
+    while (this.step < c.train.max_steps) {
+      const m = this.trainStep();
+      if (this.isMain) appendFileSync(metricsFile, JSON.stringify(m) + "\n");
+      if ("skipped" in m) {
+        this.say(`step ${m.step}: skipped (${m.reason})`);
+        continue;
+      }
+      last = m;
+      if (this.isMain && this.opts.log && (m.step % c.train.log_interval === 0 || this.step === c.train.max_steps)) {
+        const line = `step ${m.step + 1}/${c.train.max_steps} | loss ${m.loss.toFixed(4)} | lr ${m.lr.toExponential(2)} | ` +
+          `norm ${m.grad_norm.toFixed(2)} | ${(m.tokens_per_s / 1000).toFixed(1)}k tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s | ` +
+          `MFU ${(m.mfu * 100).toFixed(1)}% | mem ${m.mem_live_mb.toFixed(0)}/${m.mem_peak_mb.toFixed(0)} MiB`;
+        const perStep = (performance.now() - t0) / 1000 / Math.max(1, this.step - startStep);
+        process.stderr.write(`${line} | eta ${fmtEta(perStep * (c.train.max_steps - this.step))}\n`);
+      }
+      if (c.eval.interval > 0 && this.step % c.eval.interval === 0 && this.step < c.train.max_steps) this.logEval(metricsFile);
+      if (c.checkpoint.interval > 0 && this.step % c.checkpoint.interval === 0 && this.step < c.train.max_steps) await this.saveCheckpoint();
+    }
+    this.logEval(metricsFile);
+    await this.saveCheckpoint();
+    const finalDir = join(c.out_dir, "final");
+    if (this.isMain) await this.saveModel(finalDir);
+    this.say(`done: ${this.step} steps; final model in ${finalDir}`);
+    return { finalLoss: last?.loss ?? NaN, finalDir };
+  }
+
+  private logEval(metricsFile: string): void {
+    const loss = this.evaluate();
+    if (!this.isMain) return;
+    appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss }) + "\n");
+    this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}`);
+  }
+
+  /** Writes an HF directory (config.json, model.safetensors, tokenizer.json when known). */
+  async saveModel(dir: string): Promise<void> {
+    await this.model.savePretrained(dir);
+    this.tokenizer?.save(join(dir, "tokenizer.json"));
+  }
+
+  /** Saves model, optimizer moments and trainer state as one atomic checkpoint directory. */
+  async saveCheckpoint(): Promise<string> {
+    const c = this.config;
+    const dir = join(c.out_dir, checkpointDirName(this.step));
+    if (!this.isMain) return dir;
+    const state: TrainerState = {
+      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: c, tokens_seen: this.tokensSeen,
+    };
+    await writeCheckpointDir(dir, async (tmp) => {
+      await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
+      writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
+      const moments: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
+      const names = this.model.namedParameters().map(([n]) => n);
+      const rec = (t: Tensor) => ({ dtype: "F32" as const, shape: [...t.shape], data: new Uint8Array((t.data() as Float32Array).buffer) });
+      names.forEach((n, i) => {
+        moments[`exp_avg.${n}`] = rec(this.optimizer.m[i]!);
+        moments[`exp_avg_sq.${n}`] = rec(this.optimizer.v[i]!);
+      });
+      await writeSafetensors(join(tmp, "optimizer.safetensors"), moments);
+      writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
+    }, { step: this.step, kind: "gpt-train" });
+    await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+    this.say(`checkpoint: ${dir}`);
+    return dir;
+  }
+
+  /** Restores model, optimizer, RNG, data position and step from the newest complete checkpoint. */
+  async restoreLatest(): Promise<boolean> {
+    const latest = await findLatestCheckpoint(this.config.out_dir, { checksums: true });
+    if (!latest) {
+      this.say(`resume: no complete checkpoint in ${this.config.out_dir}; starting from scratch`);
+      return false;
+    }
+    const state = JSON.parse(readFileSync(join(latest.dir, "trainer_state.json"), "utf8")) as TrainerState;
+    await loadGPTWeights(this.model, latest.dir);
+    const { tensors } = await readSafetensors(join(latest.dir, "optimizer.safetensors"));
+    const names = this.model.namedParameters().map(([n]) => n);
+    const load = (key: string, shape: readonly number[]) => {
+      const r = tensors.get(key);
+      if (!r) throw new ValueError(`${latest.dir}/optimizer.safetensors: missing ${key}`);
+      const copy = new Uint8Array(r.data.byteLength);
+      copy.set(r.data);
+      return tensor(new Float32Array(copy.buffer), { shape });
+    };
+    noGrad(() => {
+      const m = names.map((n, i) => load(`exp_avg.${n}`, this.optimizer.m[i]!.shape));
+      const v = names.map((n, i) => load(`exp_avg_sq.${n}`, this.optimizer.v[i]!.shape));
+      this.optimizer.loadState(state.optimizer, { m, v });
+      for (const t of [...m, ...v]) t.dispose();
+    });
+    this.loader.restore(state.loader);
+    setRngState(state.rng);
+    this.step = state.step;
+    this.tokensSeen = state.tokens_seen;
+    this.say(`resume: continuing from ${latest.dir} (step ${this.step})`);
+    return true;
+  }
+}
