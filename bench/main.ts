@@ -18,6 +18,7 @@ export interface BenchResult {
 const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchResult> }>> = {
   ops: () => import("./ops.js"),
   tokenizer: () => import("./tokenizer.js"),
+  train: () => import("./train.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

@@ -27,7 +27,7 @@ function timeit(fn: () => void, reps: number): number {
   return best;
 }
 
-function cReference(threads: number): { gemm: Array<{ batch: number; M: number; N: number; K: number; gflops: number }>; memcpy_gbs: number } {
+function cReference(threads: number): { threads: number; gemm: Array<{ batch: number; M: number; N: number; K: number; gflops: number }>; memcpy_gbs: number } {
   const dir = mkdtempSync(join(tmpdir(), "megalith-bench-"));
   const exe = join(dir, "ops_ref");
   execFileSync("cc", ["-O3", "-o", exe, join(here, "c", "ops_ref.c"), "-I/usr/include/x86_64-linux-gnu/openblas-pthread", "-lopenblas"]);
