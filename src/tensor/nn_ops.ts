@@ -290,7 +290,7 @@ export interface DropoutOptions {
  */
 export function dropout(x: Tensor, p = 0.5, training = true, opts: DropoutOptions = {}): Tensor {
   if (!(p >= 0 && p <= 1)) throw new ValueError(`dropout: probability must be in [0, 1], got ${p}`);
-  if (!training || p === 0) return x.alias();
+  if (!training || p === 0) return recordNode("dropout", x.alias(), [x], (gy) => [(gy as Tensor).alias()]);
   ops.checkFloat("dropout", x);
   const n = x.numel;
   const { seed, offset } = opts.seed !== undefined ? { seed: opts.seed, offset: opts.offset ?? 0 } : nextRandomOffset(n);

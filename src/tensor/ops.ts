@@ -103,7 +103,7 @@ function toDTypeRaw(t: Tensor, dtype: DType): Tensor {
 }
 
 export function toDType(t: Tensor, dtype: DType): Tensor {
-  if (dtype === t.dtype) return t.alias();
+  if (dtype === t.dtype) return recordNode("to", t.alias(), [t], (gy) => [(gy as Tensor).alias()]);
   const out = toDTypeRaw(t, dtype);
   if (dtype === "float32" && t.dtype === "float32") return out;
   return recordNode("to", out, isFloating(dtype) ? [t] : [], (gy) => [G.to({ dtype: t.dtype }, gy as Tensor)]);
@@ -419,7 +419,11 @@ export function maxDim(x: Tensor, dim: number, keepdim: boolean, kind: "max" | "
   checkFloat(kind, x);
   const d = normDim(dim, x.ndim, kind);
   if (x.shape[d] === 0) throw new ShapeError(kind, `cannot reduce dim ${dim} of size 0`);
-  const { t, A, R, B } = asARB(x, [d]);
+  // A contiguous x keeps the reduced dim in place as [A, R, B] (never permuted), which the
+  // gradient's scatter relies on.
+  const xc = ownedContig(x);
+  const { t, A, R, B } = asARB(xc, [d]);
+  xc.dispose();
   const shape = keptShape(x.shape, [d], keepdim);
   const values = Tensor.empty(shape);
   const indices = Tensor.empty(shape, "int32");
@@ -572,7 +576,7 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
 }
 
 export function transpose(x: Tensor, a: number, b: number): Tensor {
-  if (x.ndim < 2 && x.ndim === 0) return x.alias();
+  if (x.ndim === 0) return recordNode("transpose", x.alias(), [x], (gy) => [(gy as Tensor).alias()]);
   const p = x.shape.map((_, i) => i);
   const da = normDim(a, x.ndim, "transpose"), db = normDim(b, x.ndim, "transpose");
   [p[da], p[db]] = [p[db]!, p[da]!];
@@ -658,8 +662,8 @@ export function unsqueeze(x: Tensor, dim: number): Tensor {
 }
 
 export function contiguous(x: Tensor): Tensor {
-  if (x.isContiguous) return x.alias();
-  const out = contiguousCopy(x);
+  // A contiguous input gives a new handle on the same storage, still in the graph.
+  const out = x.isContiguous ? x.alias() : contiguousCopy(x);
   return recordNode("contiguous", out, [x], (gy) => [(gy as Tensor).alias()]);
 }
 
@@ -781,8 +785,25 @@ export function matmulRaw(a: Tensor, b: Tensor): Tensor {
   let lb = blasLayout(K, N, b.strides[b.ndim - 2]!, b.strides[b.ndim - 1]!);
   let sa = batchStride(batch, aBatchStr);
   let sb = batchStride(batch, bBatchStr);
-  if (!la || sa === null) { A = contiguousCopy(a); la = { trans: false, ld: K }; sa = batchStride(batch, broadcastStrides(A.shape.slice(0, -2), A.strides.slice(0, -2), batch)); }
-  if (!lb || sb === null) { B = contiguousCopy(b); lb = { trans: false, ld: N }; sb = batchStride(batch, broadcastStrides(B.shape.slice(0, -2), B.strides.slice(0, -2), batch)); }
+  // Operands whose matrices are not BLAS-shaped, or whose batch dims do not collapse to one
+  // stride, are materialised (expanded to the full batch shape when the stride was the problem).
+  const materialise = (t: Tensor, rows: number, cols: number, expandBatch: boolean): Tensor => {
+    if (!expandBatch) return contiguousCopy(t);
+    const full = t.view_([...batch, rows, cols], [...broadcastStrides(t.shape.slice(0, -2), t.strides.slice(0, -2), batch), t.strides[t.ndim - 2]!, t.strides[t.ndim - 1]!], t.offset);
+    const c = contiguousCopy(full);
+    full.dispose();
+    return c;
+  };
+  if (!la || sa === null) {
+    A = materialise(a, M, K, sa === null);
+    la = { trans: false, ld: K };
+    sa = batchStride(batch, broadcastStrides(A.shape.slice(0, -2), A.strides.slice(0, -2), batch));
+  }
+  if (!lb || sb === null) {
+    B = materialise(b, K, N, sb === null);
+    lb = { trans: false, ld: N };
+    sb = batchStride(batch, broadcastStrides(B.shape.slice(0, -2), B.strides.slice(0, -2), batch));
+  }
   const foldable = sb === 0 && !la.trans && sa === M * la.ld && nb > 1;
   if (foldable) {
     native.gemm(false, lb.trans, M * nb, N, K, 1, A.ptr, la.ld, 0, B.ptr, lb.ld, 0, 0, out.ptr, N, 0, 1);
