@@ -5,19 +5,18 @@ For each config below: random weights saved as a Hugging Face GPT-2 directory (c
 model.safetensors, Conv1D layout), and fixture.safetensors holding the batch, logits, loss,
 every parameter gradient, and the losses of 10 AdamW steps (nanoGPT's param groups: weight
 decay on >= 2-D tensors only). A minimal GPT-2 is written out here because the transformers
-package is not available; it is the same math as HF's GPT2LMHeadModel.
+package is not available (gpt_ref.py); it is the same math as HF's GPT2LMHeadModel.
 
 Regenerate with:  /usr/bin/python3 scripts/torch_ref/gpt_fixtures.py test/fixtures/gpt
 """
 import json
-import math
 import os
 import struct
 import sys
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+from gpt_ref import GPT
 
 FIXTURE_MAGIC = "megalith-gpt-fixture"
 FIXTURE_VERSION = "1"
@@ -30,50 +29,13 @@ ADAMW = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 STEPS = 10
 
 
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        C = c["n_embd"]
-        self.ln_1 = nn.LayerNorm(C, eps=1e-5)
-        self.c_attn = nn.Linear(C, 3 * C)
-        self.attn_proj = nn.Linear(C, C)
-        self.ln_2 = nn.LayerNorm(C, eps=1e-5)
-        self.c_fc = nn.Linear(C, 4 * C)
-        self.mlp_proj = nn.Linear(4 * C, C)
-        self.n_head = c["n_head"]
-
-    def forward(self, x):
-        B, T, C = x.shape
-        H, D = self.n_head, C // self.n_head
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q, k, v = (z.view(B, T, H, D).transpose(1, 2) for z in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
-        mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
-        att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).contiguous().view(B, T, C)
-        x = x + self.attn_proj(y)
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-
-class GPT(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.wte = nn.Embedding(c["vocab_size"], c["n_embd"])
-        self.wpe = nn.Embedding(c["n_positions"], c["n_embd"])
-        self.h = nn.ModuleList(Block(c) for _ in range(c["n_layer"]))
-        self.ln_f = nn.LayerNorm(c["n_embd"], eps=1e-5)
-        for name, p in self.named_parameters():
-            # Random everything (not GPT-2's zero biases / unit LN weights), so every gradient path is exercised.
-            torch.nn.init.normal_(p, mean=1.0 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight" else 0.0, std=0.1)
-
-    def forward(self, idx, targets):
-        T = idx.shape[1]
-        x = self.wte(idx) + self.wpe(torch.arange(T))
-        for b in self.h:
-            x = b(x)
-        logits = self.ln_f(x) @ self.wte.weight.t()
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1), ignore_index=-100)
-        return logits, loss
+def make_model(c):
+    model = GPT(c["n_layer"], c["n_head"], c["n_embd"], c["n_positions"], c["vocab_size"])
+    for name, p in model.named_parameters():
+        # Random everything (not GPT-2's zero biases / unit LN weights), so every gradient path is exercised.
+        ln_gain = name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight"
+        torch.nn.init.normal_(p, mean=1.0 if ln_gain else 0.0, std=0.1)
+    return model
 
 
 def hf_name(name):
@@ -108,7 +70,7 @@ def main(out_root):
     torch.set_num_threads(1)
     for cname, c in CONFIGS.items():
         torch.manual_seed(c["seed"])
-        model = GPT(c)
+        model = make_model(c)
         out = os.path.join(out_root, cname)
         os.makedirs(out, exist_ok=True)
         hf = {}
