@@ -570,6 +570,36 @@ napi_value AttentionBackward(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+napi_value KvCacheWrite(napi_env env, napi_callback_info info) {
+  Args a(env, info);
+  float* kc = a.ptr<float>(0);
+  float* vc = a.ptr<float>(1);
+  const float* k = a.ptr<const float>(2);
+  const float* v = a.ptr<const float>(3);
+  const int32_t* slots = a.ptr<const int32_t>(4);
+  i64 n = a.num(5), row = a.num(6);
+  if (!a.ok) return nullptr;
+  KERNEL(kv_cache_write)(kc, vc, k, v, slots, n, row);
+  return undefined(env);
+}
+
+napi_value PagedAttention(napi_env env, napi_callback_info info) {
+  Args a(env, info);
+  const float* q = a.ptr<const float>(0);
+  const float* kc = a.ptr<const float>(1);
+  const float* vc = a.ptr<const float>(2);
+  const int32_t* bt = a.ptr<const int32_t>(3);
+  i64 maxBlocks = a.num(4), blockSize = a.num(5);
+  const int32_t* seq = a.ptr<const int32_t>(6);
+  const int32_t* pos = a.ptr<const int32_t>(7);
+  float* out = a.ptr<float>(8);
+  i64 n = a.num(9), H = a.num(10), D = a.num(11);
+  float scale = a.f32(12);
+  if (!a.ok) return nullptr;
+  KERNEL(paged_attention)(q, kc, vc, bt, maxBlocks, blockSize, seq, pos, out, n, H, D, scale);
+  return undefined(env);
+}
+
 napi_value Gemm(napi_env env, napi_callback_info info) {
   Args a(env, info);
   bool ta = a.flag(0), tb = a.flag(1);
@@ -631,7 +661,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"embeddingBackward", EmbeddingBackward}, {"crossEntropyForward", CrossEntropyForward},
       {"crossEntropyBackward", CrossEntropyBackward}, {"adamw", AdamW},
       {"attentionForward", AttentionForward}, {"attentionBackward", AttentionBackward}, {"gemm", Gemm},
-      {"random", Random}, {"dropout", Dropout},
+      {"random", Random}, {"dropout", Dropout}, {"kvCacheWrite", KvCacheWrite},
+      {"pagedAttention", PagedAttention},
   };
   for (auto& f : fns) {
     napi_value fn;

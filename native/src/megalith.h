@@ -103,6 +103,12 @@ void cast(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
   void attention_backward(const float* q, const float* k, const float* v, const float* o,          \
                           const float* go, const float* lse, float* gq, float* gk, float* gv,      \
                           i64 BH, i64 T, i64 S, i64 D, float scale, bool causal);                  \
+  void kv_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,              \
+                      const int32_t* slots, i64 n, i64 row);                                       \
+  void paged_attention(const float* q, const float* k_cache, const float* v_cache,                 \
+                       const int32_t* block_tables, i64 max_blocks, i64 block_size,                \
+                       const int32_t* seq, const int32_t* pos, float* out, i64 n, i64 H, i64 D,    \
+                       float scale);                                                               \
   }
 
 MG_DECLARE_KERNELS(avx512)

@@ -62,6 +62,10 @@ export interface NativeAddon {
   attentionForward(q: Ptr, k: Ptr, v: Ptr, o: Ptr, lse: Ptr, BH: number, T: number, S: number, D: number, scale: number, causal: boolean): void;
   attentionBackward(q: Ptr, k: Ptr, v: Ptr, o: Ptr, go: Ptr, lse: Ptr, gq: Ptr, gk: Ptr, gv: Ptr, BH: number, T: number, S: number, D: number, scale: number, causal: boolean): void;
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: Ptr, lda: number, strideA: number, B: Ptr, ldb: number, strideB: number, beta: number, C: Ptr, ldc: number, strideC: number, batch: number): void;
+  /** k_cache[slots[t]] = k[t] (and v), rows of `row` floats. */
+  kvCacheWrite(kCache: Ptr, vCache: Ptr, k: Ptr, v: Ptr, slots: Ptr, n: number, row: number): void;
+  /** Ragged causal attention over a paged KV cache; see native/src/kernels_paged.cc. */
+  pagedAttention(q: Ptr, kCache: Ptr, vCache: Ptr, blockTables: Ptr, maxBlocks: number, blockSize: number, seq: Ptr, pos: Ptr, out: Ptr, n: number, H: number, D: number, scale: number): void;
   random(kind: number, seed: number, offset: number, out: Ptr, n: number, a: number, b: number): void;
   dropout(seed: number, offset: number, p: number, x: Ptr, y: Ptr, n: number): void;
 }
