@@ -1,0 +1,161 @@
+/**
+ * Sampling for serving: logits processors and the sampler, per request.
+ *
+ * Order (vLLM's): repetition penalty (prompt + output tokens), presence/frequency penalties
+ * (output tokens), temperature, top-k, top-p, min-p, then a draw. The draw uses the request's
+ * own counter-based stream (seed, output index), so a seeded request produces the same text
+ * whatever else is in the batch. Logprobs are those of the model's distribution (log-softmax
+ * of the raw logits), as the OpenAI API reports them.
+ */
+import { ValueError } from "../../core/errors.js";
+import { native, RandomKind } from "../../backend/native/index.js";
+import { Tensor } from "../../tensor/index.js";
+
+/** Per-request sampling parameters (OpenAI / vLLM names, camelCase). */
+export interface SamplingParams {
+  /** 0 = greedy. Default 1. */
+  temperature: number;
+  /** Keep the k most likely tokens; 0 or -1 = off. */
+  topK: number;
+  /** Nucleus threshold in (0, 1]; 1 = off. */
+  topP: number;
+  /** Drop tokens whose probability is below minP x the top probability; 0 = off. */
+  minP: number;
+  /** > 1 discourages tokens already in the prompt or output (HF/vLLM rule). 1 = off. */
+  repetitionPenalty: number;
+  /** Subtracted once from the logit of every token already generated. */
+  presencePenalty: number;
+  /** Subtracted from the logit of every generated token, times its count. */
+  frequencyPenalty: number;
+  /** Seed of this request's stream (a random one is chosen when absent). */
+  seed: number;
+  /** How many top alternatives to report per token (0 = none, just the chosen token's logprob). */
+  logprobs: number;
+}
+
+export const DEFAULT_SAMPLING: SamplingParams = {
+  temperature: 1, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, seed: 0, logprobs: 0,
+};
+
+/** Checks ranges; errors name the parameter (the server turns them into 400s). */
+export function validateSampling(p: SamplingParams): void {
+  const bad = (name: string, v: unknown, want: string) => new ValueError(`${name} must be ${want}, got ${JSON.stringify(v)}`);
+  if (!(p.temperature >= 0 && p.temperature <= 100)) throw bad("temperature", p.temperature, "in [0, 100]");
+  if (!Number.isInteger(p.topK) || p.topK < -1) throw bad("top_k", p.topK, "-1, 0 or a positive integer");
+  if (!(p.topP > 0 && p.topP <= 1)) throw bad("top_p", p.topP, "in (0, 1]");
+  if (!(p.minP >= 0 && p.minP <= 1)) throw bad("min_p", p.minP, "in [0, 1]");
+  if (!(p.repetitionPenalty > 0 && p.repetitionPenalty <= 10)) throw bad("repetition_penalty", p.repetitionPenalty, "in (0, 10]");
+  if (!(p.presencePenalty >= -2 && p.presencePenalty <= 2)) throw bad("presence_penalty", p.presencePenalty, "in [-2, 2]");
+  if (!(p.frequencyPenalty >= -2 && p.frequencyPenalty <= 2)) throw bad("frequency_penalty", p.frequencyPenalty, "in [-2, 2]");
+  if (!Number.isSafeInteger(p.seed) || p.seed < 0) throw bad("seed", p.seed, "a non-negative integer");
+  if (!Number.isInteger(p.logprobs) || p.logprobs < 0 || p.logprobs > 20) throw bad("logprobs", p.logprobs, "an integer in [0, 20]");
+}
+
+export interface SampleResult {
+  token: number;
+  /** log p(token) under the model. */
+  logprob: number;
+  /** The `logprobs` most likely tokens with their log-probabilities, most likely first. */
+  top: Array<{ token: number; logprob: number }>;
+}
+
+/** A uniform draw in [0, 1) at position `index` of the stream keyed by `seed`. */
+export function uniformAt(seed: number, index: number): number {
+  const t = Tensor.empty([1]);
+  native.random(RandomKind.uniform, seed, index, t.ptr, 1, 0, 1);
+  const u = (t.data() as Float32Array)[0]!;
+  t.dispose();
+  return u;
+}
+
+function logSoftmax(x: Float32Array): Float64Array {
+  let m = -Infinity;
+  for (const v of x) if (v > m) m = v;
+  let s = 0;
+  for (const v of x) s += Math.exp(v - m);
+  const ls = m + Math.log(s);
+  const out = new Float64Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = x[i]! - ls;
+  return out;
+}
+
+/**
+ * Picks the next token for one request from its row of logits.
+ * `prompt` and `output` are the request's token ids so far; `output.length` indexes the stream.
+ */
+export function sampleNext(logitsIn: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): SampleResult {
+  const V = logitsIn.length;
+  const lp = logSoftmax(logitsIn);
+  const logits = Float32Array.from(logitsIn);
+  if (p.repetitionPenalty !== 1) {
+    const seen = new Set<number>([...prompt, ...output]);
+    for (const t of seen) if (t >= 0 && t < V) logits[t] = logits[t]! > 0 ? logits[t]! / p.repetitionPenalty : logits[t]! * p.repetitionPenalty;
+  }
+  if (p.presencePenalty !== 0 || p.frequencyPenalty !== 0) {
+    const counts = new Map<number, number>();
+    for (const t of output) counts.set(t, (counts.get(t) ?? 0) + 1);
+    for (const [t, c] of counts) if (t >= 0 && t < V) logits[t] = logits[t]! - p.presencePenalty - p.frequencyPenalty * c;
+  }
+  let token: number;
+  if (p.temperature === 0) {
+    token = 0;
+    for (let i = 1; i < V; i++) if (logits[i]! > logits[token]!) token = i;
+  } else if ((p.topK <= 0 || p.topK >= V) && p.topP === 1 && p.minP === 0) {
+    // Plain temperature sampling: one pass in id order, no sort.
+    let m = -Infinity;
+    for (const v of logits) if (v > m) m = v;
+    const probs = new Float64Array(V);
+    let total = 0;
+    for (let i = 0; i < V; i++) total += probs[i] = Math.exp((logits[i]! - m) / p.temperature);
+    let r = uniformAt(p.seed, output.length) * total;
+    token = V - 1;
+    for (let i = 0; i < V; i++) {
+      r -= probs[i]!;
+      if (r < 0) {
+        token = i;
+        break;
+      }
+    }
+  } else {
+    // Candidates by descending logit (ties by id), cut by top-k.
+    let ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+    if (p.topK > 0 && p.topK < V) ids = ids.slice(0, p.topK);
+    const m = logits[ids[0]!]!;
+    let probs = ids.map((i) => Math.exp((logits[i]! - m) / p.temperature));
+    let total = probs.reduce((s, x) => s + x, 0);
+    if (p.topP < 1) {
+      let acc = 0, keep = 0;
+      while (keep < probs.length) {
+        acc += probs[keep]! / total;
+        keep++;
+        if (acc >= p.topP) break;
+      }
+      ids = ids.slice(0, keep);
+      probs = probs.slice(0, keep);
+    }
+    if (p.minP > 0) {
+      const floor = p.minP * probs[0]!;  // probs[0] is the largest (unnormalised)
+      const keep = probs.findIndex((x) => x < floor);
+      if (keep > 0) {
+        ids = ids.slice(0, keep);
+        probs = probs.slice(0, keep);
+      }
+    }
+    total = probs.reduce((s, x) => s + x, 0);
+    let r = uniformAt(p.seed, output.length) * total;
+    token = ids[ids.length - 1]!;
+    for (let j = 0; j < ids.length; j++) {
+      r -= probs[j]!;
+      if (r < 0) {
+        token = ids[j]!;
+        break;
+      }
+    }
+  }
+  const top: SampleResult["top"] = [];
+  if (p.logprobs > 0) {
+    const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => lp[b]! - lp[a]! || a - b).slice(0, p.logprobs);
+    for (const t of order) top.push({ token: t, logprob: lp[t]! });
+  }
+  return { token, logprob: lp[token]!, top };
+}
