@@ -143,8 +143,10 @@ export function createServer(opts: ServerOptions): FastifyInstance {
       stop, stopTokenIds: [...(b.stop_token_ids ?? []), engine.eotToken], n: b.n ?? 1,
     };
     const abort = new AbortController();
-    req.raw.on("close", () => {
-      if (!reply.raw.writableEnded) abort.abort();
+    // The response's "close" fires when the connection goes away (or after the response is
+    // done); a close before the end means the client left: cancel the request.
+    reply.raw.on("close", () => {
+      if (!reply.raw.writableFinished) abort.abort();
     });
     let events: AsyncIterable<EngineEvent>;
     try {
