@@ -70,6 +70,15 @@ void for_each_row(const StridedIter& it, F fn) {
   const i64 grain = std::max<i64>(1, (1 << 15) / std::max<i64>(inner, 1));
   i64 istr[4];
   for (int o = 0; o < it.nops; o++) istr[o] = it.str[o][it.ndim - 1];
+  if (rows == 1) {
+    // One long row (everything contiguous after coalescing): split the row itself.
+    parallel_for(inner, 1 << 15, [&](i64 lo, i64 hi) {
+      i64 off[4];
+      for (int o = 0; o < it.nops; o++) off[o] = lo * istr[o];
+      fn(off, istr, hi - lo);
+    });
+    return;
+  }
   parallel_for(rows, grain, [&](i64 lo, i64 hi) {
     i64 off[4];
     for (i64 r = lo; r < hi; r++) {
