@@ -9,6 +9,9 @@ import { GPT, AdamW, withScope, randint, memoryStats, _native as native } from "
 import { startProfile, stopProfile } from "../src/backend/native/profile.js";
 import type { BenchResult } from "./main.js";
 
+// What the user's environment had before Megalith chose a core type (the stock setup).
+const stockCoretype = process.env.MEGALITH_STOCK_OPENBLAS_CORETYPE || undefined;
+
 interface Cfg { name: string; L: number; H: number; C: number; T: number; V: number; B: number; steps: number }
 
 const CONFIGS: Cfg[] = [
@@ -70,11 +73,19 @@ export async function run(args: string[]): Promise<BenchResult> {
   for (const c of quick ? CONFIGS.slice(0, 1) : CONFIGS) {
     console.error(`${c.name}: Megalith...`);
     const m = megalithStep(c);
-    console.error(`${c.name}: PyTorch...`);
-    const out = execFileSync("/usr/bin/python3", ["scripts/torch_ref/bench_train.py", ...[c.L, c.H, c.C, c.T, c.V, c.B, c.steps, threads].map(String)], {
-      encoding: "utf8", env: { ...process.env, OMP_NUM_THREADS: String(threads) },
-    });
-    const t = JSON.parse(out) as { step_s: number; torch: string };
+    // PyTorch twice: its stock setup (OpenBLAS picks its own kernels; on this CPU that is the
+    // SSE3 "Prescott" fallback), and with the same OPENBLAS_CORETYPE Megalith chooses.
+    const torchRun = (coretype: string | undefined) => {
+      const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
+      if (coretype) env.OPENBLAS_CORETYPE = coretype;
+      else delete env.OPENBLAS_CORETYPE;
+      const out = execFileSync("/usr/bin/python3", ["scripts/torch_ref/bench_train.py", ...[c.L, c.H, c.C, c.T, c.V, c.B, c.steps, threads].map(String)], { encoding: "utf8", env });
+      return JSON.parse(out) as { step_s: number; torch: string };
+    };
+    console.error(`${c.name}: PyTorch (stock)...`);
+    const t = torchRun(stockCoretype);
+    console.error(`${c.name}: PyTorch (OPENBLAS_CORETYPE=${process.env.OPENBLAS_CORETYPE ?? "unset"})...`);
+    const tuned = process.env.OPENBLAS_CORETYPE && process.env.OPENBLAS_CORETYPE !== stockCoretype ? torchRun(process.env.OPENBLAS_CORETYPE) : t;
     const total = m.profile.reduce((s, e) => s + e.ms, 0);
     profiles[c.name] = m.profile.slice(0, 12).map((e) => ({ ...e, ms: +e.ms.toFixed(1), share: +(e.ms / total).toFixed(3) }));
     rows.push({
@@ -82,6 +93,8 @@ export async function run(args: string[]): Promise<BenchResult> {
       megalith_step_s: +m.stepS.toFixed(3),
       pytorch_step_s: +t.step_s.toFixed(3),
       speedup: +(t.step_s / m.stepS).toFixed(2),
+      pytorch_same_blas_step_s: +tuned.step_s.toFixed(3),
+      speedup_same_blas: +(tuned.step_s / m.stepS).toFixed(2),
       megalith_gflops: +(m.flopsPerStep / m.stepS / 1e9).toFixed(1),
       pytorch_gflops: +(m.flopsPerStep / t.step_s / 1e9).toFixed(1),
       megalith_of_sgemm_peak: +(m.flopsPerStep / m.stepS / peak).toFixed(3),
