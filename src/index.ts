@@ -17,3 +17,6 @@ export { native as _native } from "./backend/native/index.js";
 export * from "./models/index.js";
 export * from "./optim/index.js";
 export * from "./checkpoint/index.js";
+export * from "./train/index.js";
+export * from "./data/index.js";
+export * from "./tokenizers/index.js";
