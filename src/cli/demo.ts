@@ -3,6 +3,7 @@
  * minutes on this machine with a visible falling loss, and prints samples.
  */
 import type { Command } from "commander";
+import { existsSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../train/config.js";
@@ -18,7 +19,8 @@ export function register(program: Command): void {
     .option("--config <file>", "config to train", "")
     .option("--set <key=value...>", "config overrides", [])
     .action(async (o: { config: string; set: string[] }) => {
-      const file = o.config || [join(process.cwd(), "configs", "demo.json"), join(configsDir, "demo.json")].find((f) => f) !;
+      const candidates = [join(process.cwd(), "configs", "demo.json"), join(configsDir, "demo.json")];
+      const file = o.config || candidates.find((f) => existsSync(f)) || candidates[0]!;
       const config = loadConfig(file, o.set);
       const trainer = new Trainer(config);
       await trainer.setup();
