@@ -11,6 +11,7 @@ import { register as tokenizer } from "./tokenizer.js";
 import { register as train } from "./train.js";
 import { register as sample } from "./sample.js";
 import { register as demo } from "./demo.js";
+import { register as serve } from "./serve.js";
 
 const program = new Command();
 program
@@ -19,7 +20,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, sample, demo];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, sample, serve, demo];
 
 for (const register of registrations) register(program);
 

@@ -1,0 +1,50 @@
+/** `megalith serve --model DIR [--port 8000] [--host 127.0.0.1] [--api-key KEY]` */
+import type { Command } from "commander";
+import { existsSync } from "node:fs";
+import { basename, join } from "node:path";
+import { ValueError } from "../core/errors.js";
+import { GPT } from "../models/index.js";
+import { loadTokenizer } from "../tokenizers/index.js";
+import { Engine } from "../inference/index.js";
+import { createServer } from "../serve/index.js";
+
+export function register(program: Command): void {
+  program
+    .command("serve")
+    .description("serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache)")
+    .requiredOption("--model <dir>", "Hugging Face style directory: config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt")
+    .option("--port <n>", "port", "8000")
+    .option("--host <addr>", "address to bind", "127.0.0.1")
+    .option("--api-key <key>", "require Authorization: Bearer <key> (default: $MEGALITH_API_KEY)")
+    .option("--kv-cache-mb <n>", "KV-cache memory budget in MiB", "256")
+    .option("--max-num-seqs <n>", "most requests running at once", "32")
+    .option("--max-num-batched-tokens <n>", "token budget per step", "512")
+    .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
+    .action(async (o: Record<string, string>) => {
+      const dir = o.model!;
+      const int = (name: string, v: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n <= 0) throw new ValueError(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
+        return n;
+      };
+      const hasTok = existsSync(join(dir, "tokenizer.json")) || (existsSync(join(dir, "vocab.json")) && existsSync(join(dir, "merges.txt")));
+      const tokenizer = loadTokenizer(hasTok ? dir : "gpt2");
+      const model = await GPT.fromPretrained(dir);
+      const engine = new Engine(model, tokenizer, {
+        modelName: basename(dir.replace(/\/+$/, "")), kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20,
+        maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),
+        maxWaiting: int("max-waiting", o.maxWaiting!),
+      });
+      const app = createServer({ engine, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
+      const port = int("port", o.port!);
+      await app.listen({ port, host: o.host! });
+      process.stderr.write(`serving ${engine.modelName} on http://${o.host}:${port}/v1 (${engine.blocks.numBlocks} KV blocks of ${engine.blocks.blockSize} tokens)\n`);
+      const stop = async () => {
+        await app.close();
+        await engine.shutdown();
+        process.exit(0);
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
+}
