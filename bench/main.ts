@@ -19,6 +19,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   ops: () => import("./ops.js"),
   tokenizer: () => import("./tokenizer.js"),
   train: () => import("./train.js"),
+  serve: () => import("./serve.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);
