@@ -33,7 +33,7 @@ export type { PreparedMeta, Split, SplitInfo, ShardInfo, SourceInfo, TokenizerIn
 export { prepareData, isValDocument, tokenizerFingerprint } from "./prepare.js";
 export type { PrepareOptions, PrepareInput, DocumentSource, InputFormat, DataTokenizer } from "./prepare.js";
 export type { PieceSizes } from "./_text_sources.js";
-export { TokenLoader, evalBatches } from "./loader.js";
+export { TokenLoader, evalBatches, evalBatchCount } from "./loader.js";
 export type { Batch, TokenLoaderOptions, TokenLoaderState, EvalBatchesOptions } from "./loader.js";
 export { brownCorpus, brownCorpusDocuments, brownCorpusText, detagBrown } from "./brown.js";
 export type { BrownDocument } from "./brown.js";

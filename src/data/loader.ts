@@ -307,6 +307,12 @@ export interface EvalBatchesOptions {
  * @example
  * for (const { inputs, targets } of evalBatches({ dir, blockSize: 256, microBatchSize: 8, numBatches: 20 })) { ... }
  */
+/** How many full evaluation batches the split holds for this layout (0 when it is too small). */
+export function evalBatchCount(opts: Omit<EvalBatchesOptions, "numBatches">): number {
+  const windows = new SplitWindows(opts.dir, opts.split ?? "val", opts.blockSize);
+  return Math.floor(windows.windowCount / (opts.microBatchSize * (opts.worldSize ?? 1)));
+}
+
 export function evalBatches(opts: EvalBatchesOptions): Generator<Batch> {
   const rank = opts.rank ?? 0;
   const worldSize = opts.worldSize ?? 1;

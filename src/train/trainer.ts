@@ -25,7 +25,7 @@ import { AdamW, gradNorm, cosineLr } from "../optim/index.js";
 import {
   writeCheckpointDir, findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, readSafetensors,
 } from "../checkpoint/index.js";
-import { TokenLoader, evalBatches, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
+import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep } from "./config.js";
 
@@ -199,8 +199,12 @@ export class Trainer {
     const c = this.config;
     this.model.eval();
     let sum = 0, n = 0;
+    const layout = { dir: this.dataDir, split: "val" as const, blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size };
+    // A small validation split may hold fewer batches than eval.batches asks for: use what is there.
+    const numBatches = Math.min(c.eval.batches, evalBatchCount(layout));
+    if (numBatches === 0) return NaN;
     noGrad(() => {
-      for (const b of evalBatches({ dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size, numBatches: c.eval.batches })) {
+      for (const b of evalBatches({ ...layout, numBatches })) {
         sum += withScope(() => {
           const x = tensor(b.inputs, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
           const y = tensor(b.targets, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
