@@ -20,6 +20,7 @@ export function register(program: Command): void {
     .option("--max-num-seqs <n>", "most requests running at once", "32")
     .option("--max-num-batched-tokens <n>", "token budget per step", "512")
     .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
+    .option("--speculative-tokens <n>", "n-gram prompt-lookup speculative decoding: draft tokens per step for greedy requests (0 = off)", "0")
     .action(async (o: Record<string, string>) => {
       const dir = o.model!;
       const int = (name: string, v: string) => {
@@ -34,6 +35,7 @@ export function register(program: Command): void {
         modelName: basename(dir.replace(/\/+$/, "")), kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20,
         maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),
         maxWaiting: int("max-waiting", o.maxWaiting!),
+        ...(Number(o.speculativeTokens) > 0 ? { speculative: { numTokens: int("speculative-tokens", o.speculativeTokens!) } } : {}),
       });
       const app = createServer({ engine, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
       const port = int("port", o.port!);

@@ -73,3 +73,24 @@ test("a client that aborts mid-stream gets its KV blocks freed", async () => {
     await engine.shutdown();
   }
 });
+
+test("n-gram speculative decoding gives the same greedy text and accepts drafts on repetitive text", async () => {
+  const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 128, vocabSize: 50304 }, { seed: 3 });
+  const plain = new Engine(model, tok, { kvCacheBytes: 8 * 2 ** 20 });
+  const spec = new Engine(model, tok, { kvCacheBytes: 8 * 2 ** 20, speculative: { numTokens: 4, ngramMax: 3 } });
+  const sampling = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, seed: 0, logprobs: 0 };
+  const run = async (e: Engine, prompt: string) => {
+    let text = "";
+    for await (const ev of e.submit({ requestId: `r${Math.random()}`, promptTokens: tok.encode(prompt), sampling, maxTokens: 40, stop: [], stopTokenIds: [], n: 1 })) if (ev.type === "delta") text += ev.text;
+    return text;
+  };
+  for (const p of ["one two three one two three one two", "The cat sat on the mat. The cat sat on the", "abc"]) {
+    assert.equal(await run(spec, p), await run(plain, p), `prompt ${JSON.stringify(p)}`);
+  }
+  const st = spec.stats();
+  assert.ok((st.speculativeProposed ?? 0) > 0 && (st.speculativeAccepted ?? 0) > 0, `proposed ${st.speculativeProposed}, accepted ${st.speculativeAccepted}`);
+  assert.ok(spec.stats().steps < plain.stats().steps, `fewer steps with speculation (${spec.stats().steps} vs ${plain.stats().steps})`);
+  spec.blocks.checkInvariants();
+  await plain.shutdown();
+  await spec.shutdown();
+});

@@ -25,6 +25,8 @@ export interface EngineOptions {
   maxNumSeqs?: number;
   maxWaiting?: number;
   enablePrefixCaching?: boolean;
+  /** n-gram prompt-lookup speculative decoding for greedy requests. Off by default. */
+  speculative?: { numTokens: number; ngramMax?: number };
 }
 
 /** One sequence (a choice of a request). */
@@ -62,6 +64,7 @@ export class Engine implements EngineLike {
   readonly runner: ModelRunner;
   private readonly tokenizer: Tokenizer;
   private readonly seqs = new Map<string, Seq>();
+  private readonly spec: { numTokens: number; ngramMax: number } | null;
   private looping = false;
   private stopped = false;
   private readonly st: EngineStats = {
@@ -86,6 +89,7 @@ export class Engine implements EngineLike {
     this.blocks = new BlockManager({ numBlocks, blockSize, enablePrefixCaching: o.enablePrefixCaching ?? true });
     this.scheduler = new Scheduler(this.blocks, { maxNumBatchedTokens: o.maxNumBatchedTokens ?? 512, maxNumSeqs, maxWaiting: o.maxWaiting ?? 256 });
     this.runner = new ModelRunner(model, { numBlocks, blockSize });
+    this.spec = o.speculative ? { numTokens: o.speculative.numTokens, ngramMax: o.speculative.ngramMax ?? 3 } : null;
   }
 
   encode(text: string): number[] {
@@ -174,10 +178,11 @@ export class Engine implements EngineLike {
     this.st.steps++;
     this.st.lastStepAt = Date.now();
     if (!out.scheduled.length) return;
+    const drafts = this.propose(out);
     let logits: Float32Array;
-    const sampleSeqs: Seq[] = [];
+    const sampleSeqs: Array<{ seq: Seq; rows: number }> = [];
     try {
-      const batch = this.buildBatch(out, sampleSeqs);
+      const batch = this.buildBatch(out, sampleSeqs, drafts);
       logits = this.runner.execute(batch);
     } catch (e) {
       for (const s of out.scheduled) {
@@ -188,11 +193,11 @@ export class Engine implements EngineLike {
     }
     const V = this.runner.model.config.vocabSize;
     const sampled = new Map<string, number>();
+    const speculated: Array<{ id: string; numComputed: number }> = [];
     const now = Date.now();
-    sampleSeqs.forEach((seq, j) => {
+    let row = 0;
+    for (const { seq, rows } of sampleSeqs) {
       const r = this.scheduler.get(seq.id)!;
-      const res = sampleNext(logits.subarray(j * V, (j + 1) * V), seq.req.sampling, r.promptTokens, r.outputTokens);
-      sampled.set(seq.id, res.token);
       const g = seq.group;
       if (g.firstTokenAt === null) {
         g.firstTokenAt = now;
@@ -200,39 +205,103 @@ export class Engine implements EngineLike {
         this.record(this.st.queueTime, ((r.firstScheduledAt ?? now) - g.arrival) / 1000);
       } else if (seq.lastTokenAt) this.record(this.st.itl, (now - seq.lastTokenAt) / 1000);
       seq.lastTokenAt = now;
-      this.st.generationTokens++;
-      g.completionTokens++;
-      this.emitToken(seq, res.token, r.outputTokens.length, {
-        token: this.tokenizer.decode([res.token]), tokenId: res.token, logprob: res.logprob,
-        top: res.top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
-      });
-    });
+      const d = drafts.get(seq.id);
+      if (!d) {
+        const res = sampleNext(logits.subarray(row * V, (row + 1) * V), seq.req.sampling, r.promptTokens, r.outputTokens);
+        sampled.set(seq.id, res.token);
+        this.acceptToken(seq, res, r.outputTokens.length);
+      } else {
+        // Verify the drafts (greedy): keep each while it equals the model's choice; the first
+        // mismatch is replaced by the model's token; if all match, the last row gives a bonus.
+        const start = r.numComputed;  // the fed token's position
+        let accepted = 0;
+        for (let i = 0; i < rows && !seq.done; i++) {
+          const res = sampleNext(logits.subarray((row + i) * V, (row + i + 1) * V), seq.req.sampling, r.promptTokens, r.outputTokens);
+          this.acceptToken(seq, res, r.outputTokens.length);
+          r.outputTokens.push(res.token);
+          if (i < d.length && res.token === d[i]) accepted++;
+          else break;
+        }
+        this.st.speculativeProposed = (this.st.speculativeProposed ?? 0) + d.length;
+        this.st.speculativeAccepted = (this.st.speculativeAccepted ?? 0) + accepted;
+        speculated.push({ id: seq.id, numComputed: start + 1 + accepted });
+      }
+      row += rows;
+    }
     this.scheduler.update(out, sampled);
+    for (const s of speculated) {
+      const r = this.scheduler.get(s.id);
+      if (r) r.numComputed = s.numComputed;  // k/v of accepted drafts are valid; the rest are overwritten later
+    }
   }
 
-  private buildBatch(out: SchedulerOutput, sampleSeqs: Seq[]): RunnerBatch {
+  /**
+   * n-gram prompt lookup (speculative decoding without a draft model): for a decoding greedy
+   * request, find the most recent earlier occurrence of its last n tokens and propose the tokens
+   * that followed. Sampled requests are not speculated (their outputs stay distributed exactly
+   * as without speculation).
+   */
+  private propose(out: SchedulerOutput): Map<string, number[]> {
+    const drafts = new Map<string, number[]>();
+    const spec = this.spec;
+    if (!spec) return drafts;
+    for (const s of out.scheduled) {
+      const seq = this.seqs.get(s.requestId);
+      if (!seq || !s.sample || s.tokenIds.length !== 1 || seq.req.sampling.temperature !== 0) continue;
+      const r = this.scheduler.get(s.requestId)!;
+      const all = [...r.promptTokens, ...r.outputTokens];
+      const room = Math.min(spec.numTokens, seq.req.maxTokens - r.outputTokens.length - 1, this.contextLength - all.length - 1);
+      if (room <= 0) continue;
+      let d: number[] = [];
+      for (let n = Math.min(spec.ngramMax, all.length - 1); n >= 1 && !d.length; n--) {
+        const tail = all.slice(all.length - n);
+        for (let j = all.length - n - 1; j >= 0; j--) {
+          let match = true;
+          for (let k = 0; k < n; k++) if (all[j + k] !== tail[k]) { match = false; break; }
+          if (match) {
+            d = all.slice(j + n, j + n + room);
+            break;
+          }
+        }
+      }
+      if (d.length && this.blocks.ensure(s.requestId, all, s.startPosition + 1 + d.length)) drafts.set(s.requestId, d);
+    }
+    return drafts;
+  }
+
+  private buildBatch(out: SchedulerOutput, sampleSeqs: Array<{ seq: Seq; rows: number }>, drafts: Map<string, number[]>): RunnerBatch {
     const tokens: number[] = [], positions: number[] = [], seqIndex: number[] = [], slots: number[] = [], sampleRows: number[] = [];
     const bs = this.blocks.blockSize;
-    const maxBlocks = Math.max(1, ...out.scheduled.map((s) => s.blockTable.length));
+    const tableOf = (s: SchedulerOutput["scheduled"][number]) => (drafts.has(s.requestId) ? this.blocks.blockTable(s.requestId) : s.blockTable);
+    const maxBlocks = Math.max(1, ...out.scheduled.map((s) => tableOf(s).length));
     const tables = new Int32Array(out.scheduled.length * maxBlocks);
     out.scheduled.forEach((s, i) => {
-      tables.set(s.blockTable, i * maxBlocks);
-      s.tokenIds.forEach((t, k) => {
+      const table = tableOf(s);
+      tables.set(table, i * maxBlocks);
+      const d = drafts.get(s.requestId) ?? [];
+      [...s.tokenIds, ...d].forEach((t, k) => {
         const p = s.startPosition + k;
         tokens.push(t);
         positions.push(p);
         seqIndex.push(i);
-        slots.push(s.blockTable[Math.floor(p / bs)]! * bs + (p % bs));
+        slots.push(table[Math.floor(p / bs)]! * bs + (p % bs));
+        if (s.sample && k >= s.tokenIds.length - 1) sampleRows.push(tokens.length - 1);
       });
-      if (s.sample) {
-        sampleRows.push(tokens.length - 1);
-        sampleSeqs.push(this.seqs.get(s.requestId)!);
-      }
+      if (s.sample) sampleSeqs.push({ seq: this.seqs.get(s.requestId)!, rows: 1 + d.length });
     });
     return {
       tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqIndex: Int32Array.from(seqIndex),
       slotMapping: Int32Array.from(slots), blockTables: tables, maxBlocks, sampleRows,
     };
+  }
+
+  private acceptToken(seq: Seq, res: ReturnType<typeof sampleNext>, alreadyGenerated: number): void {
+    this.st.generationTokens++;
+    seq.group.completionTokens++;
+    this.emitToken(seq, res.token, alreadyGenerated, {
+      token: this.tokenizer.decode([res.token]), tokenId: res.token, logprob: res.logprob,
+      top: res.top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
+    });
   }
 
   /** Appends a sampled token: stop checks, incremental detokenization, delta events. */

@@ -59,6 +59,9 @@ export interface EngineStats {
   generationTokens: number;
   steps: number;
   lastStepAt: number;
+  /** Speculative decoding: draft tokens proposed and accepted. */
+  speculativeProposed?: number;
+  speculativeAccepted?: number;
 }
 
 /** What the server needs from an engine. */
