@@ -7,7 +7,7 @@
   # declarations on, so it is defined by hand. -ffast-math is a compile flag only,
   # never a link flag, so crtfastmath (which would flip FTZ/DAZ for the whole process) is not linked.
   "variables": {
-    "kernel_sources": ["src/kernels_elementwise.cc", "src/kernels_nn.cc", "src/kernels_attention.cc", "src/kernels_paged.cc"],
+    "kernel_sources": ["src/kernels_elementwise.cc", "src/kernels_nn.cc", "src/kernels_attention.cc", "src/kernels_paged.cc", "src/kernels_quant.cc"],
     "kernel_cflags": ["-O3", "-std=c++17", "-fPIC", "-ffast-math", "-fno-finite-math-only", "-fno-math-errno", "-D__FAST_MATH__=1", "-Wno-builtin-macro-redefined"]
   },
   "targets": [

@@ -600,6 +600,30 @@ napi_value PagedAttention(napi_env env, napi_callback_info info) {
   return undefined(env);
 }
 
+napi_value QuantInt8Rowwise(napi_env env, napi_callback_info info) {
+  Args a(env, info);
+  const float* w = a.ptr<const float>(0);
+  int8_t* q = a.ptr<int8_t>(1);
+  float* scales = a.ptr<float>(2);
+  i64 rows = a.num(3), cols = a.num(4);
+  if (!a.ok) return nullptr;
+  KERNEL(quant_int8_rowwise)(w, q, scales, rows, cols);
+  return undefined(env);
+}
+
+napi_value MatmulInt8(napi_env env, napi_callback_info info) {
+  Args a(env, info);
+  const float* x = a.ptr<const float>(0);
+  const int8_t* q = a.ptr<const int8_t>(1);
+  const float* scales = a.ptr<const float>(2);
+  const float* bias = a.ptr<const float>(3);  // null or undefined: no bias
+  float* y = a.ptr<float>(4);
+  i64 M = a.num(5), N = a.num(6), K = a.num(7);
+  if (!a.ok) return nullptr;
+  KERNEL(matmul_int8)(x, q, scales, bias, y, M, N, K);
+  return undefined(env);
+}
+
 napi_value Gemm(napi_env env, napi_callback_info info) {
   Args a(env, info);
   bool ta = a.flag(0), tb = a.flag(1);
@@ -662,7 +686,7 @@ napi_value Init(napi_env env, napi_value exports) {
       {"crossEntropyBackward", CrossEntropyBackward}, {"adamw", AdamW},
       {"attentionForward", AttentionForward}, {"attentionBackward", AttentionBackward}, {"gemm", Gemm},
       {"random", Random}, {"dropout", Dropout}, {"kvCacheWrite", KvCacheWrite},
-      {"pagedAttention", PagedAttention},
+      {"pagedAttention", PagedAttention}, {"quantInt8Rowwise", QuantInt8Rowwise}, {"matmulInt8", MatmulInt8},
   };
   for (auto& f : fns) {
     napi_value fn;

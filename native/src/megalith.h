@@ -109,6 +109,9 @@ void cast(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
                        const int32_t* block_tables, i64 max_blocks, i64 block_size,                \
                        const int32_t* seq, const int32_t* pos, float* out, i64 n, i64 H, i64 D,    \
                        float scale);                                                               \
+  void quant_int8_rowwise(const float* w, int8_t* q, float* scales, i64 rows, i64 cols);            \
+  void matmul_int8(const float* x, const int8_t* q, const float* scales, const float* bias,        \
+                   float* y, i64 M, i64 N, i64 K);                                                 \
   }
 
 MG_DECLARE_KERNELS(avx512)

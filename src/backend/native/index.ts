@@ -66,6 +66,10 @@ export interface NativeAddon {
   kvCacheWrite(kCache: Ptr, vCache: Ptr, k: Ptr, v: Ptr, slots: Ptr, n: number, row: number): void;
   /** Ragged causal attention over a paged KV cache; see native/src/kernels_paged.cc. */
   pagedAttention(q: Ptr, kCache: Ptr, vCache: Ptr, blockTables: Ptr, maxBlocks: number, blockSize: number, seq: Ptr, pos: Ptr, out: Ptr, n: number, H: number, D: number, scale: number): void;
+  /** Per-row int8 absmax quantization of w [rows, cols] into q (int8) and scales [rows]; see native/src/kernels_quant.cc. */
+  quantInt8Rowwise(w: Ptr, q: Ptr, scales: Ptr, rows: number, cols: number): void;
+  /** y [M, N] = (x [M, K] @ q[N, K]^T) * scales[N] + bias[N] (bias may be null). */
+  matmulInt8(x: Ptr, q: Ptr, scales: Ptr, bias: Ptr | null, y: Ptr, M: number, N: number, K: number): void;
   random(kind: number, seed: number, offset: number, out: Ptr, n: number, a: number, b: number): void;
   dropout(seed: number, offset: number, p: number, x: Ptr, y: Ptr, n: number): void;
 }

@@ -1,0 +1,151 @@
+// Int8 weight-only quantization: the rowwise quantizer's round-trip error, the native int8
+// matmul (both kernel builds) against a float64 reference, and a tiny GPT's logits and
+// perplexity with int8 projections against float32.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { GPT, tensor, randn, noGrad } from "../../src/index.js";
+import { native } from "../../src/backend/native/index.js";
+import { Linear } from "../../src/nn/index.js";
+import {
+  quantizeLinear, quantizeModelInt8, dequantizeModel, quantized, quantizedForward, gptLogits, perplexity, QuantizedLinear,
+} from "../../src/inference/quant/index.js";
+
+const seed = Date.now() % 100000;
+
+function randomLinear(inF: number, outF: number, bias = true): Linear {
+  const lin = new Linear(inF, outF, { bias, seed: seed + inF * 7 + outF });
+  if (bias) native.write(lin.bias!.ptr, Float32Array.from({ length: outF }, () => Math.random() - 0.5));
+  return lin;
+}
+
+test("`quantizeLinear()` round-trips every weight within scale/2 of its row", () => {
+  const lin = randomLinear(129, 37);
+  // A zero row and a row with one large outlier exercise the edge cases.
+  const w = lin.weight.data() as Float32Array;
+  w.fill(0, 5 * 129, 6 * 129);
+  w[7 * 129 + 3] = 9.5;
+  native.write(lin.weight.ptr, w);
+  const ql = quantizeLinear(lin);
+  const q = ql.q.data() as Int8Array, s = ql.scales.data() as Float32Array;
+  const deq = ql.dequantize().data() as Float32Array;
+  for (let n = 0; n < 37; n++) {
+    let amax = 0;
+    for (let k = 0; k < 129; k++) amax = Math.max(amax, Math.abs(w[n * 129 + k]!));
+    assert.ok(Math.abs(s[n]! - amax / 127) <= 1e-6 * amax, `row ${n}: scale ${s[n]} vs max|w|/127 = ${amax / 127}`);
+    for (let k = 0; k < 129; k++) {
+      const i = n * 129 + k;
+      assert.ok(q[i]! >= -127 && q[i]! <= 127, `q[${n}, ${k}] = ${q[i]} outside [-127, 127]`);
+      const err = Math.abs(w[i]! - s[n]! * q[i]!);
+      assert.ok(err <= s[n]! / 2 * (1 + 1e-5) + 1e-12, `w[${n}, ${k}] = ${w[i]}: error ${err} > scale/2 = ${s[n]! / 2} (seed ${seed})`);
+      assert.ok(Math.abs(deq[i]! - s[n]! * q[i]!) <= 1e-6 * Math.abs(deq[i]!) + 1e-12);
+    }
+  }
+  assert.equal(s[5], 0);
+  assert.equal(q[7 * 129 + 3], 127);
+  ql.dispose();
+});
+
+// float64 reference of x @ (scales * q)^T + bias.
+function reference(x: Float32Array, q: Int8Array, s: Float32Array, b: Float32Array | null, M: number, N: number, K: number): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; m++) {
+    for (let n = 0; n < N; n++) {
+      let acc = 0;
+      for (let k = 0; k < K; k++) acc += x[m * K + k]! * s[n]! * q[n * K + k]!;
+      y[m * N + n] = acc + (b ? b[n]! : 0);
+    }
+  }
+  return y;
+}
+
+for (const kernels of ["avx512", "generic"] as const) {
+  test(`\`matmul_int8\` (${kernels} kernels) matches a float64 reference for M = 1, 3, 17, 130 and odd K`, (t) => {
+    if (kernels === "avx512" && !native.cpuInfo().avx512) {
+      t.skip("CPU has no AVX-512");
+      return;
+    }
+    const prev = native.cpuInfo().kernels;
+    native.setKernelSet(kernels);
+    try {
+      for (const [K, N, bias] of [[129, 67, true], [75, 200, false]] as const) {
+        const ql = quantizeLinear(randomLinear(K, N, bias));
+        const q = ql.q.data() as Int8Array, s = ql.scales.data() as Float32Array;
+        const b = ql.bias ? (ql.bias.data() as Float32Array) : null;
+        for (const M of [1, 3, 17, 130]) {
+          const x = randn([M, K]);
+          const got = ql.forward(x).data() as Float32Array;
+          const ref = reference(x.data() as Float32Array, q, s, b, M, N, K);
+          let maxErr = 0, maxRef = 0;
+          for (let i = 0; i < ref.length; i++) {
+            maxErr = Math.max(maxErr, Math.abs(got[i]! - ref[i]!));
+            maxRef = Math.max(maxRef, Math.abs(ref[i]!));
+          }
+          // float32 accumulation over K terms: relative error well under 1e-5 of the output scale.
+          assert.ok(maxErr <= 1e-5 * maxRef, `M=${M} N=${N} K=${K} bias=${bias}: max error ${maxErr} vs max |y| ${maxRef} (seed ${seed})`);
+        }
+        ql.dispose();
+      }
+    } finally {
+      native.setKernelSet(prev);
+    }
+  });
+}
+
+test("`QuantizedLinear.forward()` keeps leading dims and reads strided inputs", () => {
+  const ql = quantizeLinear(randomLinear(33, 20));
+  const x = randn([2, 33, 5]).transpose(1, 2);                                  // (2, 5, 33) strided
+  const y = ql.forward(x);
+  assert.deepEqual(y.shape, [2, 5, 20]);
+  const ref = noGrad(() => x.contiguous().matmul(ql.dequantize().t()).add(ql.bias!));
+  const a = y.data() as Float32Array, r = ref.data() as Float32Array;
+  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - r[i]!) <= 1e-5, `element ${i}: ${a[i]} vs ${r[i]}`);
+  assert.throws(() => ql.forward(randn([4, 32])), /QuantizedLinear.forward: x must be float32 \(\.\.\., 33\)/);
+  ql.dispose();
+});
+
+function maxRel(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num = Math.max(num, Math.abs(a[i]! - b[i]!));
+    den = Math.max(den, Math.abs(b[i]!));
+  }
+  return num / den;
+}
+
+test("`quantizeModelInt8()`: int8 logits are close to float32 and perplexity within a few %", () => {
+  const model = new GPT({ nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, vocabSize: 101 }, { seed });
+  model.eval();
+  // A token stream with structure (a noisy repeating pattern), so perplexity is well below V.
+  const tokens = Array.from({ length: 200 }, (_, i) => (i % 7 === 3 ? (i * 31) % 101 : (i * 13) % 17));
+  const idx = tensor(Int32Array.from(tokens.slice(0, 32)), { shape: [1, 32], dtype: "int32" });
+
+  // The quant forward loop with float32 projections is GPT.forward.
+  const ref = noGrad(() => model.forward(idx).logits.data() as Float32Array);
+  const fp32 = gptLogits(model, idx, { quantized: false }).data() as Float32Array;
+  assert.ok(maxRel(fp32, ref) < 1e-5, `gptLogits(fp32) vs GPT.forward: ${maxRel(fp32, ref)}`);
+
+  const summary = quantizeModelInt8(model);
+  assert.equal(summary.linears, 8);
+  // 1 byte per weight + a 4-byte scale per row of 64 (C = 64 here; 768 in GPT-2: ~3.98x).
+  assert.ok(summary.bytesInt8 < summary.bytesFloat32 / 3.5, `int8 bytes ${summary.bytesInt8} vs fp32 ${summary.bytesFloat32}`);
+  assert.ok(quantized(model.h[1]!.mlp.c_proj) instanceof QuantizedLinear);
+  assert.equal(quantized(model.h[0]!.ln_1 as unknown as Linear), undefined);
+
+  const int8 = gptLogits(model, idx).data() as Float32Array;
+  const e = maxRel(int8, ref);
+  assert.ok(e < 5e-2, `int8 logits relative error ${e} (seed ${seed})`);
+  assert.ok(e > 0, "int8 path must actually differ from float32");
+
+  const pFp32 = perplexity(model, tokens, { blockSize: 32 });
+  const pInt8 = perplexity(model, tokens, { blockSize: 32, quantized: true });
+  const rel = Math.abs(pInt8 - pFp32) / pFp32;
+  assert.ok(rel < 0.03, `perplexity fp32 ${pFp32} vs int8 ${pInt8}: ${(100 * rel).toFixed(2)}% apart (seed ${seed})`);
+
+  // quantizedForward falls back to float32 after dequantizeModel.
+  dequantizeModel(model);
+  const x = randn([3, 64]);
+  const a = quantizedForward(model.h[0]!.attn.c_attn, x).data() as Float32Array;
+  const b = noGrad(() => model.h[0]!.attn.c_attn.forward(x).data() as Float32Array);
+  assert.deepEqual(a, b);
+  assert.throws(() => perplexity(model, tokens, { quantized: true }), /needs quantizeModelInt8/);
+});
