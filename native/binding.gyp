@@ -37,6 +37,14 @@
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-O3", "-std=c++17", "-fexceptions"],
       "libraries": ["-lopenblas", "-lmvec", "-lpthread"]
+    },
+    {
+      # MPI collectives, a separate addon so single-process use never loads MPI.
+      "target_name": "megalith_mpi",
+      "sources": ["src/mpi.cc"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-O2", "-std=c++17", "<!@(mpicc --showme:compile)"],
+      "libraries": ["<!@(mpicc --showme:link)", "-ldl"]
     }
   ]
 }

@@ -12,6 +12,7 @@ import { register as train } from "./train.js";
 import { register as sample } from "./sample.js";
 import { register as demo } from "./demo.js";
 import { register as serve } from "./serve.js";
+import { register as launch } from "./launch.js";
 
 const program = new Command();
 program
@@ -20,7 +21,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, sample, serve, demo];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, serve, demo];
 
 for (const register of registrations) register(program);
 

@@ -28,6 +28,7 @@ import {
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep } from "./config.js";
+import { DataParallel, DeviceMesh, allReduce, barrier, underMpi, worldGroup, type ProcessGroup } from "../parallel/index.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -74,6 +75,9 @@ export class Trainer {
   tokensSeen = 0;
   private readonly opts: Required<TrainerOptions>;
   private consecutiveNonFinite = 0;
+  /** The data-parallel group (a group of one in a single process) and its reducer. */
+  private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
+  private ddp: DataParallel | null = null;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -91,6 +95,18 @@ export class Trainer {
   /** Prepares data, builds (or loads) the model and optimizer, and restores a checkpoint if asked. */
   async setup(): Promise<void> {
     const c = this.config;
+    // Parallel layout: the world (mpirun) must match the config's axes.
+    if (c.parallel.zero !== 0) {
+      throw new ValueError(`parallel.zero=${c.parallel.zero}: ZeRO stages are not implemented yet; use parallel.zero=0`);
+    }
+    if (underMpi()) {
+      const mesh = new DeviceMesh({ dp: c.parallel.dp }, worldGroup());
+      this.dpGroup = mesh.group("dp");
+      this.opts.rank = mesh.world.rank;
+      this.opts.worldSize = this.dpGroup.size;
+    } else if (c.parallel.dp > 1) {
+      throw new ValueError(`parallel.dp=${c.parallel.dp} needs ${c.parallel.dp} ranks; start it with \`megalith launch -n ${c.parallel.dp} -- train ...\` (or mpirun -np ${c.parallel.dp})`);
+    }
     mkdirSync(c.out_dir, { recursive: true });
     // Data: the built-in Brown corpus is prepared (and cached) on first use.
     if (c.data.source === "brown") {
@@ -123,8 +139,9 @@ export class Trainer {
     });
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
-      seed: c.train.seed, rank: this.opts.rank, worldSize: this.opts.worldSize,
+      seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
     });
+    this.ddp = this.dpGroup.size > 1 ? new DataParallel(this.model.parameters(), this.dpGroup) : null;
     const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
       `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
@@ -140,7 +157,7 @@ export class Trainer {
   }
 
   /** One optimizer step (all micro-steps). Returns the metrics, or null when the step was skipped. */
-  trainStep(): StepMetrics | { step: number; skipped: true; reason: string } {
+  async trainStep(): Promise<StepMetrics | { step: number; skipped: true; reason: string }> {
     const c = this.config;
     const t0 = performance.now();
     const accum = c.train.grad_accum_steps;
@@ -148,6 +165,7 @@ export class Trainer {
     let lossSum = 0;
     this.model.train();
     for (let micro = 0; micro < accum; micro++) {
+      if (this.ddp) this.ddp.syncEnabled = micro === accum - 1;  // reduce only on the last micro-step
       const batch = this.loader.nextBatch();
       lossSum += withScope(() => {
         const B = batch.batchSize, T = batch.blockSize;
@@ -162,7 +180,15 @@ export class Trainer {
         return value;
       });
     }
-    const loss = lossSum / accum;
+    await this.ddp?.synchronize();
+    let loss = lossSum / accum;
+    if (this.dpGroup.size > 1) {
+      // The logged loss is the global batch's: the mean over data-parallel ranks.
+      const t = tensor([loss]);
+      allReduce(t, this.dpGroup, "avg");
+      loss = t.item();
+      t.dispose();
+    }
     const { norm, clipCoef } = gradNorm(this.optimizer.params, c.train.grad_clip > 0 ? c.train.grad_clip : Infinity);
     const stepNumber = this.step;
     if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
@@ -225,7 +251,7 @@ export class Trainer {
     const t0 = performance.now();
     let last: StepMetrics | null = null;
     while (this.step < c.train.max_steps) {
-      const m = this.trainStep();
+      const m = await this.trainStep();
       if (this.isMain) appendFileSync(metricsFile, JSON.stringify(m) + "\n");
       if ("skipped" in m) {
         this.say(`step ${m.step}: skipped (${m.reason})`);
@@ -267,7 +293,20 @@ export class Trainer {
   async saveCheckpoint(): Promise<string> {
     const c = this.config;
     const dir = join(c.out_dir, checkpointDirName(this.step));
-    if (!this.isMain) return dir;
+    // Data-parallel ranks hold identical state: rank 0 writes, the others wait for it.
+    if (!this.isMain) {
+      barrier(this.dpGroup);
+      return dir;
+    }
+    try {
+      return await this.writeCheckpoint(dir);
+    } finally {
+      barrier(this.dpGroup);
+    }
+  }
+
+  private async writeCheckpoint(dir: string): Promise<string> {
+    const c = this.config;
     const state: TrainerState = {
       step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: c, tokens_seen: this.tokensSeen,
     };

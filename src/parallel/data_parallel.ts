@@ -1,0 +1,101 @@
+/**
+ * Data parallelism with communication overlapped with backward (PyTorch DDP's reducer).
+ *
+ * Parameters are grouped into buckets of about `bucketBytes`, in reverse registration order
+ * (roughly the order backward produces their gradients). When every gradient of a bucket is
+ * ready (gradient-ready hooks), it is copied into the bucket's flat buffer and an asynchronous
+ * all-reduce starts while backward continues. `synchronize()` waits for all buckets and writes
+ * the averaged gradients back. On accumulation micro-steps nothing is reduced until the last.
+ * At group size 1 nothing is registered: the single-process path is unchanged.
+ */
+import { native } from "../backend/native/index.js";
+import { Tensor, withCategory, keep } from "../tensor/index.js";
+import { allReduceAsync, broadcast, type ProcessGroup } from "./collectives.js";
+
+export interface DataParallelOptions {
+  /** Target bucket size in bytes. Default 25 MiB (PyTorch's). */
+  bucketBytes?: number;
+}
+
+interface Bucket {
+  params: Tensor[];
+  offsets: number[];
+  flat: Tensor;
+  ready: number;
+  pending: Promise<void> | null;
+}
+
+export class DataParallel {
+  readonly group: ProcessGroup;
+  private readonly buckets: Bucket[] = [];
+  private readonly bucketOf = new Map<Tensor, Bucket>();
+  /** When false (accumulation micro-steps), gradient-ready hooks do nothing. */
+  syncEnabled = true;
+  /** Seconds of backward during which a reduction was in flight (overlap measurement). */
+  readonly timings = { launched: 0, waitedMs: 0 };
+
+  constructor(params: Tensor[], group: ProcessGroup, opts: DataParallelOptions = {}) {
+    this.group = group;
+    if (group.size === 1) return;
+    const limit = opts.bucketBytes ?? 25 * 2 ** 20;
+    let cur: Tensor[] = [];
+    let bytes = 0;
+    const flush = () => {
+      if (!cur.length) return;
+      const offsets: number[] = [];
+      let n = 0;
+      for (const p of cur) { offsets.push(n); n += p.numel; }
+      const flat = withCategory("grads", () => keep(Tensor.empty([n])));
+      const b: Bucket = { params: cur, offsets, flat, ready: 0, pending: null };
+      this.buckets.push(b);
+      for (const p of cur) this.bucketOf.set(p, b);
+      cur = [];
+      bytes = 0;
+    };
+    for (const p of [...params].reverse()) {
+      cur.push(p);
+      bytes += p.numel * 4;
+      if (bytes >= limit) flush();
+    }
+    flush();
+    for (const p of params) p.registerGradReadyHook((t) => this.onReady(t));
+    // Every rank starts from rank 0's weights.
+    for (const p of params) broadcast(p, group, 0);
+  }
+
+  private onReady(p: Tensor): void {
+    if (!this.syncEnabled) return;
+    const b = this.bucketOf.get(p);
+    if (!b || !p.grad) return;
+    const i = b.params.indexOf(p);
+    native.copyStrided(4, p.grad.ptr, [1], b.flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
+    if (++b.ready === b.params.length) {
+      b.pending = allReduceAsync(b.flat, this.group, "avg");
+      this.timings.launched++;
+    }
+  }
+
+  /** Waits for every bucket and writes the averaged gradients back into `.grad`. */
+  async synchronize(): Promise<void> {
+    if (this.group.size === 1) return;
+    const t0 = performance.now();
+    for (const b of this.buckets) {
+      if (!b.pending) {
+        // Some parameter got no gradient this step (unused): reduce the bucket anyway so ranks agree.
+        for (let i = 0; i < b.params.length; i++) {
+          const p = b.params[i]!;
+          if (p.grad) native.copyStrided(4, p.grad.ptr, [1], b.flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
+          else native.fill(b.flat.ptr + b.offsets[i]! * 4, p.numel, 0, 0);
+        }
+        b.pending = allReduceAsync(b.flat, this.group, "avg");
+      }
+      await b.pending;
+      b.params.forEach((p, i) => {
+        if (p.grad) native.copyStrided(4, b.flat.ptr + b.offsets[i]! * 4, [1], p.grad.ptr, [1], [p.numel]);
+      });
+      b.pending = null;
+      b.ready = 0;
+    }
+    this.timings.waitedMs += performance.now() - t0;
+  }
+}
