@@ -5,7 +5,7 @@ import { basename, join } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT } from "../models/index.js";
 import { loadTokenizer } from "../tokenizers/index.js";
-import { Engine } from "../inference/index.js";
+import { Engine, quantizeModelInt8 } from "../inference/index.js";
 import { createServer } from "../serve/index.js";
 
 export function register(program: Command): void {
@@ -20,6 +20,7 @@ export function register(program: Command): void {
     .option("--max-num-seqs <n>", "most requests running at once", "32")
     .option("--max-num-batched-tokens <n>", "token budget per step", "512")
     .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
+    .option("--quantize <kind>", "weight quantization at load: none | int8 (per-output-channel int8 projections)", "none")
     .option("--speculative-tokens <n>", "n-gram prompt-lookup speculative decoding: draft tokens per step for greedy requests (0 = off)", "0")
     .action(async (o: Record<string, string>) => {
       const dir = o.model!;
@@ -31,6 +32,11 @@ export function register(program: Command): void {
       const hasTok = existsSync(join(dir, "tokenizer.json")) || (existsSync(join(dir, "vocab.json")) && existsSync(join(dir, "merges.txt")));
       const tokenizer = loadTokenizer(hasTok ? dir : "gpt2");
       const model = await GPT.fromPretrained(dir);
+      if (o.quantize !== "none" && o.quantize !== "int8") throw new ValueError(`--quantize must be none or int8, got ${JSON.stringify(o.quantize)}`);
+      if (o.quantize === "int8") {
+        const q = quantizeModelInt8(model);
+        process.stderr.write(`quantized ${q.linears} projections to int8: ${(q.bytesFloat32 / 2 ** 20).toFixed(1)} -> ${(q.bytesInt8 / 2 ** 20).toFixed(1)} MiB\n`);
+      }
       const engine = new Engine(model, tokenizer, {
         modelName: basename(dir.replace(/\/+$/, "")), kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20,
         maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),

@@ -4,3 +4,4 @@ export { Scheduler, type SchedulerOptions, type SchedulerOutput, type ScheduledR
 export { ModelRunner, type RunnerBatch, type ModelRunnerOptions } from "./runner/index.js";
 export { sampleNext, validateSampling, DEFAULT_SAMPLING, type SamplingParams, type SampleResult } from "./sample/index.js";
 export * from "./engine/index.js";
+export { quantizeModelInt8, quantizeLinear, quantizedForward, perplexity, QuantizedLinear } from "./quant/index.js";

@@ -10,7 +10,8 @@
  */
 import { ValueError } from "../../core/errors.js";
 import { native } from "../../backend/native/index.js";
-import { Tensor, tensor, zeros, withScope, withCategory, keep, embedding, layerNorm } from "../../tensor/index.js";
+import { Tensor, tensor, zeros, withScope, withCategory, keep, embedding, layerNorm, gelu } from "../../tensor/index.js";
+import { quantizedForward } from "../quant/index.js";
 import { noGrad } from "../../autograd/index.js";
 import type { GPT } from "../../models/index.js";
 
@@ -101,14 +102,16 @@ export class ModelRunner {
       let x = embedding(tok, m.wte.weight).add(embedding(pos, m.wpe.weight));       // (N, C)
       m.h.forEach((block, l) => {
         const h = block.ln_1.forward(x);
-        const qkv = block.attn.c_attn.forward(h);                                    // (N, 3C)
+        const qkv = quantizedForward(block.attn.c_attn, h);                          // (N, 3C)
         const [q, k, v] = qkv.split(C, -1).map((t) => t.contiguous());               // 3 x (N, C)
         native.kvCacheWrite(this.kCache[l]!.ptr, this.vCache[l]!.ptr, k!.ptr, v!.ptr, slots.ptr, n, C);
         const att = Tensor.empty([n, C]);
         native.pagedAttention(q!.ptr, this.kCache[l]!.ptr, this.vCache[l]!.ptr, tables.ptr, b.maxBlocks, this.blockSize,
           seq.ptr, pos.ptr, att.ptr, n, H, D, 1 / Math.sqrt(D));
-        x = x.add(block.attn.c_proj.forward(att));
-        x = x.add(block.mlp.forward(block.ln_2.forward(x)));                         // (N, C)
+        x = x.add(quantizedForward(block.attn.c_proj, att));
+        // The MLP by hand so int8 projections (when registered) replace the float ones.
+        const fc = gelu(quantizedForward(block.mlp.c_fc, block.ln_2.forward(x)), "tanh");
+        x = x.add(quantizedForward(block.mlp.c_proj, fc));                           // (N, C)
       });
       const rows = tensor(Int32Array.from(b.sampleRows), { dtype: "int32" });
       const sel = embedding(rows, x);                                                // (S, C) gather
