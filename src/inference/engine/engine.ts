@@ -10,8 +10,8 @@
 import { ValueError } from "../../core/errors.js";
 import type { GPT } from "../../models/index.js";
 import type { Tokenizer } from "../../tokenizers/index.js";
-import { BlockManager, blocksForBudget } from "../kv_cache/index.js";
-import { Scheduler, type SchedulerOutput } from "../scheduler/index.js";
+import { BlockManager, blocksForBudget } from "./_block_manager.js";
+import { Scheduler, type SchedulerOutput } from "./_scheduler.js";
 import { ModelRunner, type RunnerBatch } from "../runner/index.js";
 import { sampleNext, type SamplingParams } from "../sample/index.js";
 import { EngineRejection, type EngineEvent, type EngineLike, type EngineStats, type GenerationRequest, type TokenLogprob } from "./types.js";

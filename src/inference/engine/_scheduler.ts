@@ -1,4 +1,6 @@
 /**
+ * The engine's scheduler (private for now, like _block_manager.ts; see there).
+ *
  * Iteration-level scheduling (vLLM's v1 scheduler): no prefill/decode phases. Each step, every
  * running request's computed tokens catch up with its total (prompt + generated) within a
  * token budget: running requests first (decodes need one token), then new requests from the
@@ -7,7 +9,7 @@
  * later from its prompt plus what it had generated. Pure bookkeeping: no tensors.
  */
 import { ValueError } from "../../core/errors.js";
-import { BlockManager } from "../kv_cache/index.js";
+import { BlockManager } from "./_block_manager.js";
 
 export interface SchedulerOptions {
   /** Most tokens computed in one step (all requests together). Default 512. */
