@@ -3,3 +3,4 @@ export { worldGroup, splitGroup, allReduce, allReduceAsync, broadcast, allGather
 export { DeviceMesh, type Axis } from "./mesh.js";
 export { DataParallel, type DataParallelOptions } from "./data_parallel.js";
 export { underMpi } from "./_mpi_native.js";
+export { ZeroAdamW } from "./zero.js";

@@ -28,7 +28,7 @@ import {
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep } from "./config.js";
-import { DataParallel, DeviceMesh, allReduce, barrier, underMpi, worldGroup, type ProcessGroup } from "../parallel/index.js";
+import { DataParallel, DeviceMesh, ZeroAdamW, allReduce, barrier, underMpi, worldGroup, type ProcessGroup } from "../parallel/index.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -67,7 +67,8 @@ interface TrainerState {
 export class Trainer {
   readonly config: TrainConfig;
   model!: GPT;
-  optimizer!: AdamW;
+  /** AdamW, or ZeRO-1's sharded AdamW when parallel.zero = 1. */
+  optimizer!: AdamW | ZeroAdamW;
   loader!: TokenLoader;
   dataDir!: string;
   tokenizer: Tokenizer | null = null;
@@ -96,8 +97,8 @@ export class Trainer {
   async setup(): Promise<void> {
     const c = this.config;
     // Parallel layout: the world (mpirun) must match the config's axes.
-    if (c.parallel.zero !== 0) {
-      throw new ValueError(`parallel.zero=${c.parallel.zero}: ZeRO stages are not implemented yet; use parallel.zero=0`);
+    if (c.parallel.zero > 1) {
+      throw new ValueError(`parallel.zero=${c.parallel.zero}: ZeRO stages 2 and 3 are not implemented yet; use parallel.zero=0 or 1`);
     }
     if (underMpi()) {
       const mesh = new DeviceMesh({ dp: c.parallel.dp }, worldGroup());
@@ -134,9 +135,8 @@ export class Trainer {
       { seed: c.train.seed, activationCheckpointing: c.train.activation_checkpointing },
     );
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
-    this.optimizer = new AdamW(this.model.parameters(), {
-      lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay,
-    });
+    const adam = { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay };
+    this.optimizer = c.parallel.zero === 1 ? new ZeroAdamW(this.model.parameters(), this.dpGroup, adam) : new AdamW(this.model.parameters(), adam);
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
@@ -293,19 +293,27 @@ export class Trainer {
   async saveCheckpoint(): Promise<string> {
     const c = this.config;
     const dir = join(c.out_dir, checkpointDirName(this.step));
-    // Data-parallel ranks hold identical state: rank 0 writes, the others wait for it.
-    if (!this.isMain) {
-      barrier(this.dpGroup);
-      return dir;
-    }
+    // Moments are saved unsharded (logical), so any layout can load them; with ZeRO that is a
+    // collective every rank joins. Then rank 0 writes and the others wait for it.
+    const opt = this.optimizer;
+    const moments = opt instanceof ZeroAdamW ? opt.fullMoments() : { m: opt.m, v: opt.v };
+    const owned = opt instanceof ZeroAdamW;
     try {
-      return await this.writeCheckpoint(dir);
+      if (!this.isMain) {
+        barrier(this.dpGroup);
+        return dir;
+      }
+      try {
+        return await this.writeCheckpoint(dir, moments);
+      } finally {
+        barrier(this.dpGroup);
+      }
     } finally {
-      barrier(this.dpGroup);
+      if (owned) for (const t of [...moments.m, ...moments.v]) t.dispose();
     }
   }
 
-  private async writeCheckpoint(dir: string): Promise<string> {
+  private async writeCheckpoint(dir: string, moments: { m: Tensor[]; v: Tensor[] }): Promise<string> {
     const c = this.config;
     const state: TrainerState = {
       step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: c, tokens_seen: this.tokensSeen,
@@ -313,14 +321,14 @@ export class Trainer {
     await writeCheckpointDir(dir, async (tmp) => {
       await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
       writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
-      const moments: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
+      const records: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
       const names = this.model.namedParameters().map(([n]) => n);
       const rec = (t: Tensor) => ({ dtype: "F32" as const, shape: [...t.shape], data: new Uint8Array((t.data() as Float32Array).buffer) });
       names.forEach((n, i) => {
-        moments[`exp_avg.${n}`] = rec(this.optimizer.m[i]!);
-        moments[`exp_avg_sq.${n}`] = rec(this.optimizer.v[i]!);
+        records[`exp_avg.${n}`] = rec(moments.m[i]!);
+        records[`exp_avg_sq.${n}`] = rec(moments.v[i]!);
       });
-      await writeSafetensors(join(tmp, "optimizer.safetensors"), moments);
+      await writeSafetensors(join(tmp, "optimizer.safetensors"), records);
       writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
     }, { step: this.step, kind: "gpt-train" });
     await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
@@ -347,8 +355,9 @@ export class Trainer {
       return tensor(new Float32Array(copy.buffer), { shape });
     };
     noGrad(() => {
-      const m = names.map((n, i) => load(`exp_avg.${n}`, this.optimizer.m[i]!.shape));
-      const v = names.map((n, i) => load(`exp_avg_sq.${n}`, this.optimizer.v[i]!.shape));
+      const shapes = this.model.parameters().map((p) => p.shape);
+      const m = names.map((n, i) => load(`exp_avg.${n}`, shapes[i]!));
+      const v = names.map((n, i) => load(`exp_avg_sq.${n}`, shapes[i]!));
       this.optimizer.loadState(state.optimizer, { m, v });
       for (const t of [...m, ...v]) t.dispose();
     });

@@ -16,7 +16,7 @@ function losses(dir: string): number[] {
   return readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === undefined).map((m) => m.loss);
 }
 
-test("dp=2 (and dp=2 with accumulation 2) reproduces the single-process loss curve and weights", { skip: haveMpi ? false : "mpirun or the MPI addon is not available" }, async () => {
+test("dp=2 (plain, with accumulation 2, and with ZeRO-1) reproduces the single-process loss curve and weights", { skip: haveMpi ? false : "mpirun or the MPI addon is not available" }, async () => {
   const root = mkdtempSync(join(tmpdir(), "megalith-dp-"));
   try {
     const data = join(root, "data");
@@ -24,7 +24,7 @@ test("dp=2 (and dp=2 with accumulation 2) reproduces the single-process loss cur
     await prepareData({ tokenizer: loadTokenizer("gpt2"), tokenizerSpec: "gpt2", inputs: [{ name: "gen", documents: docs }], outDir: data, valFraction: 0.1, progress: false });
     const cfg = {
       out_dir: "x", model: { n_layer: 2, n_head: 2, n_embd: 32, block_size: 32, vocab_size: 50304 }, data: { source: data },
-      train: { max_steps: 8, micro_batch_size: 4, seed: 11, log_interval: 100 }, optimizer: { lr: 3e-3, warmup_steps: 2 },
+      train: { max_steps: 8, micro_batch_size: 4, seed: 11, log_interval: 100 }, optimizer: { lr: 3e-3, warmup_steps: 2, decay_steps: 10 },
       eval: { interval: 0, batches: 1 }, checkpoint: { interval: 0, keep: 1 },
     };
     const file = join(root, "cfg.json");
@@ -35,6 +35,7 @@ test("dp=2 (and dp=2 with accumulation 2) reproduces the single-process loss cur
     const layouts: Array<[string, string[]]> = [
       ["dp2", ["parallel.dp=2", "train.micro_batch_size=2"]],
       ["dp2_accum2", ["parallel.dp=2", "train.micro_batch_size=1", "train.grad_accum_steps=2"]],
+      ["dp2_zero1", ["parallel.dp=2", "parallel.zero=1", "train.micro_batch_size=2"]],
     ];
     for (const [name, sets] of layouts) {
       const r = spawnSync("mpirun", mpirunArgs(2, ["train", "--config", file, "--set", `out_dir=${join(root, name)}`, ...sets], undefined, bin), {
@@ -55,6 +56,15 @@ test("dp=2 (and dp=2 with accumulation 2) reproduces the single-process loss cur
         assert.ok(err <= 1e-5 + 1e-5 * mag, `${name}: parameter ${n} differs by ${err} (magnitude ${mag})`);
       }
     }
+    // A ZeRO-1 checkpoint (moments saved unsharded) resumes in a single process and continues
+    // the single-process curve.
+    const resumed = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "dp2_zero1")}`, "train.max_steps=10", "--resume"], { encoding: "utf8", timeout: 240_000 });
+    assert.equal(resumed.status, 0, resumed.stderr);
+    const straight = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "single10")}`, "train.max_steps=10"], { encoding: "utf8", timeout: 240_000 });
+    assert.equal(straight.status, 0, straight.stderr);
+    const a = losses(join(root, "single10")), b = losses(join(root, "dp2_zero1"));
+    assert.equal(b.length, 10);
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) / Math.abs(v) < 1e-5, `resumed step ${i}: ${b[i]} vs ${v}`));
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
