@@ -41,6 +41,10 @@ export interface StepMetrics {
   mfu: number;
   mem_live_mb: number;
   mem_peak_mb: number;
+  /** Live MiB per category after the step: parameters, gradients, optimizer state. */
+  mem_params_mb: number;
+  mem_grads_mb: number;
+  mem_optimizer_mb: number;
   step_ms: number;
 }
 
@@ -217,6 +221,7 @@ export class Trainer {
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
       mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: mem.peakTotal / 2 ** 20, step_ms: dt * 1000,
+      mem_params_mb: mem.live.params / 2 ** 20, mem_grads_mb: mem.live.grads / 2 ** 20, mem_optimizer_mb: mem.live.optimizer / 2 ** 20,
     };
   }
 

@@ -56,6 +56,12 @@ test("dp=2 (plain, with accumulation 2, and with ZeRO-1) reproduces the single-p
         assert.ok(err <= 1e-5 + 1e-5 * mag, `${name}: parameter ${n} differs by ${err} (magnitude ${mag})`);
       }
     }
+    // Memory per rank (allocator counters in metrics.jsonl): ZeRO-1 keeps 1/dp of AdamW's state.
+    const mem = (name: string) => JSON.parse(readFileSync(join(root, name, "metrics.jsonl"), "utf8").split("\n")[0]!);
+    const plain = mem("dp2"), zero1 = mem("dp2_zero1");
+    assert.ok(Math.abs(zero1.mem_optimizer_mb / plain.mem_optimizer_mb - 0.5) < 0.05, `optimizer MiB: zero1 ${zero1.mem_optimizer_mb} vs plain ${plain.mem_optimizer_mb}`);
+    assert.ok(Math.abs(zero1.mem_params_mb - plain.mem_params_mb) / plain.mem_params_mb < 0.01, "parameters stay replicated");
+
     // A ZeRO-1 checkpoint (moments saved unsharded) resumes in a single process and continues
     // the single-process curve.
     const resumed = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "dp2_zero1")}`, "train.max_steps=10", "--resume"], { encoding: "utf8", timeout: 240_000 });
