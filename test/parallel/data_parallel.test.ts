@@ -16,7 +16,7 @@ function losses(dir: string): number[] {
   return readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === undefined).map((m) => m.loss);
 }
 
-test("dp=2 (plain, with accumulation 2, and with ZeRO-1) reproduces the single-process loss curve and weights", { skip: haveMpi ? false : "mpirun or the MPI addon is not available" }, async () => {
+test("the layout matrix (dp=2, dp=2 x accumulation 2, dp=2 ZeRO-1, dp=4, dp=4 ZeRO-1) reproduces the single-process loss curve and weights", { skip: haveMpi ? false : "mpirun or the MPI addon is not available" }, async () => {
   const root = mkdtempSync(join(tmpdir(), "megalith-dp-"));
   try {
     const data = join(root, "data");
@@ -36,9 +36,12 @@ test("dp=2 (plain, with accumulation 2, and with ZeRO-1) reproduces the single-p
       ["dp2", ["parallel.dp=2", "train.micro_batch_size=2"]],
       ["dp2_accum2", ["parallel.dp=2", "train.micro_batch_size=1", "train.grad_accum_steps=2"]],
       ["dp2_zero1", ["parallel.dp=2", "parallel.zero=1", "train.micro_batch_size=2"]],
+      ["dp4", ["parallel.dp=4", "train.micro_batch_size=1"]],
+      ["dp4_zero1", ["parallel.dp=4", "parallel.zero=1", "train.micro_batch_size=1"]],
     ];
     for (const [name, sets] of layouts) {
-      const r = spawnSync("mpirun", mpirunArgs(2, ["train", "--config", file, "--set", `out_dir=${join(root, name)}`, ...sets], undefined, bin), {
+      const np = Number(/parallel\.dp=(\d+)/.exec(sets.join(" "))![1]);
+      const r = spawnSync("mpirun", mpirunArgs(np, ["train", "--config", file, "--set", `out_dir=${join(root, name)}`, ...sets], undefined, bin), {
         encoding: "utf8", timeout: 240_000, env: { ...process.env, MEGALITH_NUM_THREADS: "1" },
       });
       assert.equal(r.status, 0, `${name}: ${r.stderr}`);
