@@ -20,6 +20,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   tokenizer: () => import("./tokenizer.js"),
   train: () => import("./train.js"),
   serve: () => import("./serve.js"),
+  comm: () => import("./comm.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

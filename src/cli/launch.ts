@@ -17,6 +17,10 @@ export function mpirunArgs(n: number, rest: string[], hostfile?: string, binPath
   return [
     "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--tag-output",
     "--mca", "btl", "self,vader,tcp", "--mca", "btl_vader_single_copy_mechanism", "none",
+    // Waiting ranks yield the core instead of busy-polling: with ranks sharing cores (or a
+    // communication thread beside compute), polling steals the CPU the compute needs
+    // (measured here: dp=2 training 971 -> 2900 tokens/s).
+    "--mca", "mpi_yield_when_idle", "1",
     ...(hostfile ? ["--hostfile", hostfile] : []),
     "-x", "MEGALITH_NUM_THREADS", "-np", String(n), process.execPath, binPath, ...rest,
   ];
