@@ -66,7 +66,8 @@ test("`schedule()` splits a long prompt across steps (chunked prefill), growing 
     assert.deepEqual(s.tokenIds, prompt.slice(s.startPosition, s.startPosition + s.numTokens));
     assert.ok(s.blockTable.length * 4 >= s.startPosition + s.numTokens, "the table covers every position fed");
     steps.push([s.startPosition, s.numTokens, s.samplesThisStep, s.blockTable.length]);
-    sch.updateFromOutput(out, sampleAll(out));
+    if (!s.samplesThisStep) assert.throws(() => sch.updateFromOutput(out, new Map([["r", [1]]])), /computes a prompt chunk and does not sample/);
+    sch.updateFromOutput(out, sampleAll(out));  // the rejected call left the step unapplied
     if (s.samplesThisStep) break;
   }
   assert.deepEqual(steps, [[0, 6, false, 2], [6, 6, false, 3], [12, 3, true, 4]]);
@@ -124,6 +125,21 @@ test("a preempted request's recompute starts from its blocks that survive in the
   assert.equal(n.startPosition % 4, 0);
 });
 
+test("a request that outgrows the whole cache on its own finishes with \"length\" instead of preempting itself forever", () => {
+  const bm = new BlockManager({ numBlocks: 2, blockSize: 4 });
+  const sch = new Scheduler(bm, { maxNumBatchedTokens: 8, maxNumSeqs: 2 });
+  sch.addRequest("big", range(6));
+  let out = sch.schedule();
+  for (let i = 0; i < 3; i++) {
+    sch.updateFromOutput(out, sampleAll(out));
+    out = sch.schedule();
+  }
+  // 6 prompt + 3 generated tokens need a third block: none exists.
+  assert.deepEqual([out.scheduled, out.preempted, out.finished, out.numBatchedTokens], [[], [], [{ requestId: "big", reason: "length" }], 0]);
+  assert.equal(bm.usage().used, 0);
+  assert.equal(sch.hasWork(), false);
+});
+
 test("`addRequest()` refuses beyond the waiting bound with a reason, and rejects impossible requests", () => {
   const bm = new BlockManager({ numBlocks: 8, blockSize: 4 });
   const sch = new Scheduler(bm, { maxWaiting: 2, maxNumSeqs: 1, maxNumBatchedTokens: 8, maxModelLen: 20 });
@@ -133,7 +149,8 @@ test("`addRequest()` refuses beyond the waiting bound with a reason, and rejects
   assert.equal(r.accepted, false);
   assert.ok(!r.accepted && r.reason === "queue_full" && /waiting queue is full \(2 requests\)/.test(r.message));
   assert.equal(sch.stats().rejections.queue_full, 1);
-  sch.schedule();  // "a" runs, one place frees up
+  sch.schedule();  // "a" runs (maxNumSeqs 1), "b" still waits, one place frees up
+  assert.deepEqual([sch.numRunning, sch.numWaiting], [1, 1]);
   assert.deepEqual(sch.addRequest("c", [1, 2]), { accepted: true });
   assert.throws(() => sch.addRequest("a", [1]), /request id 'a' is already queued or running/);
   assert.throws(() => sch.addRequest("d", []), /empty prompt/);

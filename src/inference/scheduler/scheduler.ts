@@ -231,6 +231,7 @@ export class Scheduler {
         if (victim === r && this.running.length === 1) {
           // Alone and still out of blocks: it holds the whole pool and wants more.
           this.finishInternal(r, "length");
+          budget += n;
           break;
         }
         this.preempt(victim);
@@ -273,7 +274,7 @@ export class Scheduler {
     }
     for (const r of this.running) r.draftTokenIds = [];
     const out: SchedulerOutput = {
-      stepId: this.nextStepId++, scheduled, numBatchedTokens: this.maxNumBatchedTokens - budget, preempted,
+      stepId: this.nextStepId++, scheduled, numBatchedTokens: scheduled.reduce((sum, s) => sum + s.numTokens, 0), preempted,
       finished: this.pendingFinished, blockCopies: copies,
     };
     this.pendingFinished = [];
@@ -295,8 +296,12 @@ export class Scheduler {
     if (!this.unapplied || this.unapplied.stepId !== out.stepId) {
       throw new ValueError(`Scheduler.updateFromOutput: step ${out.stepId} is not the latest unapplied schedule() output (${this.unapplied ? `step ${this.unapplied.stepId} is` : "none is"}); apply each step once, in order`);
     }
-    for (const id of sampled.keys()) {
-      if (!this.unapplied.byId.has(id)) throw new ValueError(`Scheduler.updateFromOutput: sampled tokens for '${id}', which step ${out.stepId} did not schedule`);
+    // Check everything before changing anything, so a bad call leaves the step unapplied.
+    for (const [id, tokens] of sampled) {
+      const s = this.unapplied.byId.get(id);
+      if (!s) throw new ValueError(`Scheduler.updateFromOutput: sampled tokens for '${id}', which step ${out.stepId} did not schedule`);
+      if (tokens.length && !s.samplesThisStep) throw new ValueError(`Scheduler.updateFromOutput: sampled tokens for '${id}', which computes a prompt chunk and does not sample this step`);
+      for (const t of tokens) if (!Number.isInteger(t) || t < 0) throw new ValueError(`Scheduler.updateFromOutput: sampled token ${t} for '${id}' is not a token id`);
     }
     this.unapplied = null;
     const outputs: RequestUpdate[] = [];
@@ -306,7 +311,6 @@ export class Scheduler {
       const tokens = sampled.get(s.requestId) ?? [];
       const fedEnd = s.startPosition + s.numTokens - s.numDraftTokens;  // positions before it hold real tokens
       if (!s.samplesThisStep) {
-        if (tokens.length) throw new ValueError(`Scheduler.updateFromOutput: sampled tokens for '${s.requestId}', which computes a prompt chunk and does not sample this step`);
         r.numComputed = fedEnd;
         continue;
       }
@@ -321,7 +325,6 @@ export class Scheduler {
       const appended: number[] = [];
       let reason: FinishReason | null = null;
       for (const t of tokens) {
-        if (!Number.isInteger(t) || t < 0) throw new ValueError(`Scheduler.updateFromOutput: sampled token ${t} for '${s.requestId}' is not a token id`);
         r.outputTokens.push(t);
         appended.push(t);
         reason = this.stopReason(r, t);
