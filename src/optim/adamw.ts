@@ -87,14 +87,11 @@ export class AdamW {
 
   /** Disposes every parameter's gradient. */
   zeroGrad(): void {
-    for (const p of this.params) {
-      p.grad?.dispose();
-      p.grad = null;
-    }
+    clearGrads(this.params);
   }
 
   state(): AdamWState {
-    return { step: this.stepCount, lr: this.lr, betas: [...this.betas], eps: this.eps, weightDecay: this.weightDecay };
+    return adamwState(this);
   }
 
   loadState(s: AdamWState, moments?: { m: Tensor[]; v: Tensor[] }): void {
@@ -108,6 +105,19 @@ export class AdamW {
       moments.v.forEach((t, i) => this.v[i]!.copy_(t));
     }
   }
+}
+
+/** Disposes and clears every parameter's gradient (shared by AdamW and ZeRO's sharded AdamW). */
+export function clearGrads(params: readonly Tensor[]): void {
+  for (const p of params) {
+    p.grad?.dispose();
+    p.grad = null;
+  }
+}
+
+/** The serializable scalars of an AdamW-like optimizer. */
+export function adamwState(o: { stepCount: number; lr: number; betas: readonly [number, number]; eps: number; weightDecay: number }): AdamWState {
+  return { step: o.stepCount, lr: o.lr, betas: [o.betas[0], o.betas[1]], eps: o.eps, weightDecay: o.weightDecay };
 }
 
 /**

@@ -9,7 +9,7 @@
 import { ValueError } from "../core/errors.js";
 import { native } from "../backend/native/index.js";
 import { Tensor, zeros, withCategory, keep } from "../tensor/index.js";
-import type { AdamWOptions, AdamWState } from "../optim/index.js";
+import { adamwState, clearGrads, type AdamWOptions, type AdamWState } from "../optim/index.js";
 import { allGather, type ProcessGroup } from "./collectives.js";
 
 interface Piece {
@@ -76,14 +76,11 @@ export class ZeroAdamW {
   }
 
   zeroGrad(): void {
-    for (const p of this.params) {
-      p.grad?.dispose();
-      p.grad = null;
-    }
+    clearGrads(this.params);
   }
 
   state(): AdamWState {
-    return { step: this.stepCount, lr: this.lr, betas: [...this.betas], eps: this.eps, weightDecay: this.weightDecay };
+    return adamwState(this);
   }
 
   /** The full (unsharded) moments per parameter: a collective, every rank must call it. */
