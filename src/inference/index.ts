@@ -1,6 +1,6 @@
 /** inference: KV-cache bookkeeping, scheduler, runner, sampling and the engine loop. */
-export { BlockManager, blocksForBudget, type BlockManagerOptions } from "./engine/_block_manager.js";
-export { Scheduler, type SchedulerOptions, type SchedulerOutput, type ScheduledRequest } from "./engine/_scheduler.js";
+export * from "./kv_cache/index.js";
+export * from "./scheduler/index.js";
 export { ModelRunner, type RunnerBatch, type ModelRunnerOptions } from "./runner/index.js";
 export { sampleNext, validateSampling, DEFAULT_SAMPLING, type SamplingParams, type SampleResult } from "./sample/index.js";
 export * from "./engine/index.js";

@@ -10,8 +10,8 @@
 import { ValueError } from "../../core/errors.js";
 import type { GPT } from "../../models/index.js";
 import type { Tokenizer } from "../../tokenizers/index.js";
-import { BlockManager, blocksForBudget } from "./_block_manager.js";
-import { Scheduler, type SchedulerOutput } from "./_scheduler.js";
+import { BlockManager, blocksForBudget } from "../kv_cache/index.js";
+import { Scheduler, type SchedulerOutput } from "../scheduler/index.js";
 import { ModelRunner, type RunnerBatch } from "../runner/index.js";
 import { sampleNext, type SamplingParams } from "../sample/index.js";
 import { EngineRejection, type EngineEvent, type EngineLike, type EngineStats, type GenerationRequest, type TokenLogprob } from "./types.js";
@@ -36,6 +36,8 @@ interface Seq {
   req: GenerationRequest;
   group: Group;
   text: string;
+  /** Output token ids so far (mirrors the scheduler's, kept after it releases the request). */
+  ids: number[];
   emitted: number;
   lastTokenAt: number;
   done: boolean;
@@ -80,14 +82,16 @@ export class Engine implements EngineLike {
     this.eotToken = tokenizer.eotToken;
     const blockSize = o.blockSize ?? 16;
     const maxNumSeqs = o.maxNumSeqs ?? 32;
-    const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, c.nLayer, c.nEmbd, blockSize);
+    const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, { nLayer: c.nLayer, nKvHeads: c.nHead, headDim: c.nEmbd / c.nHead, blockSize });
     const cap = maxNumSeqs * Math.ceil(c.blockSize / blockSize) + 1;
     const numBlocks = Math.min(wanted, cap);
     if (numBlocks < Math.ceil(c.blockSize / blockSize)) {
       throw new ValueError(`Engine: the KV-cache budget holds ${numBlocks} blocks, fewer than one full context needs (${Math.ceil(c.blockSize / blockSize)}); raise kvCacheBytes`);
     }
     this.blocks = new BlockManager({ numBlocks, blockSize, enablePrefixCaching: o.enablePrefixCaching ?? true });
-    this.scheduler = new Scheduler(this.blocks, { maxNumBatchedTokens: o.maxNumBatchedTokens ?? 512, maxNumSeqs, maxWaiting: o.maxWaiting ?? 256 });
+    this.scheduler = new Scheduler(this.blocks, {
+      maxNumBatchedTokens: Math.max(o.maxNumBatchedTokens ?? 512, maxNumSeqs), maxNumSeqs, maxWaiting: o.maxWaiting ?? 256, maxModelLen: c.blockSize,
+    });
     this.runner = new ModelRunner(model, { numBlocks, blockSize });
     this.spec = o.speculative ? { numTokens: o.speculative.numTokens, ngramMax: o.speculative.ngramMax ?? 3 } : null;
   }
@@ -127,10 +131,18 @@ export class Engine implements EngineLike {
     const group: Group = { req, seqs: [], pending: [], wake: null, finished: 0, completionTokens: 0, arrival: Date.now(), firstTokenAt: null };
     for (let i = 0; i < req.n; i++) {
       const id = req.n === 1 ? req.requestId : `${req.requestId}#${i}`;
-      const seq: Seq = { id, index: i, req: { ...req, sampling: { ...req.sampling, seed: req.sampling.seed + i } }, group, text: "", emitted: 0, lastTokenAt: 0, done: false };
+      const seq: Seq = { id, index: i, req: { ...req, sampling: { ...req.sampling, seed: req.sampling.seed + i } }, group, text: "", ids: [], emitted: 0, lastTokenAt: 0, done: false };
       group.seqs.push(seq);
       this.seqs.set(id, seq);
-      this.scheduler.addRequest(id, req.promptTokens);
+      const added = this.scheduler.addRequest(id, req.promptTokens, { maxTokens: req.maxTokens, stopTokenIds: req.stopTokenIds, arrivalTime: group.arrival });
+      if (!added.accepted) {
+        for (const s of group.seqs) {
+          this.scheduler.abort(s.id);
+          this.seqs.delete(s.id);
+        }
+        this.st.rejections.queue_full = (this.st.rejections.queue_full ?? 0) + 1;
+        throw new EngineRejection("queue_full", added.message, 1);
+      }
     }
     this.st.promptTokens += req.promptTokens.length * req.n;
     signal?.addEventListener("abort", () => {
@@ -177,13 +189,16 @@ export class Engine implements EngineLike {
     const out = this.scheduler.schedule();
     this.st.steps++;
     this.st.lastStepAt = Date.now();
+    for (const f of out.finished) {
+      const seq = this.seqs.get(f.requestId);
+      if (seq) this.endSeq(seq, f.reason);
+    }
     if (!out.scheduled.length) return;
-    const drafts = this.propose(out);
     let logits: Float32Array;
-    const sampleSeqs: Array<{ seq: Seq; rows: number }> = [];
+    const sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }> = [];
     try {
-      const batch = this.buildBatch(out, sampleSeqs, drafts);
-      logits = this.runner.execute(batch);
+      if (out.blockCopies.length) this.runner.copyBlocks(out.blockCopies);
+      logits = this.runner.execute(this.buildBatch(out, sampleSeqs));
     } catch (e) {
       for (const s of out.scheduled) {
         const seq = this.seqs.get(s.requestId);
@@ -192,11 +207,11 @@ export class Engine implements EngineLike {
       return;
     }
     const V = this.runner.model.config.vocabSize;
-    const sampled = new Map<string, number>();
-    const speculated: Array<{ id: string; numComputed: number }> = [];
+    const sampled = new Map<string, number[]>();
+    const logprobs = new Map<string, TokenLogprob[]>();
     const now = Date.now();
     let row = 0;
-    for (const { seq, rows } of sampleSeqs) {
+    for (const { seq, rows, drafts } of sampleSeqs) {
       const r = this.scheduler.get(seq.id)!;
       const g = seq.group;
       if (g.firstTokenAt === null) {
@@ -205,50 +220,52 @@ export class Engine implements EngineLike {
         this.record(this.st.queueTime, ((r.firstScheduledAt ?? now) - g.arrival) / 1000);
       } else if (seq.lastTokenAt) this.record(this.st.itl, (now - seq.lastTokenAt) / 1000);
       seq.lastTokenAt = now;
-      const d = drafts.get(seq.id);
-      if (!d) {
-        const res = sampleNext(logits.subarray(row * V, (row + 1) * V), seq.req.sampling, r.promptTokens, r.outputTokens);
-        sampled.set(seq.id, res.token);
-        this.acceptToken(seq, res, r.outputTokens.length);
-      } else {
-        // Verify the drafts (greedy): keep each while it equals the model's choice; the first
-        // mismatch is replaced by the model's token; if all match, the last row gives a bonus.
-        const start = r.numComputed;  // the fed token's position
-        let accepted = 0;
-        for (let i = 0; i < rows && !seq.done; i++) {
-          const res = sampleNext(logits.subarray((row + i) * V, (row + i + 1) * V), seq.req.sampling, r.promptTokens, r.outputTokens);
-          this.acceptToken(seq, res, r.outputTokens.length);
-          r.outputTokens.push(res.token);
-          if (i < d.length && res.token === d[i]) accepted++;
-          else break;
-        }
-        this.st.speculativeProposed = (this.st.speculativeProposed ?? 0) + d.length;
-        this.st.speculativeAccepted = (this.st.speculativeAccepted ?? 0) + accepted;
-        speculated.push({ id: seq.id, numComputed: start + 1 + accepted });
+      // Greedy verification of drafts: keep each draft the model agrees with; the first
+      // disagreement is replaced by the model's token; if all agree, the last row adds one more.
+      const tokens: number[] = [];
+      const lps: TokenLogprob[] = [];
+      for (let i = 0; i < rows; i++) {
+        const res = sampleNext(logits.subarray((row + i) * V, (row + i + 1) * V), seq.req.sampling, r.promptTokens, [...r.outputTokens, ...tokens]);
+        tokens.push(res.token);
+        lps.push({
+          token: this.tokenizer.decode([res.token]), tokenId: res.token, logprob: res.logprob,
+          top: res.top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
+        });
+        if (i >= drafts.length || res.token !== drafts[i]) break;
       }
+      if (drafts.length) {
+        this.st.speculativeProposed = (this.st.speculativeProposed ?? 0) + drafts.length;
+        this.st.speculativeAccepted = (this.st.speculativeAccepted ?? 0) + tokens.length - 1;
+      }
+      sampled.set(seq.id, tokens);
+      logprobs.set(seq.id, lps);
       row += rows;
     }
-    this.scheduler.update(out, sampled);
-    for (const s of speculated) {
-      const r = this.scheduler.get(s.id);
-      if (r) r.numComputed = s.numComputed;  // k/v of accepted drafts are valid; the rest are overwritten later
+    const { outputs } = this.scheduler.updateFromOutput(out, sampled);
+    for (const o of outputs) {
+      const seq = this.seqs.get(o.requestId);
+      if (!seq) continue;
+      const lps = logprobs.get(o.requestId) ?? [];
+      this.st.generationTokens += o.newTokenIds.length;
+      seq.group.completionTokens += o.newTokenIds.length;
+      const stopped = this.emitText(seq, o.newTokenIds, lps, o.finishReason);
+      if (stopped) this.finishSeq(seq, "stop");
+      else if (o.finishReason) this.endSeq(seq, o.finishReason);
     }
+    if (this.spec) this.propose();
   }
 
   /**
    * n-gram prompt lookup (speculative decoding without a draft model): for a decoding greedy
-   * request, find the most recent earlier occurrence of its last n tokens and propose the tokens
-   * that followed. Sampled requests are not speculated (their outputs stay distributed exactly
-   * as without speculation).
+   * request, find the most recent earlier occurrence of its last n tokens and propose the
+   * tokens that followed; the scheduler feeds them next step for verification. Sampled
+   * requests are not speculated, so their outputs stay distributed exactly as without it.
    */
-  private propose(out: SchedulerOutput): Map<string, number[]> {
-    const drafts = new Map<string, number[]>();
-    const spec = this.spec;
-    if (!spec) return drafts;
-    for (const s of out.scheduled) {
-      const seq = this.seqs.get(s.requestId);
-      if (!seq || !s.sample || s.tokenIds.length !== 1 || seq.req.sampling.temperature !== 0) continue;
-      const r = this.scheduler.get(s.requestId)!;
+  private propose(): void {
+    const spec = this.spec!;
+    for (const seq of this.seqs.values()) {
+      const r = this.scheduler.get(seq.id);
+      if (!r || r.status !== "running" || seq.req.sampling.temperature !== 0 || r.outputTokens.length === 0) continue;
       const all = [...r.promptTokens, ...r.outputTokens];
       const room = Math.min(spec.numTokens, seq.req.maxTokens - r.outputTokens.length - 1, this.contextLength - all.length - 1);
       if (room <= 0) continue;
@@ -264,30 +281,29 @@ export class Engine implements EngineLike {
           }
         }
       }
-      if (d.length && this.blocks.ensure(s.requestId, all, s.startPosition + 1 + d.length)) drafts.set(s.requestId, d);
+      if (d.length) this.scheduler.setDraftTokens(seq.id, d);
     }
-    return drafts;
   }
 
-  private buildBatch(out: SchedulerOutput, sampleSeqs: Array<{ seq: Seq; rows: number }>, drafts: Map<string, number[]>): RunnerBatch {
+  private buildBatch(out: SchedulerOutput, sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }>): RunnerBatch {
     const tokens: number[] = [], positions: number[] = [], seqIndex: number[] = [], slots: number[] = [], sampleRows: number[] = [];
     const bs = this.blocks.blockSize;
-    const tableOf = (s: SchedulerOutput["scheduled"][number]) => (drafts.has(s.requestId) ? this.blocks.blockTable(s.requestId) : s.blockTable);
-    const maxBlocks = Math.max(1, ...out.scheduled.map((s) => tableOf(s).length));
+    const maxBlocks = Math.max(1, ...out.scheduled.map((s) => s.blockTable.length));
     const tables = new Int32Array(out.scheduled.length * maxBlocks);
     out.scheduled.forEach((s, i) => {
-      const table = tableOf(s);
-      tables.set(table, i * maxBlocks);
-      const d = drafts.get(s.requestId) ?? [];
-      [...s.tokenIds, ...d].forEach((t, k) => {
+      tables.set(s.blockTable, i * maxBlocks);
+      const firstSampled = s.tokenIds.length - 1 - s.numDraftTokens;
+      s.tokenIds.forEach((t, k) => {
         const p = s.startPosition + k;
         tokens.push(t);
         positions.push(p);
         seqIndex.push(i);
-        slots.push(table[Math.floor(p / bs)]! * bs + (p % bs));
-        if (s.sample && k >= s.tokenIds.length - 1) sampleRows.push(tokens.length - 1);
+        slots.push(s.blockTable[Math.floor(p / bs)]! * bs + (p % bs));
+        if (s.samplesThisStep && k >= firstSampled) sampleRows.push(tokens.length - 1);
       });
-      if (s.sample) sampleSeqs.push({ seq: this.seqs.get(s.requestId)!, rows: 1 + d.length });
+      if (s.samplesThisStep) {
+        sampleSeqs.push({ seq: this.seqs.get(s.requestId)!, rows: 1 + s.numDraftTokens, drafts: s.tokenIds.slice(s.tokenIds.length - s.numDraftTokens) });
+      }
     });
     return {
       tokens: Int32Array.from(tokens), positions: Int32Array.from(positions), seqIndex: Int32Array.from(seqIndex),
@@ -295,55 +311,50 @@ export class Engine implements EngineLike {
     };
   }
 
-  private acceptToken(seq: Seq, res: ReturnType<typeof sampleNext>, alreadyGenerated: number): void {
-    this.st.generationTokens++;
-    seq.group.completionTokens++;
-    this.emitToken(seq, res.token, alreadyGenerated, {
-      token: this.tokenizer.decode([res.token]), tokenId: res.token, logprob: res.logprob,
-      top: res.top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
-    });
-  }
-
-  /** Appends a sampled token: stop checks, incremental detokenization, delta events. */
-  private emitToken(seq: Seq, token: number, alreadyGenerated: number, lp: TokenLogprob): void {
-    const r = this.scheduler.get(seq.id)!;
-    const generated = alreadyGenerated + 1;
-    if (seq.req.stopTokenIds.includes(token)) {
-      this.finishSeq(seq, "stop");
-      return;
-    }
-    const ids = [...r.outputTokens, token];
-    let text = this.tokenizer.decode(ids);
-    let reason: "stop" | "length" | null = null;
+  /**
+   * Streams the text of newly generated tokens: incremental detokenization (an incomplete UTF-8
+   * character is held back), stop strings (text from the first match on is dropped, and text
+   * that may be the start of one is held back), and a final stop token is not printed.
+   * Returns true when a stop string ended the request.
+   */
+  private emitText(seq: Seq, newIds: readonly number[], lps: TokenLogprob[], finish: string | null): boolean {
+    const r = this.scheduler.get(seq.id);
+    const ids = r ? [...r.outputTokens] : [...seq.ids, ...newIds];
+    seq.ids = ids;
+    const shown = finish === "stop" && ids.length && seq.req.stopTokenIds.includes(ids[ids.length - 1]!) ? ids.slice(0, -1) : ids;
+    let text = this.tokenizer.decode(shown);
+    let stopped = false;
     for (const s of seq.req.stop) {
       const at = text.indexOf(s);
       if (at >= 0) {
         text = text.slice(0, at);
-        reason = "stop";
+        stopped = true;
       }
     }
-    // Hold back an incomplete UTF-8 character, and text that may be the start of a stop string.
     let safe = text.length;
-    if (!reason) {
+    if (!stopped && !finish) {
       if (text.endsWith("\uFFFD")) safe = text.length - 1;
       for (const s of seq.req.stop) for (let k = Math.min(s.length - 1, text.length); k > 0; k--) if (text.endsWith(s.slice(0, k))) { safe = Math.min(safe, text.length - k); break; }
     }
-    if (!reason && (generated >= seq.req.maxTokens || r.promptTokens.length + generated >= this.contextLength)) {
-      reason = "length";
-      safe = text.length;
-    }
     if (safe > seq.emitted) {
-      this.push(seq.group, { type: "delta", index: seq.index, text: text.slice(seq.emitted, safe), tokenIds: [token], logprobs: [lp] });
+      this.push(seq.group, { type: "delta", index: seq.index, text: text.slice(seq.emitted, safe), tokenIds: [...newIds], logprobs: lps });
       seq.emitted = safe;
     }
     seq.text = text;
-    if (reason) this.finishSeq(seq, reason);
+    return stopped;
   }
 
+  /** Ends a sequence the scheduler still holds (stop string, abort, error): frees its blocks. */
   private finishSeq(seq: Seq, reason: "stop" | "length" | "abort" | "error", error?: string): void {
     if (seq.done) return;
+    this.scheduler.finish(seq.id, reason);
+    this.endSeq(seq, reason, error);
+  }
+
+  /** Reports a sequence's end (the scheduler has already released it, or just did). */
+  private endSeq(seq: Seq, reason: "stop" | "length" | "abort" | "error", error?: string): void {
+    if (seq.done) return;
     seq.done = true;
-    this.scheduler.finish(seq.id);
     this.seqs.delete(seq.id);
     const g = seq.group;
     this.push(g, { type: "finish", index: seq.index, reason, ...(error ? { error } : {}) });
