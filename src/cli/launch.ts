@@ -6,11 +6,15 @@
  */
 import type { Command } from "commander";
 import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, join } from "node:path";
 import { ValueError } from "../core/errors.js";
 
-const bin = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "bin", "megalith.js");
+// This file runs from src/cli (sources) or dist/src/cli (compiled): find the package's bin.
+const here = dirname(fileURLToPath(import.meta.url));
+const bin = [join(here, "..", "..", "bin", "megalith.js"), join(here, "..", "..", "..", "bin", "megalith.js")].find((p) => existsSync(p))
+  ?? join(here, "..", "..", "bin", "megalith.js");
 
 /** The mpirun argument list (exported for tests and for users who prefer plain mpirun). */
 export function mpirunArgs(n: number, rest: string[], hostfile?: string, binPath = bin): string[] {

@@ -29,7 +29,10 @@ export function worldGroup(): ProcessGroup {
   // instead of waiting forever in a collective (mpirun then reports which rank failed).
   process.once("exit", (code) => {
     if (code === 0) mpi().finalize();
-    else mpi().abort(code);
+    else {
+      process.stderr.write(`megalith: rank ${info.rank} of ${info.size} is exiting with code ${code}; aborting the job\n`);
+      mpi().abort(code);
+    }
   });
   return (world = { rank: info.rank, size: info.size, handle: 0 });
 }
