@@ -39,12 +39,13 @@
       "libraries": ["-lopenblas", "-lmvec", "-lpthread"]
     },
     {
-      # MPI collectives, a separate addon so single-process use never loads MPI.
+      # MPI collectives, a separate addon so single-process use never loads MPI
+      # (native/src/mpi_core.h describes the files).
       "target_name": "megalith_mpi",
-      "sources": ["src/mpi.cc"],
+      "sources": ["src/mpi.cc", "src/mpi_exec.cc", "src/mpi_watchdog.cc"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "cflags_cc": ["-O2", "-std=c++17", "<!@(mpicc --showme:compile)"],
-      "libraries": ["<!@(mpicc --showme:link)", "-ldl"]
+      "cflags_cc": ["-O2", "-std=c++17", "-pthread", "<!@(mpicc --showme:compile)"],
+      "libraries": ["<!@(mpicc --showme:link)", "-ldl", "-lpthread"]
     }
   ]
 }

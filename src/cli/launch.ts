@@ -1,8 +1,20 @@
 /**
  * `megalith launch -n N [--hostfile F] -- <command> ...`: runs N ranks of a megalith command
- * under mpirun with flags that work in containers and as root (oversubscribe, no core binding,
- * shared-memory + TCP transports). Every output line is tagged with its rank; if any rank fails,
- * mpirun ends the whole job and this command exits non-zero.
+ * under mpirun, with flags that work in containers and as root:
+ *
+ *   --allow-run-as-root --oversubscribe   containers run as root; more ranks than cores is fine
+ *   --bind-to none                        no core pinning (ranks share this machine's cores)
+ *   --tag-output                          every line starts with [job,rank]<stream>: errors name their rank
+ *   --mca btl self,vader,tcp              shared memory on a node, TCP between nodes
+ *   --mca btl_vader_single_copy_mechanism none   containers usually forbid the ptrace CMA copies
+ *   --mca mpi_yield_when_idle 1           waiting ranks yield their core to compute
+ *
+ * Failure: when a rank exits non-zero, Megalith's exit hook prints "rank R of N is exiting
+ * with code C" and calls MPI_Abort, and mpirun kills the other ranks; when a rank is killed
+ * by a signal, mpirun itself ends the job ("mpirun noticed that process rank R ... exited on
+ * signal 9"). Either way `launch` exits non-zero within seconds (tested in
+ * test/parallel/collectives.test.ts). A rank that hangs is caught by the collective timeout
+ * (MEGALITH_COLLECTIVE_TIMEOUT_S), which names the ranks that never arrived.
  */
 import type { Command } from "commander";
 import { spawn } from "node:child_process";
@@ -16,8 +28,10 @@ const here = dirname(fileURLToPath(import.meta.url));
 const bin = [join(here, "..", "..", "bin", "megalith.js"), join(here, "..", "..", "..", "bin", "megalith.js")].find((p) => existsSync(p))
   ?? join(here, "..", "..", "bin", "megalith.js");
 
-/** The mpirun argument list (exported for tests and for users who prefer plain mpirun). */
-export function mpirunArgs(n: number, rest: string[], hostfile?: string, binPath = bin): string[] {
+/** mpirun's flags before the program (exported for tests, benchmarks and plain-mpirun users). */
+export function mpirunFlags(n: number, hostfile?: string): string[] {
+  // Megalith settings travel to every rank, on other nodes too (-x exports a variable).
+  const forwarded = Object.keys(process.env).filter((k) => k.startsWith("MEGALITH_")).sort().flatMap((k) => ["-x", k]);
   return [
     "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--tag-output",
     "--mca", "btl", "self,vader,tcp", "--mca", "btl_vader_single_copy_mechanism", "none",
@@ -26,8 +40,18 @@ export function mpirunArgs(n: number, rest: string[], hostfile?: string, binPath
     // (measured here: dp=2 training 971 -> 2900 tokens/s).
     "--mca", "mpi_yield_when_idle", "1",
     ...(hostfile ? ["--hostfile", hostfile] : []),
-    "-x", "MEGALITH_NUM_THREADS", "-np", String(n), process.execPath, binPath, ...rest,
+    ...forwarded, "-np", String(n),
   ];
+}
+
+/**
+ * The whole mpirun argument list: flags, then `node [nodeArgs] <script> <rest>`; the script
+ * defaults to megalith's bin.
+ * @example
+ * spawnSync("mpirun", mpirunArgs(2, ["train", "--config", "c.json", "--set", "parallel.dp=2"]));
+ */
+export function mpirunArgs(n: number, rest: string[], hostfile?: string, script = bin, nodeArgs: string[] = []): string[] {
+  return [...mpirunFlags(n, hostfile), process.execPath, ...nodeArgs, script, ...rest];
 }
 
 export function register(program: Command): void {
@@ -41,11 +65,25 @@ export function register(program: Command): void {
     .action(async (command: string[], o: { np: string; hostfile?: string }) => {
       const n = Number(o.np);
       if (!Number.isInteger(n) || n < 1) throw new ValueError(`--np must be a positive integer, got ${JSON.stringify(o.np)}`);
+      if (o.hostfile && !existsSync(o.hostfile)) throw new ValueError(`--hostfile ${JSON.stringify(o.hostfile)} does not exist`);
       // One compute thread per rank by default when ranks share this machine's cores.
       process.env.MEGALITH_NUM_THREADS ??= "1";
       const child = spawn("mpirun", mpirunArgs(n, command, o.hostfile), { stdio: "inherit" });
-      const code = await new Promise<number>((resolve) => child.on("exit", (c, sig) => resolve(c ?? (sig ? 128 : 1))));
-      if (code !== 0) process.stderr.write(`megalith launch: the job failed (mpirun exit code ${code}); see the [job,rank] tagged lines above\n`);
+      // Ctrl-C / termination reach the ranks through mpirun, which forwards them.
+      const forward = (sig: NodeJS.Signals) => child.kill(sig);
+      process.on("SIGINT", forward);
+      process.on("SIGTERM", forward);
+      const code = await new Promise<number>((resolve) => {
+        child.on("error", (e: NodeJS.ErrnoException) => {
+          process.stderr.write(e.code === "ENOENT" ? "megalith launch: mpirun not found; install Open MPI (apt-get install openmpi-bin libopenmpi-dev)\n"
+            : `megalith launch: could not start mpirun: ${e.message}\n`);
+          resolve(127);
+        });
+        child.on("exit", (c, sig) => resolve(c ?? 128 + (sig === "SIGKILL" ? 9 : sig === "SIGINT" ? 2 : 15)));
+      });
+      if (code !== 0 && code !== 127) {
+        process.stderr.write(`megalith launch: the job failed (mpirun exit code ${code}${code === 124 ? ": a collective timed out" : ""}); the [job,rank] tags above show which rank failed\n`);
+      }
       process.exit(code);
     });
 }

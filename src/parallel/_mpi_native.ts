@@ -1,31 +1,52 @@
 /**
- * The typed surface of the MPI addon (native/src/mpi.cc): the only file that touches it.
- * It is loaded only when the process runs under mpirun; a plain process never loads MPI.
+ * The typed surface of the MPI addon (native/src/mpi*.cc, target megalith_mpi): the only file
+ * that touches it. It is loaded lazily, and only when the process runs under mpirun; a plain
+ * process never loads MPI.
  */
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { MegalithError } from "../core/errors.js";
 
-type P = number;
-export interface MpiAddon {
-  init(): { rank: number; size: number; threadMultiple: number };
-  split(comm: number, color: number, key: number): { handle: number; rank: number; size: number };
-  abort(code: number): void;
-  finalize(): void;
-  allReduce(comm: number, buf: P, out: 0, count: number, dtype: number, op: number): void;
-  allReduceAsync(comm: number, buf: P, out: 0, count: number, dtype: number, op: number): Promise<void>;
-  broadcast(comm: number, buf: P, out: 0, count: number, dtype: number, root: number): void;
-  broadcastAsync(comm: number, buf: P, out: 0, count: number, dtype: number, root: number): Promise<void>;
-  allGather(comm: number, send: P, recv: P, count: number, dtype: number): void;
-  allGatherAsync(comm: number, send: P, recv: P, count: number, dtype: number): Promise<void>;
-  reduceScatter(comm: number, send: P, recv: P, recvCount: number, dtype: number, op: number): void;
-  reduceScatterAsync(comm: number, send: P, recv: P, recvCount: number, dtype: number, op: number): Promise<void>;
-  barrier(comm: number): void;
-  barrierAsync(comm: number): Promise<void>;
-  send(comm: number, buf: P, out: 0, count: number, dtype: number, peer: number, tag: number): void;
-  recv(comm: number, buf: P, out: 0, count: number, dtype: number, peer: number, tag: number): void;
-  allToAll(comm: number, send: P, recv: P, count: number, dtype: number): void;
+/** A communication failure: an MPI error, a send/recv shape or dtype mismatch. */
+export class CommError extends MegalithError {
+  constructor(message: string) {
+    super(message, "comm_error");
+    this.name = "CommError";
+  }
+}
+
+/** What a call does (the addon's `kinds` table gives each its code). */
+export type CallKind = "allReduce" | "broadcast" | "allGather" | "reduceScatter" | "allToAll" | "barrier" | "send" | "recv";
+
+/**
+ * The arguments of mpi.call / mpi.callAsync, positional (they run for every collective, so no
+ * argument object):
+ *   comm      communicator handle (0 = world)
+ *   send      input buffer; the buffer itself for in-place calls (allReduce, broadcast, send, recv)
+ *   recv      output buffer (allGather, reduceScatter, allToAll), else 0
+ *   count     elements: of the buffer (allReduce, broadcast, send, recv) or per rank
+ *             (allGather: input, reduceScatter: output, allToAll: one rank's chunk)
+ *   dtype     DTypeCode of the elements
+ *   arg       reduction (sum 0, max 1, min 2, avg 3), broadcast root, or send/recv peer
+ *   tag       send/recv tag (0..tagLimit)
+ *   shape     send/recv: the tensor's shape, checked by the receiver against the sender's
+ *   timeoutS  seconds before the watchdog reports the call and aborts the job; 0 = never
+ * The addon takes them through its shared `args` array (one N-API argument per call).
+ */
+interface Addon {
+  init(): { rank: number; size: number; tagLimit: number; library: string };
+  split(comm: number, color: number, key: number, name: string): { handle: number; rank: number; size: number; worldRanks: number[] } | null;
+  /** Runs call `kind` with the arguments in `args`. */
+  call(kind: number): void;
+  /** Resolves with the seconds the call took on the communication thread. */
+  callAsync(kind: number): Promise<number>;
+  /** comm, send, recv, count, dtype, arg, tag, timeoutS, ndim, dims... (native/src/mpi.cc ArgSlot). */
+  args: Float64Array;
+  kinds: Record<CallKind, number>;
+  abort(code: number): never;
+  finalize(): boolean;
 }
 
 /** True when this process was started by mpirun (Open MPI or a PMI launcher). */
@@ -33,17 +54,76 @@ export function underMpi(): boolean {
   return Number(process.env.OMPI_COMM_WORLD_SIZE ?? process.env.PMI_SIZE ?? 0) > 0;
 }
 
-let addon: MpiAddon | null = null;
+let addon: Addon | null = null;
 
-export function mpi(): MpiAddon {
+function load(): Addon {
   if (addon) return addon;
+  return (addon = locate());
+}
+
+function locate(): Addon {
   const here = dirname(fileURLToPath(import.meta.url));
+  // src/parallel -> repo root; dist/src/parallel -> repo root
   for (const up of ["../..", "../../.."]) {
     const p = join(here, up, "native", "build", "Release", "megalith_mpi.node");
-    if (existsSync(p)) {
-      addon = createRequire(import.meta.url)(p) as MpiAddon;
-      return addon;
-    }
+    if (existsSync(p)) return createRequire(import.meta.url)(p) as Addon;
   }
-  throw new Error("megalith: the MPI addon is not built (native/build/Release/megalith_mpi.node); run `bash scripts/setup.sh`");
+  throw new Error("megalith: the MPI addon is not built (native/build/Release/megalith_mpi.node); run `npm run build:native` (needs libopenmpi-dev)");
 }
+
+/** Writes a call's arguments into the addon's shared array (read by the very next call). */
+function put(args: Float64Array, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
+  const maxDims = args.length - 9;  // the slots after ndim
+  if (shape.length > maxDims) throw new CommError(`send/recv: a tensor may have at most ${maxDims} dimensions, got ${shape.length}`);
+  args[0] = comm;
+  args[1] = send;
+  args[2] = recv;
+  args[3] = count;
+  args[4] = dtype;
+  args[5] = arg;
+  args[6] = tag;
+  args[7] = timeoutS;
+  args[8] = shape.length;
+  for (let i = 0; i < shape.length; i++) args[9 + i] = shape[i]!;
+}
+
+function commError(e: unknown): unknown {
+  return e instanceof Error && (e as { code?: string }).code === "ERR_MEGALITH_MPI" ? new CommError(e.message) : e;
+}
+
+/** The addon's calls, typed. Errors from MPI come back as CommError. */
+export const mpi = {
+  /** MPI_Init_thread(MPI_THREAD_MULTIPLE) once (libmpi re-opened RTLD_GLOBAL first), the watchdog thread. */
+  init: () => load().init(),
+  /** MPI_Comm_split; null when color < 0 (this rank joins no group). */
+  split: (comm: number, color: number, key: number, name: string) => load().split(comm, color, key, name),
+  /** A blocking call. */
+  call(kind: CallKind, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
+    const m = load();
+    put(m.args, comm, send, recv, count, dtype, arg, tag, shape, timeoutS);
+    try {
+      m.call(m.kinds[kind]);
+    } catch (e) {
+      throw commError(e);
+    }
+  },
+  /** An asynchronous call: runs on the communicator's thread, in issue order; resolves when
+   *  done with the seconds it took there. */
+  callAsync(kind: CallKind, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): Promise<number> {
+    const m = load();
+    put(m.args, comm, send, recv, count, dtype, arg, tag, shape, timeoutS);
+    let p: Promise<number>;
+    try {
+      p = m.callAsync(m.kinds[kind]);
+    } catch (e) {
+      throw commError(e);
+    }
+    return p.catch((e: unknown) => {
+      throw commError(e);
+    });
+  },
+  /** MPI_Abort on the world: every rank of the job ends. */
+  abort: (code: number): never => load().abort(code),
+  /** Stops the communication threads and finalizes MPI; false when a call was still running. */
+  finalize: (): boolean => load().finalize(),
+};

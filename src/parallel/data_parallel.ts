@@ -10,7 +10,7 @@
  */
 import { native } from "../backend/native/index.js";
 import { Tensor, withCategory, keep } from "../tensor/index.js";
-import { allReduceAsync, broadcast, type ProcessGroup } from "./collectives.js";
+import { allReduceAsync, broadcast, type ProcessGroup, type Work } from "./collectives.js";
 
 export interface DataParallelOptions {
   /** Target bucket size in bytes. Default 25 MiB (PyTorch's). */
@@ -22,7 +22,7 @@ interface Bucket {
   offsets: number[];
   flat: Tensor;
   ready: number;
-  pending: Promise<void> | null;
+  pending: Work | null;
 }
 
 export class DataParallel {
@@ -31,8 +31,12 @@ export class DataParallel {
   private readonly bucketOf = new Map<Tensor, Bucket>();
   /** When false (accumulation micro-steps), gradient-ready hooks do nothing. */
   syncEnabled = true;
-  /** Seconds of backward during which a reduction was in flight (overlap measurement). */
-  readonly timings = { launched: 0, waitedMs: 0 };
+  /**
+   * Overlap accounting, cumulative: buckets launched, milliseconds the bucket all-reduces took
+   * on the communication thread (commMs), and milliseconds synchronize() waited for them
+   * (waitedMs). The share of communication hidden behind backward is 1 - waitedMs / commMs.
+   */
+  readonly timings = { launched: 0, commMs: 0, waitedMs: 0 };
 
   constructor(params: Tensor[], group: ProcessGroup, opts: DataParallelOptions = {}) {
     this.group = group;
@@ -89,7 +93,8 @@ export class DataParallel {
         }
         b.pending = allReduceAsync(b.flat, this.group, "avg");
       }
-      await b.pending;
+      await b.pending.wait();
+      this.timings.commMs += b.pending.seconds * 1000;
       b.params.forEach((p, i) => {
         if (p.grad) native.copyStrided(4, b.flat.ptr + b.offsets[i]! * 4, [1], p.grad.ptr, [1], [p.numel]);
       });

@@ -1,6 +1,15 @@
-/** parallel: process groups and collectives over MPI, the device mesh, data parallelism. */
-export { worldGroup, splitGroup, allReduce, allReduceAsync, broadcast, allGather, reduceScatter, barrier, send, recv, type ProcessGroup, type ReduceOp } from "./collectives.js";
-export { DeviceMesh, type Axis } from "./mesh.js";
+/**
+ * parallel: process groups and collectives over MPI (blocking and asynchronous), the device
+ * mesh, data parallelism and ZeRO. Every primitive is the identity at group size 1, and a
+ * single process never loads MPI.
+ */
+export {
+  worldGroup, splitGroup, collectiveTimeoutS,
+  allReduce, allReduceAsync, reduceScatter, reduceScatterAsync, allGather, allGatherAsync, broadcast, broadcastAsync,
+  allToAll, allToAllAsync, barrier, barrierAsync, send, sendAsync, recv, recvAsync,
+  type ProcessGroup, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,
+} from "./collectives.js";
+export { DeviceMesh, MESH_AXES, type Axis } from "./mesh.js";
 export { DataParallel, type DataParallelOptions } from "./data_parallel.js";
-export { underMpi } from "./_mpi_native.js";
 export { ZeroAdamW } from "./zero.js";
+export { underMpi, CommError } from "./_mpi_native.js";
