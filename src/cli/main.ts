@@ -32,5 +32,12 @@ try {
     process.stderr.write(`megalith: error: ${err.message}\n`);
     process.exit(2);
   }
+  // Operating-system errors (ENOENT, ENOTDIR, EACCES, ENOSPC...) are the user's environment,
+  // not a bug: one line naming the call and the path, no stack trace.
+  const sys = err as NodeJS.ErrnoException;
+  if (sys instanceof Error && typeof sys.code === "string" && typeof sys.syscall === "string") {
+    process.stderr.write(`megalith: error: ${sys.message}\n`);
+    process.exit(2);
+  }
   throw err;
 }

@@ -149,6 +149,9 @@ export class Trainer {
     const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
       `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
+    if (c.eval.batches > 0 && this.valBatchCount() === 0) {
+      this.say(`warning: the val split of ${this.dataDir} holds no full window of ${c.model.block_size + 1} tokens; eval is skipped (prepare with a larger --val-fraction)`);
+    }
     if (this.opts.resume) await this.restoreLatest();
   }
 
@@ -201,6 +204,7 @@ export class Trainer {
       this.step++;
       const reason = !Number.isFinite(loss) ? `loss is ${loss}` : `gradient norm is ${norm}`;
       if (this.consecutiveNonFinite >= c.train.max_nonfinite_steps) {
+        if (this.isMain) appendFileSync(join(c.out_dir, "metrics.jsonl"), JSON.stringify({ step: stepNumber, skipped: true, reason }) + "\n");
         throw new MegalithError(
           `training stopped: ${this.consecutiveNonFinite} consecutive steps had non-finite values (last: ${reason} at step ${stepNumber}). ` +
             "Lower optimizer.lr, check the data, or resume from the last checkpoint.",
@@ -225,14 +229,27 @@ export class Trainer {
     };
   }
 
-  /** Mean loss over `eval.batches` validation batches. */
+  /**
+   * Whole validation batches available (0 when the val split is empty or shorter than one
+   * window: `megalith prepare` on a single document sends nothing to val).
+   */
+  valBatchCount(): number {
+    const c = this.config;
+    try {
+      return evalBatchCount({ dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size });
+    } catch {
+      return 0;
+    }
+  }
+
+  /** Mean loss over `eval.batches` validation batches (NaN when the val split has none). */
   evaluate(): number {
     const c = this.config;
     this.model.eval();
     let sum = 0, n = 0;
     const layout = { dir: this.dataDir, split: "val" as const, blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size };
     // A small validation split may hold fewer batches than eval.batches asks for: use what is there.
-    const numBatches = Math.min(c.eval.batches, evalBatchCount(layout));
+    const numBatches = Math.min(c.eval.batches, this.valBatchCount());
     if (numBatches === 0) return NaN;
     noGrad(() => {
       for (const b of evalBatches({ ...layout, numBatches })) {
@@ -273,15 +290,17 @@ export class Trainer {
       if (c.eval.interval > 0 && this.step % c.eval.interval === 0 && this.step < c.train.max_steps) this.logEval(metricsFile);
       if (c.checkpoint.interval > 0 && this.step % c.checkpoint.interval === 0 && this.step < c.train.max_steps) await this.saveCheckpoint();
     }
-    this.logEval(metricsFile);
+    // Save first: nothing after the last step may cost the run.
     await this.saveCheckpoint();
     const finalDir = join(c.out_dir, "final");
     if (this.isMain) await this.saveModel(finalDir);
+    this.logEval(metricsFile);
     this.say(`done: ${this.step} steps; final model in ${finalDir}`);
     return { finalLoss: last?.loss ?? NaN, finalDir };
   }
 
   private logEval(metricsFile: string): void {
+    if (this.valBatchCount() === 0) return;
     const loss = this.evaluate();
     if (!this.isMain) return;
     appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss }) + "\n");
@@ -343,8 +362,22 @@ export class Trainer {
 
   /** Restores model, optimizer, RNG, data position and step from the newest complete checkpoint. */
   async restoreLatest(): Promise<boolean> {
-    const latest = await findLatestCheckpoint(this.config.out_dir, { checksums: true });
+    const skipped: string[] = [];
+    const latest = await findLatestCheckpoint(this.config.out_dir, {
+      checksums: true,
+      onSkip: (dir, err) => {
+        skipped.push(`${dir}: ${err.message}`);
+        this.say(`resume: skipping ${dir}: ${err.message}`);
+      },
+    });
     if (!latest) {
+      if (skipped.length) {
+        throw new MegalithError(
+          `--resume: ${this.config.out_dir} holds ${skipped.length} checkpoint(s) but none is complete, so the run cannot continue ` +
+            `(${skipped.join("; ")}). Move them away to start from scratch.`,
+          "checkpoint",
+        );
+      }
       this.say(`resume: no complete checkpoint in ${this.config.out_dir}; starting from scratch`);
       return false;
     }

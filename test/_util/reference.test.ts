@@ -46,6 +46,21 @@ test("reference `attentionBackward()` agrees with finite differences (causal, ma
   }
 });
 
+test("reference `crossEntropyBackward()` agrees with finite differences (ignored rows, smoothing, every reduction)", () => {
+  const seed = seedFor("ref ce grad");
+  const x = randArr([5, 4], seed);
+  const t = [1, -100, 3, 0, 3];
+  for (const reduction of ["mean", "sum", "none"] as const) {
+    for (const labelSmoothing of [0, 0.2]) {
+      const opts = { reduction, labelSmoothing };
+      const y = R.crossEntropy(x, t, opts);
+      const gy = randArr(y.shape, seed + 1);
+      const [num] = R.numGrad((a) => R.crossEntropy(a, t, opts), [x], gy);
+      assertClose(R.crossEntropyBackward(x, t, gy, opts), num!, { what: `crossEntropyBackward ${JSON.stringify(opts)}`, rtol: 1e-7, atol: 1e-8 });
+    }
+  }
+});
+
 test("reference `philox()` reproduces the Random123 known-answer vector", () => {
   // philox4x32_10(ctr = {0,0,0,0}, key = {0,0}) from Random123's kat_vectors
   assert.deepEqual(philox(0, 0).map((w) => w.toString(16).padStart(8, "0")), ["6627e8d5", "e169c58d", "bc57ac4c", "9b00dbd8"]);

@@ -49,6 +49,22 @@ export function unravel(i: number, shape: readonly number[]): number[] {
   return idx;
 }
 
+/**
+ * Calls fn(idx, i) for every multi-index of `shape` in row-major order; `idx` is one array
+ * updated in place (copy it to keep it). Cheaper than unravel() per element.
+ */
+export function forEachIndex(shape: readonly number[], fn: (idx: number[], i: number) => void): void {
+  const n = numel(shape);
+  const idx = new Array<number>(shape.length).fill(0);
+  for (let i = 0; i < n; i++) {
+    fn(idx, i);
+    for (let d = shape.length - 1; d >= 0; d--) {
+      if (++idx[d]! < shape[d]!) break;
+      idx[d] = 0;
+    }
+  }
+}
+
 export function normDim(d: number, ndim: number): number {
   const n = Math.max(ndim, 1);
   if (d < -n || d >= n) throw new Error(`reference: dim ${d} out of range for ${ndim} dims`);
@@ -109,10 +125,7 @@ export function map(a: Arr, f: (x: number, i: number) => number): Arr {
 export function zip(a: Arr, b: Arr, f: (x: number, y: number) => number): Arr {
   const shape = broadcastShape(a.shape, b.shape);
   const out = arr(shape);
-  for (let i = 0; i < out.data.length; i++) {
-    const idx = unravel(i, shape);
-    out.data[i] = f(readBroadcast(a, idx), readBroadcast(b, idx));
-  }
+  forEachIndex(shape, (idx, i) => { out.data[i] = f(readBroadcast(a, idx), readBroadcast(b, idx)); });
   return out;
 }
 
@@ -120,10 +133,7 @@ export function zip(a: Arr, b: Arr, f: (x: number, y: number) => number): Arr {
 export function where(c: Arr, a: Arr, b: Arr): Arr {
   const shape = broadcastShape(broadcastShape(c.shape, a.shape), b.shape);
   const out = arr(shape);
-  for (let i = 0; i < out.data.length; i++) {
-    const idx = unravel(i, shape);
-    out.data[i] = readBroadcast(c, idx) !== 0 ? readBroadcast(a, idx) : readBroadcast(b, idx);
-  }
+  forEachIndex(shape, (idx, i) => { out.data[i] = readBroadcast(c, idx) !== 0 ? readBroadcast(a, idx) : readBroadcast(b, idx); });
   return out;
 }
 
@@ -182,12 +192,12 @@ export function permute(a: Arr, dims: readonly number[]): Arr {
   const shape = d.map((i) => a.shape[i]!);
   const st = stridesOf(a.shape);
   const out = arr(shape);
-  for (let i = 0; i < out.data.length; i++) {
-    const idx = unravel(i, shape);
+  const pst = d.map((k) => st[k]!);
+  forEachIndex(shape, (idx, i) => {
     let src = 0;
-    for (let k = 0; k < d.length; k++) src += idx[k]! * st[d[k]!]!;
+    for (let k = 0; k < idx.length; k++) src += idx[k]! * pst[k]!;
     out.data[i] = a.data[src]!;
-  }
+  });
   return out;
 }
 
@@ -211,13 +221,11 @@ export function slice(a: Arr, dim: number, start: number, end?: number, step = 1
   shape[d] = len;
   const st = stridesOf(a.shape);
   const out = arr(shape);
-  for (let i = 0; i < out.data.length; i++) {
-    const idx = unravel(i, shape);
-    idx[d] = s + idx[d]! * step;
+  forEachIndex(shape, (idx, i) => {
     let src = 0;
-    for (let k = 0; k < idx.length; k++) src += idx[k]! * st[k]!;
+    for (let k = 0; k < idx.length; k++) src += (k === d ? s + idx[k]! * step : idx[k]!) * st[k]!;
     out.data[i] = a.data[src]!;
-  }
+  });
   return out;
 }
 
@@ -276,13 +284,12 @@ export function reduce(a: Arr, dims: number | number[] | null | undefined, keepd
   const out = full(outShape, init);
   const rShape = ds.map((d) => a.shape[d]!);
   const reduced = a.shape.map((_, i) => ds.includes(i));
-  for (let i = 0; i < a.data.length; i++) {
-    const idx = unravel(i, a.shape);
+  forEachIndex(a.shape, (idx, i) => {
     let o = 0, r = 0;
     for (let k = 0; k < idx.length; k++) o = o * outShape[k]! + (reduced[k] ? 0 : idx[k]!);
     for (let k = 0; k < ds.length; k++) r = r * rShape[k]! + idx[ds[k]!]!;
     out.data[o] = f(out.data[o]!, a.data[i]!, r);
-  }
+  });
   return keepdim ? out : { shape: a.shape.filter((_, i) => !ds.includes(i)), data: out.data };
 }
 
@@ -314,15 +321,14 @@ export function maxDim(a: Arr, dim: number, keepdim = false, kind: "max" | "min"
   const outShape = a.shape.map((s, i) => (i === d ? 1 : s));
   bestIdx = new Array(numel(outShape)).fill(-1);
   const bestVal = new Array(numel(outShape)).fill(NaN);
-  for (let i = 0; i < a.data.length; i++) {
-    const idx = unravel(i, a.shape);
+  forEachIndex(a.shape, (idx, i) => {
     let o = 0;
     for (let k = 0; k < idx.length; k++) o = o * outShape[k]! + (k === d ? 0 : idx[k]!);
     if (bestIdx[o] === -1 || better(a.data[i]!, bestVal[o])) {
       bestIdx[o] = idx[d]!;
       bestVal[o] = a.data[i]!;
     }
-  }
+  });
   const indices = { shape: values.shape, data: Float64Array.from(bestIdx) };
   return { values, indices };
 }
@@ -427,14 +433,15 @@ export function linear(x: Arr, w: Arr, b?: Arr | null): Arr {
 /** Applies `f(row) -> row` to every 1-D slice along `dim`. */
 function alongDim(a: Arr, dim: number, f: (row: number[]) => number[]): Arr {
   const d = normDim(dim, a.shape.length);
-  const last = transpose(a, d, -1);
+  const isLast = d === a.shape.length - 1;
+  const last = isLast ? a : transpose(a, d, -1);
   const n = last.shape[last.shape.length - 1]!;
   const out = arr(last.shape);
   for (let r = 0; r * n < last.data.length; r++) {
     const y = f(Array.from(last.data.subarray(r * n, r * n + n)));
     out.data.set(y, r * n);
   }
-  return transpose(out, d, -1);
+  return isLast ? out : transpose(out, d, -1);
 }
 
 export function softmax(a: Arr, dim = -1): Arr {
@@ -540,6 +547,28 @@ export function crossEntropy(logits: Arr, targets: ArrayLike<number>, opts: Cros
   if (red === "none") return losses;
   const total = losses.data.reduce((p, v) => p + v, 0);
   return scalar(red === "sum" ? total : total / count);
+}
+
+/**
+ * Hand-derived gradient of crossEntropy w.r.t. logits [N, C] (or [C]) for an output gradient gy
+ * (a scalar for mean/sum, [N] for none): (softmax - (1 - s) onehot - s / C) * scale per row,
+ * zero on ignored rows; scale = gy (sum), gy / count (mean) or gy[r] (none).
+ */
+export function crossEntropyBackward(logits: Arr, targets: ArrayLike<number>, gy: Arr, opts: CrossEntropyRefOptions = {}): Arr {
+  const ignore = opts.ignoreIndex ?? -100, red = opts.reduction ?? "mean", s = opts.labelSmoothing ?? 0;
+  const C = logits.shape[logits.shape.length - 1]!;
+  const rows = logits.data.length / C;
+  const p = softmax(reshape(logits, [rows, C]), -1);
+  let count = 0;
+  for (let r = 0; r < rows; r++) if (targets[r] !== ignore) count++;
+  const g = arr(logits.shape);
+  for (let r = 0; r < rows; r++) {
+    const t = targets[r]!;
+    if (t === ignore) continue;
+    const scale = red === "none" ? gy.data[r]! : red === "sum" ? gy.data[0]! : gy.data[0]! / count;
+    for (let c = 0; c < C; c++) g.data[r * C + c] = (p.data[r * C + c]! - (c === t ? 1 - s : 0) - s / C) * scale;
+  }
+  return g;
 }
 
 export interface AttentionRefOptions {
