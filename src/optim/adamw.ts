@@ -128,6 +128,10 @@ export function gradNorm(params: Tensor[], maxNorm = Infinity): { norm: number; 
   let sq = 0;
   for (const p of params) if (p.grad) sq += reduceSumSq(p.grad);
   const norm = Math.sqrt(sq);
-  const clipCoef = Number.isFinite(maxNorm) && maxNorm > 0 ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
-  return { norm, clipCoef };
+  return { norm, clipCoef: clipCoefficient(norm, maxNorm) };
+}
+
+/** min(1, maxNorm / (norm + 1e-6)), or 1 without clipping (torch.nn.utils.clip_grad_norm_). */
+export function clipCoefficient(norm: number, maxNorm: number): number {
+  return Number.isFinite(maxNorm) && maxNorm > 0 ? Math.min(1, maxNorm / (norm + 1e-6)) : 1;
 }

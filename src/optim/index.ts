@@ -1,3 +1,3 @@
 /** optim: AdamW (fused), learning-rate schedules, gradient clipping. */
-export { AdamW, gradNorm, clearGrads, adamwState, type AdamWOptions, type AdamWState } from "./adamw.js";
+export { AdamW, gradNorm, clipCoefficient, clearGrads, adamwState, type AdamWOptions, type AdamWState } from "./adamw.js";
 export { cosineLr, type CosineScheduleOptions } from "./schedule.js";

@@ -5,7 +5,9 @@
  * (roughly the order backward produces their gradients). When every gradient of a bucket is
  * ready (gradient-ready hooks), it is copied into the bucket's flat buffer and an asynchronous
  * all-reduce starts while backward continues. `synchronize()` waits for all buckets and writes
- * the averaged gradients back. On accumulation micro-steps nothing is reduced until the last.
+ * the averaged gradients back and frees the buckets' buffers (so between steps only `.grad`
+ * holds gradients: 4 bytes per parameter). On accumulation micro-steps nothing is reduced
+ * until the last.
  * At group size 1 nothing is registered: the single-process path is unchanged.
  */
 import { native } from "../backend/native/index.js";
@@ -20,7 +22,9 @@ export interface DataParallelOptions {
 interface Bucket {
   params: Tensor[];
   offsets: number[];
-  flat: Tensor;
+  numel: number;
+  /** The flat buffer while a reduction is in flight (allocated per step, freed after). */
+  flat: Tensor | null;
   ready: number;
   pending: Work | null;
 }
@@ -49,8 +53,7 @@ export class DataParallel {
       const offsets: number[] = [];
       let n = 0;
       for (const p of cur) { offsets.push(n); n += p.numel; }
-      const flat = withCategory("grads", () => keep(Tensor.empty([n])));
-      const b: Bucket = { params: cur, offsets, flat, ready: 0, pending: null };
+      const b: Bucket = { params: cur, offsets, numel: n, flat: null, ready: 0, pending: null };
       this.buckets.push(b);
       for (const p of cur) this.bucketOf.set(p, b);
       cur = [];
@@ -72,11 +75,17 @@ export class DataParallel {
     const b = this.bucketOf.get(p);
     if (!b || !p.grad) return;
     const i = b.params.indexOf(p);
-    native.copyStrided(4, p.grad.ptr, [1], b.flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
+    const flat = this.flatOf(b);
+    native.copyStrided(4, p.grad.ptr, [1], flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
     if (++b.ready === b.params.length) {
-      b.pending = allReduceAsync(b.flat, this.group, "avg");
+      b.pending = allReduceAsync(flat, this.group, "avg");
       this.timings.launched++;
     }
+  }
+
+  /** The bucket's flat buffer, allocated when its first gradient arrives (the caching allocator makes this cheap). */
+  private flatOf(b: Bucket): Tensor {
+    return (b.flat ??= withCategory("grads", () => keep(Tensor.empty([b.numel]))));
   }
 
   /** Waits for every bucket and writes the averaged gradients back into `.grad`. */
@@ -84,20 +93,23 @@ export class DataParallel {
     if (this.group.size === 1) return;
     const t0 = performance.now();
     for (const b of this.buckets) {
+      const flat = this.flatOf(b);
       if (!b.pending) {
         // Some parameter got no gradient this step (unused): reduce the bucket anyway so ranks agree.
         for (let i = 0; i < b.params.length; i++) {
           const p = b.params[i]!;
-          if (p.grad) native.copyStrided(4, p.grad.ptr, [1], b.flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
-          else native.fill(b.flat.ptr + b.offsets[i]! * 4, p.numel, 0, 0);
+          if (p.grad) native.copyStrided(4, p.grad.ptr, [1], flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
+          else native.fill(flat.ptr + b.offsets[i]! * 4, p.numel, 0, 0);
         }
-        b.pending = allReduceAsync(b.flat, this.group, "avg");
+        b.pending = allReduceAsync(flat, this.group, "avg");
       }
       await b.pending.wait();
       this.timings.commMs += b.pending.seconds * 1000;
       b.params.forEach((p, i) => {
-        if (p.grad) native.copyStrided(4, b.flat.ptr + b.offsets[i]! * 4, [1], p.grad.ptr, [1], [p.numel]);
+        if (p.grad) native.copyStrided(4, flat.ptr + b.offsets[i]! * 4, [1], p.grad.ptr, [1], [p.numel]);
       });
+      flat.dispose();
+      b.flat = null;
       b.pending = null;
       b.ready = 0;
     }

@@ -11,5 +11,5 @@ export {
 } from "./collectives.js";
 export { DeviceMesh, MESH_AXES, type Axis } from "./mesh.js";
 export { DataParallel, type DataParallelOptions } from "./data_parallel.js";
-export { ZeroAdamW } from "./zero.js";
+export { ZeroAdamW, unshard, type ZeroStage, type ZeroOptions, type ZeroLayout } from "./zero.js";
 export { underMpi, CommError } from "./_mpi_native.js";

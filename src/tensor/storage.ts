@@ -19,13 +19,40 @@ const CATEGORY_NAMES = Object.keys(Category) as CategoryName[];
 
 /** A refcounted native buffer. */
 export class Storage {
-  readonly ptr: number;
   readonly nbytes: number;
   private refs = 1;
+  private address: number;
 
   constructor(nbytes: number, category: number) {
     this.nbytes = nbytes;
-    this.ptr = native.alloc(nbytes, category);
+    this.address = native.alloc(nbytes, category);
+  }
+
+  /** Address of the buffer (0 while the data is released with `releaseData_()`). */
+  get ptr(): number {
+    return this.address;
+  }
+
+  /**
+   * Whether the buffer exists. ZeRO-3 releases a parameter's buffer between uses while the
+   * tensor, its views and the autograd graph keep referring to the same Storage object
+   * (PyTorch FSDP's `storage.resize_(0)`).
+   */
+  get resident(): boolean {
+    return this.address !== 0;
+  }
+
+  /** Frees the buffer but keeps this object and its handles (see `resident`). */
+  releaseData_(): void {
+    if (this.address === 0 || this.refs <= 0) return;
+    native.free(this.address, this.nbytes);
+    this.address = 0;
+  }
+
+  /** Allocates the buffer again (contents undefined) under `category`. */
+  restoreData_(category: number): void {
+    if (this.refs <= 0) throw new Error("internal: restoreData_() on a freed storage");
+    if (this.address === 0) this.address = native.alloc(this.nbytes, category);
   }
 
   retain(): this {
@@ -36,7 +63,10 @@ export class Storage {
 
   release(): void {
     if (this.refs <= 0) return;
-    if (--this.refs === 0) native.free(this.ptr, this.nbytes);
+    if (--this.refs === 0 && this.address !== 0) {
+      native.free(this.address, this.nbytes);
+      this.address = 0;
+    }
   }
 
   /** Number of live handles (a tensor and its views each hold one). */
@@ -49,7 +79,7 @@ export class Storage {
   }
 
   setCategory(category: number): void {
-    native.setCategory(this.ptr, category);
+    if (this.address !== 0) native.setCategory(this.address, category);
   }
 }
 

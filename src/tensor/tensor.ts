@@ -69,7 +69,14 @@ export class Tensor implements Differentiable {
   /** Address of element 0 of this view. */
   get ptr(): number {
     if (this.disposed) throw new ValueError(`tensor of shape ${fmtShape(this.shape)} was used after dispose()`);
-    return this.storage.ptr + this.offset * dtypeSize(this.dtype);
+    const base = this.storage.ptr;
+    if (base === 0) {
+      throw new ValueError(
+        `tensor ${this.name ?? `of shape ${fmtShape(this.shape)}`} has no data here: it is a ZeRO-3 sharded parameter, ` +
+          "gathered only inside its module's forward and backward (use the optimizer's withFullParams() to read it)",
+      );
+    }
+    return base + this.offset * dtypeSize(this.dtype);
   }
   get ndim(): number {
     return this.shape.length;

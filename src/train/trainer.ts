@@ -24,11 +24,15 @@ import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js"
 import { AdamW, gradNorm, cosineLr } from "../optim/index.js";
 import {
   writeCheckpointDir, findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, readSafetensors,
+  createCheckpointTempDir, commitCheckpointDir,
 } from "../checkpoint/index.js";
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep } from "./config.js";
-import { DataParallel, DeviceMesh, ZeroAdamW, allReduce, barrier, underMpi, worldGroup, type ProcessGroup } from "../parallel/index.js";
+import {
+  DataParallel, DeviceMesh, ZeroAdamW, allReduce, barrier, broadcast, collectiveTimeoutS, underMpi, unshard, worldGroup,
+  type ProcessGroup, type ZeroLayout, type ZeroStage,
+} from "../parallel/index.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -41,7 +45,10 @@ export interface StepMetrics {
   mfu: number;
   mem_live_mb: number;
   mem_peak_mb: number;
-  /** Live MiB per category after the step: parameters, gradients, optimizer state. */
+  /**
+   * Live MiB per category when the step's gradients are complete (after their reduction, before
+   * the optimizer step): parameters, gradients, optimizer state — what ZeRO's accounting counts.
+   */
   mem_params_mb: number;
   mem_grads_mb: number;
   mem_optimizer_mb: number;
@@ -101,9 +108,6 @@ export class Trainer {
   async setup(): Promise<void> {
     const c = this.config;
     // Parallel layout: the world (mpirun) must match the config's axes.
-    if (c.parallel.zero > 1) {
-      throw new ValueError(`parallel.zero=${c.parallel.zero}: ZeRO stages 2 and 3 are not implemented yet; use parallel.zero=0 or 1`);
-    }
     if (underMpi()) {
       const mesh = new DeviceMesh({ dp: c.parallel.dp }, worldGroup());
       this.dpGroup = mesh.group("dp");
@@ -140,12 +144,20 @@ export class Trainer {
     );
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
     const adam = { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay };
-    this.optimizer = c.parallel.zero === 1 ? new ZeroAdamW(this.model.parameters(), this.dpGroup, adam) : new AdamW(this.model.parameters(), adam);
+    if (c.parallel.zero > 0) {
+      // FSDP-style units: one per transformer block, the embeddings and final norm in the root.
+      const zero = new ZeroAdamW(this.model.parameters(), this.dpGroup, adam, { stage: c.parallel.zero as ZeroStage, units: this.model.h.map((b) => b.parameters()) });
+      zero.shardModules(this.model, this.model.h);
+      this.optimizer = zero;
+    } else {
+      this.optimizer = new AdamW(this.model.parameters(), adam);
+    }
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
     });
-    this.ddp = this.dpGroup.size > 1 ? new DataParallel(this.model.parameters(), this.dpGroup) : null;
+    // ZeRO does its own reductions (reduce-scatter); plain data parallelism all-reduces.
+    this.ddp = this.dpGroup.size > 1 && c.parallel.zero === 0 ? new DataParallel(this.model.parameters(), this.dpGroup) : null;
     const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
       `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
@@ -171,8 +183,11 @@ export class Trainer {
     const lr = this.lrAt(this.step);
     let lossSum = 0;
     this.model.train();
+    const zero = this.optimizer instanceof ZeroAdamW ? this.optimizer : null;
     for (let micro = 0; micro < accum; micro++) {
-      if (this.ddp) this.ddp.syncEnabled = micro === accum - 1;  // reduce only on the last micro-step
+      // Reduce only on the last micro-step (ZeRO-2/3 reduce every micro-step: they keep no full gradients).
+      if (this.ddp) this.ddp.syncEnabled = micro === accum - 1;
+      if (zero) zero.syncEnabled = micro === accum - 1;
       const batch = this.loader.nextBatch();
       lossSum += withScope(() => {
         const B = batch.batchSize, T = batch.blockSize;
@@ -186,8 +201,11 @@ export class Trainer {
         scaled.backward();
         return value;
       });
+      await zero?.synchronize();
     }
     await this.ddp?.synchronize();
+    // Gradients are complete here: this is when ZeRO's per-stage accounting applies.
+    const memAtGrads = memoryStats();
     let loss = lossSum / accum;
     if (this.dpGroup.size > 1) {
       // The logged loss is the global batch's: the mean over data-parallel ranks.
@@ -196,7 +214,8 @@ export class Trainer {
       loss = t.item();
       t.dispose();
     }
-    const { norm, clipCoef } = gradNorm(this.optimizer.params, c.train.grad_clip > 0 ? c.train.grad_clip : Infinity);
+    const maxNorm = c.train.grad_clip > 0 ? c.train.grad_clip : Infinity;
+    const { norm, clipCoef } = zero ? zero.gradNorm(maxNorm) : gradNorm(this.optimizer.params, maxNorm);
     const stepNumber = this.step;
     if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
       this.optimizer.zeroGrad();
@@ -225,7 +244,7 @@ export class Trainer {
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
       mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: mem.peakTotal / 2 ** 20, step_ms: dt * 1000,
-      mem_params_mb: mem.live.params / 2 ** 20, mem_grads_mb: mem.live.grads / 2 ** 20, mem_optimizer_mb: mem.live.optimizer / 2 ** 20,
+      mem_params_mb: memAtGrads.live.params / 2 ** 20, mem_grads_mb: memAtGrads.live.grads / 2 ** 20, mem_optimizer_mb: memAtGrads.live.optimizer / 2 ** 20,
     };
   }
 
@@ -293,7 +312,12 @@ export class Trainer {
     // Save first: nothing after the last step may cost the run.
     await this.saveCheckpoint();
     const finalDir = join(c.out_dir, "final");
-    if (this.isMain) await this.saveModel(finalDir);
+    // ZeRO-3 gathers the weights (a collective: every rank joins); rank 0 writes them.
+    const write = async () => {
+      if (this.isMain) await this.saveModel(finalDir);
+    };
+    if (this.optimizer instanceof ZeroAdamW) await this.optimizer.withFullParams(write);
+    else await write();
     this.logEval(metricsFile);
     this.say(`done: ${this.step} steps; final model in ${finalDir}`);
     return { finalLoss: last?.loss ?? NaN, finalDir };
@@ -313,35 +337,72 @@ export class Trainer {
     this.tokenizer?.save(join(dir, "tokenizer.json"));
   }
 
-  /** Saves model, optimizer moments and trainer state as one atomic checkpoint directory. */
+  /**
+   * Saves model, optimizer moments and trainer state as one atomic checkpoint directory.
+   * Without ZeRO rank 0 writes everything (moments unsharded). With ZeRO every rank writes its
+   * own shards (`optimizer-rank00001-of-00004.safetensors`) into a temp dir all ranks agree on,
+   * next to `zero_layout.json`, which says how to rebuild full tensors for any other layout;
+   * rank 0 writes the model (gathered, stage 3) and commits the manifest only after every rank
+   * has written.
+   */
   async saveCheckpoint(): Promise<string> {
     const c = this.config;
     const dir = join(c.out_dir, checkpointDirName(this.step));
-    // Moments are saved unsharded (logical), so any layout can load them; with ZeRO that is a
-    // collective every rank joins. Then rank 0 writes and the others wait for it.
     const opt = this.optimizer;
-    const moments = opt instanceof ZeroAdamW ? opt.fullMoments() : { m: opt.m, v: opt.v };
-    const owned = opt instanceof ZeroAdamW;
-    try {
-      if (!this.isMain) {
-        barrier(this.dpGroup);
-        return dir;
-      }
+    // Writing can take far longer than a collective should: give the barriers room.
+    const slow = { timeoutS: Math.max(collectiveTimeoutS(), 3600) };
+    if (!(opt instanceof ZeroAdamW)) {
       try {
-        return await this.writeCheckpoint(dir, moments);
+        if (this.isMain) return await this.writeCheckpoint(dir, { m: opt.m, v: opt.v });
+        return dir;
       } finally {
-        barrier(this.dpGroup);
+        barrier(this.dpGroup, slow);
+      }
+    }
+    // Every rank derives the same temp dir from a number rank 0 draws.
+    const t = tensor([Math.floor(Math.random() * 2 ** 24)]);
+    broadcast(t, this.dpGroup, 0);
+    const token = `s${this.step}-${t.item()}`;
+    t.dispose();
+    const tmp = await createCheckpointTempDir(dir, { token });
+    const { rank, size } = this.dpGroup;
+    const shardFile = (r: number) => `optimizer-rank${String(r).padStart(5, "0")}-of-${String(size).padStart(5, "0")}.safetensors`;
+    const rec = (x: Tensor) => ({ dtype: "F32" as const, shape: [...x.shape], data: new Uint8Array((x.data() as Float32Array).buffer) });
+    const shards = opt.localShards();
+    await writeSafetensors(join(tmp, shardFile(rank)), Object.fromEntries(Object.entries(shards).map(([k, x]) => [k, rec(x)])));
+    await opt.withFullParams(async () => {
+      if (!this.isMain) return;
+      await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
+    });
+    if (this.isMain) {
+      writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
+      writeFileSync(join(tmp, "zero_layout.json"), JSON.stringify(opt.layout(this.model.namedParameters().map(([n]) => n))) + "\n");
+      writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
+    }
+    barrier(this.dpGroup, slow);  // every rank's shard is on disk
+    try {
+      if (this.isMain) {
+        await commitCheckpointDir(tmp, dir, { step: this.step, kind: "gpt-train", zero: opt.stage, dp: size }, {
+          expectFiles: ["model.safetensors", "zero_layout.json", "trainer_state.json", ...Array.from({ length: size }, (_, r) => shardFile(r))],
+        });
+        await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+        this.say(`checkpoint: ${dir} (ZeRO-${opt.stage} shards of ${size} ranks)`);
       }
     } finally {
-      if (owned) for (const t of [...moments.m, ...moments.v]) t.dispose();
+      barrier(this.dpGroup, slow);  // committed before anyone goes on
     }
+    return dir;
+  }
+
+  private trainerState(): TrainerState {
+    return {
+      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: this.config, tokens_seen: this.tokensSeen,
+    };
   }
 
   private async writeCheckpoint(dir: string, moments: { m: Tensor[]; v: Tensor[] }): Promise<string> {
     const c = this.config;
-    const state: TrainerState = {
-      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: c, tokens_seen: this.tokensSeen,
-    };
+    const state = this.trainerState();
     await writeCheckpointDir(dir, async (tmp) => {
       await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
       writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
@@ -358,6 +419,48 @@ export class Trainer {
     await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
     this.say(`checkpoint: ${dir}`);
     return dir;
+  }
+
+  /**
+   * Full per-parameter moments from a checkpoint of any layout: `optimizer.safetensors`
+   * (unsharded), or every rank's ZeRO shards rebuilt with `zero_layout.json`.
+   */
+  private async readMoments(dir: string): Promise<{ m: Float32Array[]; v: Float32Array[] }> {
+    const names = this.model.namedParameters().map(([n]) => n);
+    const numels = this.model.parameters().map((p) => p.numel);
+    const f32 = (data: Uint8Array) => {
+      const copy = new Uint8Array(data.byteLength);
+      copy.set(data);
+      return new Float32Array(copy.buffer);
+    };
+    const pick = (src: Map<string, Float32Array>, prefix: string, file: string) => names.map((n, i) => {
+      const x = src.get(n);
+      if (!x) throw new ValueError(`${file}: missing ${prefix}${n}`);
+      if (x.length !== numels[i]) throw new ValueError(`${file}: ${prefix}${n} has ${x.length} elements, the model's parameter has ${numels[i]}`);
+      return x;
+    });
+    const layoutFile = join(dir, "zero_layout.json");
+    if (!existsSync(layoutFile)) {
+      const file = join(dir, "optimizer.safetensors");
+      const { tensors } = await readSafetensors(file);
+      const get = (prefix: string) => new Map(names.flatMap((n) => {
+        const r = tensors.get(`${prefix}${n}`);
+        return r ? [[n, f32(r.data)] as const] : [];
+      }));
+      return { m: pick(get("exp_avg."), "exp_avg.", file), v: pick(get("exp_avg_sq."), "exp_avg_sq.", file) };
+    }
+    const layout = JSON.parse(readFileSync(layoutFile, "utf8")) as ZeroLayout;
+    const m: Float32Array[] = [], v: Float32Array[] = [];
+    for (let r = 0; r < layout.size; r++) {
+      const file = join(dir, `optimizer-rank${String(r).padStart(5, "0")}-of-${String(layout.size).padStart(5, "0")}.safetensors`);
+      const { tensors } = await readSafetensors(file);
+      for (const [key, out] of [["exp_avg", m], ["exp_avg_sq", v]] as const) {
+        const t = tensors.get(key);
+        if (!t) throw new ValueError(`${file}: missing ${key}`);
+        out.push(f32(t.data));
+      }
+    }
+    return { m: pick(unshard(layout, m), "exp_avg.", layoutFile), v: pick(unshard(layout, v), "exp_avg_sq.", layoutFile) };
   }
 
   /** Restores model, optimizer, RNG, data position and step from the newest complete checkpoint. */
@@ -382,21 +485,15 @@ export class Trainer {
       return false;
     }
     const state = JSON.parse(readFileSync(join(latest.dir, "trainer_state.json"), "utf8")) as TrainerState;
-    await loadGPTWeights(this.model, latest.dir);
-    const { tensors } = await readSafetensors(join(latest.dir, "optimizer.safetensors"));
-    const names = this.model.namedParameters().map(([n]) => n);
-    const load = (key: string, shape: readonly number[]) => {
-      const r = tensors.get(key);
-      if (!r) throw new ValueError(`${latest.dir}/optimizer.safetensors: missing ${key}`);
-      const copy = new Uint8Array(r.data.byteLength);
-      copy.set(r.data);
-      return tensor(new Float32Array(copy.buffer), { shape });
-    };
+    const opt = this.optimizer;
+    if (opt instanceof ZeroAdamW) await opt.withFullParams(() => loadGPTWeights(this.model, latest.dir), { writeBack: true });
+    else await loadGPTWeights(this.model, latest.dir);
+    const moments = await this.readMoments(latest.dir);
     noGrad(() => {
       const shapes = this.model.parameters().map((p) => p.shape);
-      const m = names.map((n, i) => load(`exp_avg.${n}`, shapes[i]!));
-      const v = names.map((n, i) => load(`exp_avg_sq.${n}`, shapes[i]!));
-      this.optimizer.loadState(state.optimizer, { m, v });
+      const m = moments.m.map((x, i) => tensor(x, { shape: shapes[i]! }));
+      const v = moments.v.map((x, i) => tensor(x, { shape: shapes[i]! }));
+      opt.loadState(state.optimizer, { m, v });
       for (const t of [...m, ...v]) t.dispose();
     });
     this.loader.restore(state.loader);
