@@ -2,7 +2,7 @@
  * `npm run bench -- comm [--np N] [--rounds R] [--skip-train]`: all-reduce / reduce-scatter /
  * all-gather bandwidth through Megalith beside the same MPI calls from a C program
  * (bench/c/comm_ref.c, compiled with mpicc here), 1 KiB to 64 MiB; and training throughput
- * at dp=1 vs dp=2 (1 thread per rank).
+ * at dp=1 vs dp=2 (1 thread per rank), and at dp=2 for each ZeRO stage with its memory per rank.
  *
  * Each measurement is its own mpirun job with the flags `megalith launch` uses (this file is
  * also the Megalith worker: run() starts `mpirun ... node bench/comm.ts --worker`). Megalith
@@ -47,16 +47,21 @@ function best(runs: Sizes[]): SizeRow[] {
   });
 }
 
-function trainTokensPerS(np: number, dir: string): number {
-  const out = join(dir, `dp${np}`);
-  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=12", `parallel.dp=${np}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1"];
+/** Steady-state tokens/s and per-rank memory (MiB, when gradients are complete) of configs/tiny.json. */
+function trainRun(np: number, dir: string, zero = 0): { tokensPerS: number; mem: { params: number; grads: number; optimizer: number } } {
+  const out = join(dir, `dp${np}_zero${zero}`);
+  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=12", `parallel.dp=${np}`, `parallel.zero=${zero}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1"];
   const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
   const r = np === 1 ? spawnSync(process.execPath, ["bin/megalith.js", ...args], { encoding: "utf8", env })
     : spawnSync("mpirun", mpirunArgs(np, args, undefined, "bin/megalith.js"), { encoding: "utf8", env });
   if (r.status !== 0) throw new Error(`comm bench: training at dp=${np} failed: ${r.stderr}`);
   const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.tokens_per_s);
   const steady = lines.slice(2);  // skip warm-up steps
-  return steady.reduce((s, m) => s + m.tokens_per_s, 0) / steady.length;
+  const last = lines[lines.length - 1];
+  return {
+    tokensPerS: steady.reduce((s, m) => s + m.tokens_per_s, 0) / steady.length,
+    mem: { params: last.mem_params_mb, grads: last.mem_grads_mb, optimizer: last.mem_optimizer_mb },
+  };
 }
 
 const fmtBytes = (b: number) => (b >= 2 ** 20 ? `${b / 2 ** 20} MiB` : `${b / 1024} KiB`);
@@ -109,8 +114,16 @@ export async function run(args: string[]): Promise<BenchResult> {
     }
     if (!args.includes("--skip-train")) {
       console.error("comm bench: training throughput dp=1 vs dp=2...");
-      const t1 = trainTokensPerS(1, dir), t2 = trainTokensPerS(2, dir);
-      rows.push({ name: "train tokens/s (configs/tiny.json, global batch 8x64, 1 thread/rank)", dp1: +t1.toFixed(0), dp2: +t2.toFixed(0), speedup: +(t2 / t1).toFixed(2) });
+      const r1 = trainRun(1, dir), r2 = trainRun(2, dir);
+      rows.push({ name: "train tokens/s (configs/tiny.json, global batch 8x64, 1 thread/rank)", dp1: +r1.tokensPerS.toFixed(0), dp2: +r2.tokensPerS.toFixed(0), speedup: +(r2.tokensPerS / r1.tokensPerS).toFixed(2) });
+      console.error("comm bench: ZeRO stages at dp=2...");
+      for (const zero of [0, 1, 2, 3]) {
+        const r = zero === 0 ? r2 : trainRun(2, dir, zero);
+        rows.push({
+          name: `train dp=2 ZeRO-${zero}: tokens/s and MiB per rank`, tokens_per_s: +r.tokensPerS.toFixed(0), vs_zero0: +(r.tokensPerS / r2.tokensPerS).toFixed(2),
+          params_mb: +r.mem.params.toFixed(2), grads_mb: +r.mem.grads.toFixed(2), optimizer_mb: +r.mem.optimizer.toFixed(2),
+        });
+      }
     }
     const lib = /Open MPI v[\d.]+/.exec(execFileSync("mpirun", ["--version"], { encoding: "utf8" }))?.[0] ?? "Open MPI";
     return {
