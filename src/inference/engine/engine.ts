@@ -3,17 +3,28 @@
  *
  * Requests arrive from the HTTP side at any time; the loop runs one scheduler step per
  * macrotask (setImmediate between steps), so the event loop keeps serving sockets while the
- * model works. Each choice of a request (n > 1) is its own sequence; they share the prompt's
- * full KV blocks through the prefix cache. A failure inside a step ends the requests of that
- * step with an error event and the engine keeps serving.
+ * model works. A failure inside a step ends the requests of that step with an error event and
+ * the engine keeps serving.
+ *
+ * n > 1: only the first choice is scheduled while the prompt is computed, once. In the step
+ * where it samples its first token, each other choice draws its own first token from the same
+ * logits (with its own seed, seed + i) and is forked from it (Scheduler.fork): the choices
+ * share every prompt block, the partial last one included, until a write copies it.
+ *
+ * Speculative decoding (options.speculative): after each step, every decoding sequence gets up
+ * to k drafts, from n-gram prompt lookup or from a draft model (spec/), fed next step after its
+ * newest token; the target's k + 1 rows of logits verify them (spec/'s acceptance rule: exact
+ * match for greedy requests, the speculative-sampling rule otherwise), so outputs are
+ * distributed exactly as without speculation, and greedy outputs are identical.
  */
-import { ValueError } from "../../core/errors.js";
+import { MegalithError, ValueError } from "../../core/errors.js";
 import type { GPT } from "../../models/index.js";
 import type { Tokenizer } from "../../tokenizers/index.js";
 import { BlockManager, blocksForBudget } from "../kv_cache/index.js";
 import { Scheduler, type SchedulerOutput } from "../scheduler/index.js";
 import { ModelRunner, type RunnerBatch } from "../runner/index.js";
-import { sampleNext, type SamplingParams } from "../sample/index.js";
+import { drawToken, toProbs, tokenDistribution, tokenLogprobs, type SamplingParams } from "../sample/index.js";
+import { DraftModel, acceptDraft, acceptOneHot, proposeNgram, streamUniform, type Drafts } from "../spec/index.js";
 import { EngineRejection, type EngineEvent, type EngineLike, type EngineStats, type GenerationRequest, type TokenLogprob } from "./types.js";
 
 export interface EngineOptions {
@@ -25,8 +36,20 @@ export interface EngineOptions {
   maxNumSeqs?: number;
   maxWaiting?: number;
   enablePrefixCaching?: boolean;
-  /** n-gram prompt-lookup speculative decoding for greedy requests. Off by default. */
-  speculative?: { numTokens: number; ngramMax?: number };
+  /** Speculative decoding (greedy and sampled requests). Off by default. */
+  speculative?: SpeculativeOptions;
+}
+
+/** Speculative decoding: where drafts come from and how many per step. */
+export interface SpeculativeOptions {
+  /** "ngram" (prompt lookup, the default) or "draft" (a smaller GPT: draftModel). */
+  method?: "ngram" | "draft";
+  /** Draft tokens proposed per sequence per step (>= 1). */
+  numTokens: number;
+  /** n-gram: longest n-gram looked up. Default 3. */
+  ngramMax?: number;
+  /** draft: the draft model, with the target's vocabulary (same tokenizer). */
+  draftModel?: GPT;
 }
 
 /** One sequence (a choice of a request). */
@@ -41,6 +64,8 @@ interface Seq {
   emitted: number;
   lastTokenAt: number;
   done: boolean;
+  /** The drafts proposed after its last step (draft mode: with q), and the history length they continue. */
+  draft: (Drafts & { historyLength: number }) | null;
 }
 
 /** A request: its choices and the queue its events go to. */
@@ -53,6 +78,8 @@ interface Group {
   completionTokens: number;
   arrival: number;
   firstTokenAt: number | null;
+  /** Whether choices 1..n-1 exist in the scheduler (forked from choice 0 at its first token). */
+  forked: boolean;
 }
 
 const SAMPLES_KEPT = 2000;
@@ -64,9 +91,11 @@ export class Engine implements EngineLike {
   readonly blocks: BlockManager;
   readonly scheduler: Scheduler;
   readonly runner: ModelRunner;
+  /** The draft model and its KV cache (speculative method "draft"), else null. */
+  readonly drafter: DraftModel | null;
   private readonly tokenizer: Tokenizer;
   private readonly seqs = new Map<string, Seq>();
-  private readonly spec: { numTokens: number; ngramMax: number } | null;
+  private readonly spec: { method: "ngram" | "draft"; numTokens: number; ngramMax: number } | null;
   private looping = false;
   private stopped = false;
   private readonly st: EngineStats = {
@@ -93,7 +122,12 @@ export class Engine implements EngineLike {
       maxNumBatchedTokens: Math.max(o.maxNumBatchedTokens ?? 512, maxNumSeqs), maxNumSeqs, maxWaiting: o.maxWaiting ?? 256, maxModelLen: c.blockSize,
     });
     this.runner = new ModelRunner(model, { numBlocks, blockSize });
-    this.spec = o.speculative ? { numTokens: o.speculative.numTokens, ngramMax: o.speculative.ngramMax ?? 3 } : null;
+    this.spec = o.speculative ? checkSpeculative(o.speculative, model) : null;
+    // The draft's pool holds what the target's does, plus lookahead blocks for every sequence
+    // (forks share no draft blocks beyond full prompt blocks, so a little more is welcome).
+    this.drafter = this.spec?.method === "draft"
+      ? new DraftModel(o.speculative!.draftModel!, { numBlocks: numBlocks + maxNumSeqs * (Math.ceil(this.spec.numTokens / blockSize) + 2), blockSize })
+      : null;
   }
 
   encode(text: string): number[] {
@@ -117,6 +151,7 @@ export class Engine implements EngineLike {
     this.stopped = true;
     for (const s of this.seqs.values()) this.finishSeq(s, "abort");
     this.runner.dispose();
+    this.drafter?.dispose();
   }
 
   submit(req: GenerationRequest, signal?: AbortSignal): AsyncIterable<EngineEvent> {
@@ -124,27 +159,24 @@ export class Engine implements EngineLike {
     if (req.promptTokens.length >= this.contextLength) throw new ValueError(`the prompt has ${req.promptTokens.length} tokens but the model's context length is ${this.contextLength}`);
     const V = this.runner.model.config.vocabSize;
     for (const t of req.promptTokens) if (!Number.isInteger(t) || t < 0 || t >= V) throw new ValueError(`prompt token ${t} is outside the vocabulary (0..${V - 1})`);
-    if (this.scheduler.numWaiting + req.n > this.scheduler.maxWaiting) {
+    if (!Number.isInteger(req.n) || req.n < 1) throw new ValueError(`n must be a positive integer, got ${req.n}`);
+    if (this.scheduler.numWaiting + 1 > this.scheduler.maxWaiting) {
       this.st.rejections.queue_full = (this.st.rejections.queue_full ?? 0) + 1;
       throw new EngineRejection("queue_full", `the waiting queue is full (${this.scheduler.maxWaiting} requests); retry later`, 1);
     }
-    const group: Group = { req, seqs: [], pending: [], wake: null, finished: 0, completionTokens: 0, arrival: Date.now(), firstTokenAt: null };
+    const group: Group = { req, seqs: [], pending: [], wake: null, finished: 0, completionTokens: 0, arrival: Date.now(), firstTokenAt: null, forked: req.n === 1 };
     for (let i = 0; i < req.n; i++) {
       const id = req.n === 1 ? req.requestId : `${req.requestId}#${i}`;
-      const seq: Seq = { id, index: i, req: { ...req, sampling: { ...req.sampling, seed: req.sampling.seed + i } }, group, text: "", ids: [], emitted: 0, lastTokenAt: 0, done: false };
-      group.seqs.push(seq);
-      this.seqs.set(id, seq);
-      const added = this.scheduler.addRequest(id, req.promptTokens, { maxTokens: req.maxTokens, stopTokenIds: req.stopTokenIds, arrivalTime: group.arrival });
-      if (!added.accepted) {
-        for (const s of group.seqs) {
-          this.scheduler.abort(s.id);
-          this.seqs.delete(s.id);
-        }
-        this.st.rejections.queue_full = (this.st.rejections.queue_full ?? 0) + 1;
-        throw new EngineRejection("queue_full", added.message, 1);
-      }
+      group.seqs.push({ id, index: i, req: { ...req, sampling: { ...req.sampling, seed: req.sampling.seed + i } }, group, text: "", ids: [], emitted: 0, lastTokenAt: 0, done: false, draft: null });
     }
-    this.st.promptTokens += req.promptTokens.length * req.n;
+    // Only choice 0 is queued: the others are forked from it once the prompt is computed.
+    const added = this.scheduler.addRequest(group.seqs[0]!.id, req.promptTokens, { maxTokens: req.maxTokens, stopTokenIds: req.stopTokenIds, arrivalTime: group.arrival });
+    if (!added.accepted) {
+      this.st.rejections.queue_full = (this.st.rejections.queue_full ?? 0) + 1;
+      throw new EngineRejection("queue_full", added.message, 1);
+    }
+    for (const s of group.seqs) this.seqs.set(s.id, s);
+    this.st.promptTokens += req.promptTokens.length;
     signal?.addEventListener("abort", () => {
       for (const s of group.seqs) if (!s.done) this.finishSeq(s, "abort");
     });
@@ -193,6 +225,12 @@ export class Engine implements EngineLike {
       const seq = this.seqs.get(f.requestId);
       if (seq) this.endSeq(seq, f.reason);
     }
+    // A preempted sequence recomputes later; its draft cache is dropped until then.
+    for (const id of out.preempted) {
+      this.drafter?.free(id);
+      const seq = this.seqs.get(id);
+      if (seq) seq.draft = null;
+    }
     if (!out.scheduled.length) return;
     let logits: Float32Array;
     const sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }> = [];
@@ -209,6 +247,7 @@ export class Engine implements EngineLike {
     const V = this.runner.model.config.vocabSize;
     const sampled = new Map<string, number[]>();
     const logprobs = new Map<string, TokenLogprob[]>();
+    const forks: Array<{ seq: Seq; token: number; lp: TokenLogprob }> = [];
     const now = Date.now();
     let row = 0;
     for (const { seq, rows, drafts } of sampleSeqs) {
@@ -220,68 +259,128 @@ export class Engine implements EngineLike {
         this.record(this.st.queueTime, ((r.firstScheduledAt ?? now) - g.arrival) / 1000);
       } else if (seq.lastTokenAt) this.record(this.st.itl, (now - seq.lastTokenAt) / 1000);
       seq.lastTokenAt = now;
-      // Greedy verification of drafts: keep each draft the model agrees with; the first
-      // disagreement is replaced by the model's token; if all agree, the last row adds one more.
-      const tokens: number[] = [];
-      const lps: TokenLogprob[] = [];
-      for (let i = 0; i < rows; i++) {
-        const res = sampleNext(logits.subarray((row + i) * V, (row + i + 1) * V), seq.req.sampling, r.promptTokens, [...r.outputTokens, ...tokens]);
-        tokens.push(res.token);
-        lps.push({
-          token: this.tokenizer.decode([res.token]), tokenId: res.token, logprob: res.logprob,
-          top: res.top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
-        });
-        if (i >= drafts.length || res.token !== drafts[i]) break;
+      const rowsOf = logits.subarray(row * V, (row + rows) * V);
+      row += rows;
+      let tokens: number[];
+      try {
+        tokens = this.verify(seq, r.promptTokens, r.outputTokens, rowsOf, drafts);
+      } catch (e) {
+        this.finishSeq(seq, "error", (e as Error).message);
+        continue;
       }
       if (drafts.length) {
         this.st.speculativeProposed = (this.st.speculativeProposed ?? 0) + drafts.length;
         this.st.speculativeAccepted = (this.st.speculativeAccepted ?? 0) + tokens.length - 1;
       }
+      seq.draft = null;
       sampled.set(seq.id, tokens);
-      logprobs.set(seq.id, lps);
-      row += rows;
+      logprobs.set(seq.id, tokens.map((t, i) => this.logprobRecord(rowsOf.subarray(i * V, (i + 1) * V), t, seq.req.sampling.logprobs)));
+      // Choice 0's first token: the other choices draw theirs from the same row and fork.
+      if (!g.forked && seq.index === 0) {
+        g.forked = true;
+        for (const c of g.seqs.slice(1)) {
+          if (c.done) continue;
+          const first = rowsOf.subarray(0, V);
+          const token = this.verify(c, r.promptTokens, [], first, [])[0]!;
+          c.lastTokenAt = now;
+          forks.push({ seq: c, token, lp: this.logprobRecord(first, token, c.req.sampling.logprobs) });
+        }
+      }
     }
+    // Forks go in before the update (the scheduler takes each child's first token with it).
+    const forkReasons = forks.map(({ seq, token }) => this.scheduler.fork(seq.group.seqs[0]!.id, seq.id, { lastToken: token }));
     const { outputs } = this.scheduler.updateFromOutput(out, sampled);
+    forks.forEach(({ seq, token, lp }, i) => this.applyOutput(seq, [token], [lp], forkReasons[i]!));
     for (const o of outputs) {
       const seq = this.seqs.get(o.requestId);
-      if (!seq) continue;
-      const lps = logprobs.get(o.requestId) ?? [];
-      this.st.generationTokens += o.newTokenIds.length;
-      seq.group.completionTokens += o.newTokenIds.length;
-      const stopped = this.emitText(seq, o.newTokenIds, lps, o.finishReason);
-      if (stopped) this.finishSeq(seq, "stop");
-      else if (o.finishReason) this.endSeq(seq, o.finishReason);
+      if (seq) this.applyOutput(seq, o.newTokenIds, logprobs.get(o.requestId) ?? [], o.finishReason);
     }
     if (this.spec) this.propose();
   }
 
+  /** Counts, streams and (when it ended) closes a sequence's new tokens. */
+  private applyOutput(seq: Seq, newIds: readonly number[], lps: TokenLogprob[], finishReason: "stop" | "length" | "abort" | "error" | null): void {
+    this.st.generationTokens += newIds.length;
+    seq.group.completionTokens += newIds.length;
+    const stopped = this.emitText(seq, newIds, lps.slice(0, newIds.length), finishReason);
+    if (stopped) this.finishSeq(seq, "stop");
+    else if (finishReason) this.endSeq(seq, finishReason);
+  }
+
   /**
-   * n-gram prompt lookup (speculative decoding without a draft model): for a decoding greedy
-   * request, find the most recent earlier occurrence of its last n tokens and propose the
-   * tokens that followed; the scheduler feeds them next step for verification. Sampled
-   * requests are not speculated, so their outputs stay distributed exactly as without it.
+   * The tokens a sampling sequence emits from its rows of logits: with drafts, the accepted
+   * drafts then the target's own token (a rejected draft's replacement, or the bonus token after
+   * all were accepted); without, one token as sampleNext draws it. Random numbers come from the
+   * sequence's seeded stream at the output position being decided (spec/'s streamUniform).
+   */
+  private verify(seq: Seq, prompt: readonly number[], output: readonly number[], rows: Float32Array, drafts: readonly number[]): number[] {
+    const V = this.runner.model.config.vocabSize;
+    const sp = seq.req.sampling;
+    const greedy = sp.temperature === 0;
+    const tokens: number[] = [];
+    for (let i = 0; i <= drafts.length; i++) {
+      const history = [...output, ...tokens];
+      const j = history.length;
+      const p = tokenDistribution(rows.subarray(i * V, (i + 1) * V), sp, prompt, history);
+      const u = greedy ? 0 : streamUniform(sp.seed, "sample", j);
+      if (i === drafts.length) {
+        tokens.push(drawToken(p, u));
+        break;
+      }
+      let q: Float64Array | null = null;
+      if (this.spec?.method === "draft" && !greedy) {
+        if (seq.draft?.tokens[i] !== drafts[i] || !seq.draft.probs[i]) {
+          throw new MegalithError(`Engine: draft ${i} of '${seq.id}' (token ${drafts[i]}) has no recorded draft distribution`, "engine_internal");
+        }
+        q = seq.draft.probs[i]!;
+      }
+      const v = q
+        ? acceptDraft(toProbs(p), q, drafts[i]!, streamUniform(sp.seed, "accept", j), streamUniform(sp.seed, "residual", j))
+        : acceptOneHot(p, drafts[i]!, u);
+      tokens.push(v.token);
+      if (!v.accepted) break;
+    }
+    return tokens;
+  }
+
+  private logprobRecord(logits: Float32Array, token: number, k: number): TokenLogprob {
+    const { logprob, top } = tokenLogprobs(logits, token, k);
+    return {
+      token: this.tokenizer.decode([token]), tokenId: token, logprob,
+      top: top.map((t) => ({ token: this.tokenizer.decode([t.token]), tokenId: t.token, logprob: t.logprob })),
+    };
+  }
+
+  /**
+   * Proposes drafts for every sequence that decodes next step: the tokens after the most recent
+   * earlier occurrence of its last n-gram, or k tokens of the draft model (all sequences in
+   * one batch per draft position). The scheduler feeds them after the newest token.
    */
   private propose(): void {
     const spec = this.spec!;
+    const wanted: Array<{ seq: Seq; tokens: number[]; k: number }> = [];
     for (const seq of this.seqs.values()) {
       const r = this.scheduler.get(seq.id);
-      if (!r || r.status !== "running" || seq.req.sampling.temperature !== 0 || r.outputTokens.length === 0) continue;
+      if (!r || r.status !== "running" || r.outputTokens.length === 0) continue;
       const all = [...r.promptTokens, ...r.outputTokens];
-      const room = Math.min(spec.numTokens, seq.req.maxTokens - r.outputTokens.length - 1, this.contextLength - all.length - 1);
-      if (room <= 0) continue;
-      let d: number[] = [];
-      for (let n = Math.min(spec.ngramMax, all.length - 1); n >= 1 && !d.length; n--) {
-        const tail = all.slice(all.length - n);
-        for (let j = all.length - n - 1; j >= 0; j--) {
-          let match = true;
-          for (let k = 0; k < n; k++) if (all[j + k] !== tail[k]) { match = false; break; }
-          if (match) {
-            d = all.slice(j + n, j + n + room);
-            break;
-          }
-        }
-      }
-      if (d.length) this.scheduler.setDraftTokens(seq.id, d);
+      if (r.numComputed !== all.length - 1) continue;  // still computing earlier tokens
+      const k = Math.min(spec.numTokens, seq.req.maxTokens - r.outputTokens.length - 1, this.contextLength - all.length - 1);
+      if (k <= 0) continue;
+      if (spec.method === "ngram") {
+        const d = proposeNgram(all, spec.ngramMax, k);
+        if (d.length) this.scheduler.setDraftTokens(seq.id, d);
+      } else if (seq.draft?.historyLength === all.length) {
+        // Not scheduled since the proposal (budget): the same history gives the same drafts.
+        this.scheduler.setDraftTokens(seq.id, seq.draft.tokens.slice(0, k));
+      } else wanted.push({ seq, tokens: all, k });
+    }
+    if (!wanted.length) return;
+    const drafts = this.drafter!.propose(wanted.map(({ seq, tokens, k }) => ({ id: seq.id, tokens, promptLength: seq.req.promptTokens.length, k, sampling: seq.req.sampling })));
+    for (const { seq, tokens } of wanted) {
+      const d = drafts.get(seq.id);
+      if (!d?.tokens.length) continue;
+      seq.draft = { ...d, historyLength: tokens.length };
+      this.scheduler.setDraftTokens(seq.id, d.tokens);
     }
   }
 
@@ -355,17 +454,39 @@ export class Engine implements EngineLike {
   private endSeq(seq: Seq, reason: "stop" | "length" | "abort" | "error", error?: string): void {
     if (seq.done) return;
     seq.done = true;
+    seq.draft = null;
     this.seqs.delete(seq.id);
+    this.drafter?.free(seq.id, { keepCached: reason !== "error" });
     const g = seq.group;
     this.push(g, { type: "finish", index: seq.index, reason, ...(error ? { error } : {}) });
     if (++g.finished === g.seqs.length) {
       this.record(this.st.e2e, (Date.now() - g.arrival) / 1000);
       this.push(g, { type: "done", usage: { promptTokens: g.req.promptTokens.length, completionTokens: g.completionTokens } });
     }
+    // Choice 0 ended before its first token (abort, error, no room): the others, never
+    // forked, end with it.
+    if (!g.forked && seq.index === 0) for (const c of g.seqs.slice(1)) this.endSeq(c, reason, error);
   }
 
   private record(arr: number[], v: number): void {
     arr.push(v);
     if (arr.length > SAMPLES_KEPT) arr.splice(0, arr.length - SAMPLES_KEPT);
   }
+}
+
+/** Validates the speculative options; errors name the value and what was expected. */
+function checkSpeculative(o: SpeculativeOptions, model: GPT): { method: "ngram" | "draft"; numTokens: number; ngramMax: number } {
+  const method = o.method ?? "ngram";
+  if (method !== "ngram" && method !== "draft") throw new ValueError(`speculative.method must be "ngram" or "draft", got ${JSON.stringify(method)}`);
+  if (!Number.isInteger(o.numTokens) || o.numTokens < 1) throw new ValueError(`speculative.numTokens must be a positive integer, got ${o.numTokens}`);
+  const ngramMax = o.ngramMax ?? 3;
+  if (!Number.isInteger(ngramMax) || ngramMax < 1) throw new ValueError(`speculative.ngramMax must be a positive integer, got ${o.ngramMax}`);
+  if (method === "draft") {
+    const d = o.draftModel;
+    if (!d) throw new ValueError(`speculative.method "draft" needs speculative.draftModel (a GPT with the target's vocabulary)`);
+    if (d.config.vocabSize !== model.config.vocabSize) {
+      throw new ValueError(`the draft model's vocabulary has ${d.config.vocabSize} tokens but the target model's has ${model.config.vocabSize}; use a draft model trained with the same tokenizer`);
+    }
+  } else if (o.draftModel) throw new ValueError(`speculative.draftModel is given but speculative.method is "ngram"; set method: "draft" to use it`);
+  return { method, numTokens: o.numTokens, ngramMax };
 }

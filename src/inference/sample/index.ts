@@ -6,6 +6,11 @@
  * own counter-based stream (seed, output index), so a seeded request produces the same text
  * whatever else is in the batch. Logprobs are those of the model's distribution (log-softmax
  * of the raw logits), as the OpenAI API reports them.
+ *
+ * The processed distribution is a value of its own (tokenDistribution, or processedProbs as a
+ * dense vector), so speculative decoding can compare the target's and the draft's
+ * distributions under exactly the transforms sampleNext applies, and draw with drawToken /
+ * sampleFromProbs from the same seeded stream.
  */
 import { ValueError } from "../../core/errors.js";
 import { native, RandomKind } from "../../backend/native/index.js";
@@ -80,12 +85,24 @@ function logSoftmax(x: Float32Array): Float64Array {
 }
 
 /**
- * Picks the next token for one request from its row of logits.
- * `prompt` and `output` are the request's token ids so far; `output.length` indexes the stream.
+ * The distribution a request samples its next token from: the candidates left after the
+ * logits processors, in the order the sampler walks them, with unnormalised weights.
+ * Greedy (temperature 0) is the one candidate with the largest processed logit, weight 1.
  */
-export function sampleNext(logitsIn: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): SampleResult {
+export interface TokenDistribution {
+  /** Vocabulary size of the logits it came from. */
+  vocabSize: number;
+  /** Candidate ids in draw order; null = every id in id order (plain temperature sampling). */
+  ids: Int32Array | null;
+  /** Unnormalised probability of each candidate (aligned with ids, or indexed by id when ids is null). */
+  weights: Float64Array;
+  /** Sum of weights. */
+  total: number;
+}
+
+/** Applies the penalties to a copy of the logits (repetition over prompt + output, presence/frequency over output). */
+function penalized(logitsIn: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): Float32Array {
   const V = logitsIn.length;
-  const lp = logSoftmax(logitsIn);
   const logits = Float32Array.from(logitsIn);
   if (p.repetitionPenalty !== 1) {
     const seen = new Set<number>([...prompt, ...output]);
@@ -96,66 +113,122 @@ export function sampleNext(logitsIn: Float32Array, p: SamplingParams, prompt: re
     for (const t of output) counts.set(t, (counts.get(t) ?? 0) + 1);
     for (const [t, c] of counts) if (t >= 0 && t < V) logits[t] = logits[t]! - p.presencePenalty - p.frequencyPenalty * c;
   }
-  let token: number;
+  return logits;
+}
+
+/**
+ * The processed next-token distribution of one request (penalties, temperature, top-k, top-p,
+ * min-p, in that order): exactly what sampleNext draws from. `prompt` and `output` are the
+ * request's token ids so far (the penalties' history).
+ */
+export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): TokenDistribution {
+  const V = logitsIn.length;
+  const logits = penalized(logitsIn, p, prompt, output);
   if (p.temperature === 0) {
-    token = 0;
+    let token = 0;
     for (let i = 1; i < V; i++) if (logits[i]! > logits[token]!) token = i;
-  } else if ((p.topK <= 0 || p.topK >= V) && p.topP === 1 && p.minP === 0) {
-    // Plain temperature sampling: one pass in id order, no sort.
+    return { vocabSize: V, ids: Int32Array.of(token), weights: Float64Array.of(1), total: 1 };
+  }
+  if ((p.topK <= 0 || p.topK >= V) && p.topP === 1 && p.minP === 0) {
+    // Plain temperature sampling: every id, in id order, no sort.
     let m = -Infinity;
     for (const v of logits) if (v > m) m = v;
-    const probs = new Float64Array(V);
+    const weights = new Float64Array(V);
     let total = 0;
-    for (let i = 0; i < V; i++) total += probs[i] = Math.exp((logits[i]! - m) / p.temperature);
-    let r = uniformAt(p.seed, output.length) * total;
-    token = V - 1;
-    for (let i = 0; i < V; i++) {
-      r -= probs[i]!;
-      if (r < 0) {
-        token = i;
-        break;
-      }
+    for (let i = 0; i < V; i++) total += weights[i] = Math.exp((logits[i]! - m) / p.temperature);
+    return { vocabSize: V, ids: null, weights, total };
+  }
+  // Candidates by descending logit (ties by id), cut by top-k.
+  let ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
+  if (p.topK > 0 && p.topK < V) ids = ids.slice(0, p.topK);
+  const m = logits[ids[0]!]!;
+  let probs = ids.map((i) => Math.exp((logits[i]! - m) / p.temperature));
+  let total = probs.reduce((s, x) => s + x, 0);
+  if (p.topP < 1) {
+    let acc = 0, keep = 0;
+    while (keep < probs.length) {
+      acc += probs[keep]! / total;
+      keep++;
+      if (acc >= p.topP) break;
     }
-  } else {
-    // Candidates by descending logit (ties by id), cut by top-k.
-    let ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
-    if (p.topK > 0 && p.topK < V) ids = ids.slice(0, p.topK);
-    const m = logits[ids[0]!]!;
-    let probs = ids.map((i) => Math.exp((logits[i]! - m) / p.temperature));
-    let total = probs.reduce((s, x) => s + x, 0);
-    if (p.topP < 1) {
-      let acc = 0, keep = 0;
-      while (keep < probs.length) {
-        acc += probs[keep]! / total;
-        keep++;
-        if (acc >= p.topP) break;
-      }
+    ids = ids.slice(0, keep);
+    probs = probs.slice(0, keep);
+  }
+  if (p.minP > 0) {
+    const floor = p.minP * probs[0]!;  // probs[0] is the largest (unnormalised)
+    const keep = probs.findIndex((x) => x < floor);
+    if (keep > 0) {
       ids = ids.slice(0, keep);
       probs = probs.slice(0, keep);
     }
-    if (p.minP > 0) {
-      const floor = p.minP * probs[0]!;  // probs[0] is the largest (unnormalised)
-      const keep = probs.findIndex((x) => x < floor);
-      if (keep > 0) {
-        ids = ids.slice(0, keep);
-        probs = probs.slice(0, keep);
-      }
-    }
-    total = probs.reduce((s, x) => s + x, 0);
-    let r = uniformAt(p.seed, output.length) * total;
-    token = ids[ids.length - 1]!;
-    for (let j = 0; j < ids.length; j++) {
-      r -= probs[j]!;
-      if (r < 0) {
-        token = ids[j]!;
-        break;
-      }
-    }
   }
+  total = probs.reduce((s, x) => s + x, 0);
+  return { vocabSize: V, ids: Int32Array.from(ids), weights: Float64Array.from(probs), total };
+}
+
+/** The token at uniform draw `u` in [0, 1) of a distribution (inverse CDF in its draw order). */
+export function drawToken(d: TokenDistribution, u: number): number {
+  const n = d.weights.length;
+  const id = (j: number) => (d.ids ? d.ids[j]! : j);
+  let r = u * d.total;
+  for (let j = 0; j < n; j++) {
+    r -= d.weights[j]!;
+    if (r < 0) return id(j);
+  }
+  return id(n - 1);
+}
+
+/** A distribution as a dense, normalised probability vector over the vocabulary. */
+export function toProbs(d: TokenDistribution): Float64Array {
+  const probs = new Float64Array(d.vocabSize);
+  for (let j = 0; j < d.weights.length; j++) probs[d.ids ? d.ids[j]! : j] = d.weights[j]! / d.total;
+  return probs;
+}
+
+/**
+ * The processed next-token probabilities (length V, summing to 1) that sampleNext samples
+ * from: what speculative decoding compares between the target and the draft model.
+ *
+ * @example
+ * const p = processedProbs(targetRow, params, prompt, output);
+ * const q = processedProbs(draftRow, params, prompt, output);
+ * if (u < p[x] / q[x]) accept(x);
+ */
+export function processedProbs(logits: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): Float64Array {
+  return toProbs(tokenDistribution(logits, p, prompt, output));
+}
+
+/** Inverse-CDF draw (in id order) from a probability vector, with uniform `u` in [0, 1); weights need not be normalised. */
+export function sampleFromProbs(probs: Float64Array, u: number): number {
+  let total = 0;
+  let last = -1;
+  for (let i = 0; i < probs.length; i++) if (probs[i]! > 0) { total += probs[i]!; last = i; }
+  if (last < 0) throw new ValueError(`sampleFromProbs: the probabilities sum to ${total}; need a positive entry`);
+  let r = u * total;
+  for (let i = 0; i < last; i++) {
+    r -= probs[i]!;
+    if (r < 0 && probs[i]! > 0) return i;
+  }
+  return last;
+}
+
+/** The model's log-probability of `token` and the `k` most likely alternatives (log-softmax of the raw logits). */
+export function tokenLogprobs(logits: Float32Array, token: number, k: number): Pick<SampleResult, "logprob" | "top"> {
+  const lp = logSoftmax(logits);
   const top: SampleResult["top"] = [];
-  if (p.logprobs > 0) {
-    const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => lp[b]! - lp[a]! || a - b).slice(0, p.logprobs);
+  if (k > 0) {
+    const order = Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => lp[b]! - lp[a]! || a - b).slice(0, k);
     for (const t of order) top.push({ token: t, logprob: lp[t]! });
   }
-  return { token, logprob: lp[token]!, top };
+  return { logprob: lp[token]!, top };
+}
+
+/**
+ * Picks the next token for one request from its row of logits.
+ * `prompt` and `output` are the request's token ids so far; `output.length` indexes the stream.
+ */
+export function sampleNext(logits: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): SampleResult {
+  const d = tokenDistribution(logits, p, prompt, output);
+  const token = p.temperature === 0 ? d.ids![0]! : drawToken(d, uniformAt(p.seed, output.length));
+  return { token, ...tokenLogprobs(logits, token, p.logprobs) };
 }
