@@ -9,7 +9,7 @@ import { ShapeError, ValueError, fmtShape } from "../core/errors.js";
 import { native, BinaryOp, UnaryOp, ReduceOp, ArgReduceOp } from "../backend/native/index.js";
 import { recordNode, needsGrad } from "../autograd/engine.js";
 import { Tensor, checkInPlace } from "./tensor.js";
-import { type DType, dtypeSize, dtypeCode, isFloating } from "./dtype.js";
+import { type DType, checkDType, dtypeSize, dtypeCode, isFloating } from "./dtype.js";
 import { broadcastShapes, broadcastStrides, contiguousStrides, normDim, numel, resolveShape, shapesEqual, type Shape } from "./shape.js";
 import { gradients as G } from "./gradients.js";
 
@@ -102,7 +102,8 @@ function toDTypeRaw(t: Tensor, dtype: DType): Tensor {
   });
 }
 
-export function toDType(t: Tensor, dtype: DType): Tensor {
+export function toDType(t: Tensor, dtypeIn: DType): Tensor {
+  const dtype = checkDType(dtypeIn, "toDType");
   if (dtype === t.dtype) return recordNode("to", t.alias(), [t], (gy) => [(gy as Tensor).alias()]);
   const out = toDTypeRaw(t, dtype);
   if (dtype === "float32" && t.dtype === "float32") return out;
@@ -186,12 +187,14 @@ export function addInPlace(dst: Tensor, src: Tensor, alpha = 1): void {
   checkInPlace("add_", dst);
   checkFloat("add_", dst);
   checkFloat("add_", src);
-  let s = src;
-  if (alpha !== 1) s = mulScalarRaw(src, alpha);
-  const shape = broadcastShapes(dst.shape, s.shape, "add_");
+  // Every check runs before the write, so a failed call leaves dst untouched.
+  if (!dst.isContiguous) {
+    throw new ValueError(`add_: destination must be contiguous, got shape ${fmtShape(dst.shape)} with strides ${fmtShape(dst.strides)}; call .contiguous() first`);
+  }
+  const shape = broadcastShapes(dst.shape, src.shape, "add_");
   if (!shapesEqual(shape, dst.shape)) throw new ShapeError("add_", `cannot add ${fmtShape(src.shape)} into ${fmtShape(dst.shape)}`);
+  const s = alpha !== 1 ? mulScalarRaw(src, alpha) : src;
   native.binary(BinaryOp.add, dst.ptr, [...dst.strides], s.ptr, broadcastStrides(s.shape, s.strides, shape), dst.ptr, [...shape]);
-  if (!dst.isContiguous) throw new ValueError("add_: destination must be contiguous");
   if (s !== src) s.dispose();
 }
 

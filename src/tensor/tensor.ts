@@ -68,7 +68,7 @@ export class Tensor implements Differentiable {
 
   /** Address of element 0 of this view. */
   get ptr(): number {
-    if (this.disposed) throw new ValueError(`tensor of shape ${fmtShape(this.shape)} was used after dispose()`);
+    this.checkAlive();
     const base = this.storage.ptr;
     if (base === 0) {
       throw new ValueError(
@@ -119,13 +119,22 @@ export class Tensor implements Differentiable {
     this.storage.release();
   }
 
+  /** Throws the "used after dispose()" error if this handle was disposed. */
+  private checkAlive(): void {
+    if (this.disposed) throw new ValueError(`tensor of shape ${fmtShape(this.shape)} was used after dispose()`);
+  }
+
   /** A view with the same shape, strides and storage (a separate handle to dispose). */
   alias(): Tensor {
+    // A disposed handle may share storage with live views (refcount > 0), so retain() alone
+    // would not notice; check the handle itself.
+    this.checkAlive();
     return new Tensor(this.storage.retain(), this.shape, this.strides, this.offset, this.dtype);
   }
 
   /** A view over the same storage with another shape/strides/offset. */
   view_(shape: readonly number[], strides: readonly number[], offset: number): Tensor {
+    this.checkAlive();
     return new Tensor(this.storage.retain(), shape, strides, offset, this.dtype);
   }
 

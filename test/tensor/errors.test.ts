@@ -119,3 +119,44 @@ test("using a tensor after dispose() says so instead of reading freed memory", (
     assert.throws(fn, /tensor of shape \[2, 3\] was used after dispose\(\)/, what);
   }
 });
+
+test("`toDType()` of an unknown dtype throws a ValueError naming the value and the supported dtypes", () => {
+  const x = M.randn([2, 3]);
+  for (const bad of ["float64", "int64", "fp32"]) {
+    assert.throws(() => M.toDType(x, bad as never), (e: unknown) => {
+      assert.ok(e instanceof M.ValueError, `expected ValueError, got ${String(e)}`);
+      assert.match(e.message, new RegExp(`^toDType: unknown dtype "${bad}"; expected one of ${M.DTYPES.join(", ")}$`));
+      return true;
+    });
+  }
+  assert.throws(() => x.to(undefined as never), /toDType: unknown dtype undefined; expected one of float32/);
+});
+
+test("`alias()` and `view_()` of a disposed tensor say so, even while another view keeps the storage alive", () => {
+  const only = f([2, 3]);
+  only.dispose();
+  assert.throws(() => only.alias(), /tensor of shape \[2, 3\] was used after dispose\(\)/);
+  assert.throws(() => only.view_([6], [1], 0), /tensor of shape \[2, 3\] was used after dispose\(\)/);
+  const x = M.randn([2, 3]);
+  const view = x.reshape([3, 2]);
+  x.dispose();
+  assert.throws(() => x.alias(), /tensor of shape \[2, 3\] was used after dispose\(\)/);
+  assert.throws(() => x.view_([6], [1], 0), /tensor of shape \[2, 3\] was used after dispose\(\)/);
+  assert.equal(view.storage.refCount, 1, "the failed calls took no reference");
+  view.dispose();
+});
+
+test("`add_()` into a non-contiguous destination throws before writing: the destination is unchanged and nothing leaks", () => {
+  const base = M.randn([3, 4]);
+  const dst = base.t();  // (4, 3) view, not contiguous
+  const before = Array.from(base.data());
+  const live = M.memoryStats().liveTotal;
+  for (const alpha of [1, 0.5 + Math.random()]) {
+    M.withScope(() => {
+      assert.throws(() => dst.add_(M.randn([4, 3]), alpha), /add_: destination must be contiguous, got shape \[4, 3\]/);
+      assert.throws(() => M.zeros([3]).add_(M.randn([2, 3]), alpha), /add_: cannot add \[2, 3\] into \[3\]/);
+    });
+  }
+  assert.deepEqual(Array.from(base.data()), before, "the failed add_ left the destination untouched");
+  assert.ok(M.memoryStats().liveTotal <= live, "no temporary leaked");
+});
