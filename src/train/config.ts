@@ -100,13 +100,54 @@ export const TrainConfigSchema = z
 
 export type TrainConfig = z.infer<typeof TrainConfigSchema>;
 
-/** Parses a `--set` value: JSON when it parses (numbers, booleans, null, arrays), else a string. */
-function parseValue(raw: string): unknown {
+/** Strips default/optional/nullable wrappers; `nullable` records whether null is accepted. */
+function unwrapSchema(schema: z.ZodTypeAny): { inner: z.ZodTypeAny; nullable: boolean } {
+  let s = schema;
+  let nullable = false;
+  for (;;) {
+    if (s instanceof z.ZodDefault) s = s.removeDefault();
+    else if (s instanceof z.ZodOptional) s = s.unwrap();
+    else if (s instanceof z.ZodNullable) {
+      nullable = true;
+      s = s.unwrap();
+    } else if (s instanceof z.ZodEffects) s = s.innerType();
+    else return { inner: s, nullable };
+  }
+}
+
+/** The schema of the value at a dotted path, or undefined for keys the schema does not know. */
+function schemaAt(path: readonly string[]): z.ZodTypeAny | undefined {
+  let s: z.ZodTypeAny = TrainConfigSchema;
+  for (const key of path) {
+    const { inner } = unwrapSchema(s);
+    if (!(inner instanceof z.ZodObject)) return undefined;
+    const shape = inner.shape as Record<string, z.ZodTypeAny>;
+    if (!Object.hasOwn(shape, key)) return undefined;
+    s = shape[key]!;
+  }
+  return s;
+}
+
+/**
+ * Parses a `--set` value. For a key whose schema is a string (out_dir, data.source...), the raw
+ * text is the value: `out_dir=2024` is the directory "2024", not a number that then fails
+ * validation. A quoted JSON string is still unquoted, and `null` stays null where the key is
+ * nullable (model.init_from=null). Every other key gets JSON when it parses (numbers, booleans,
+ * null, arrays), else the raw string, which validation then reports with its path.
+ */
+function parseValue(path: readonly string[], raw: string): unknown {
+  let parsed: unknown;
   try {
-    return JSON.parse(raw);
+    parsed = JSON.parse(raw);
   } catch {
     return raw;
   }
+  const schema = schemaAt(path);
+  if (schema) {
+    const { inner, nullable } = unwrapSchema(schema);
+    if (inner instanceof z.ZodString && typeof parsed !== "string" && !(parsed === null && nullable)) return raw;
+  }
+  return parsed;
 }
 
 /**
@@ -131,7 +172,7 @@ export function applyOverrides(raw: Record<string, unknown>, sets: readonly stri
       }
       obj = obj[key] as Record<string, unknown>;
     }
-    obj[path[path.length - 1]!] = parseValue(s.slice(eq + 1));
+    obj[path[path.length - 1]!] = parseValue(path, s.slice(eq + 1));
   }
   return out;
 }

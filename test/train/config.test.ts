@@ -1,5 +1,6 @@
 // The training config: zod validation whose errors name the dotted path of every problem,
-// `--set key=value` overrides (JSON values when they parse, strings otherwise), and the derived
+// `--set key=value` overrides (JSON values when they parse, strings otherwise; string keys keep
+// the raw text), and the derived
 // global batch.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -120,10 +121,37 @@ test("`applyOverrides` parses numbers, booleans, null, arrays and strings", () =
   assert.equal((applyOverrides(raw, ["train.max_steps=3", "train.max_steps=4"]).train as Record<string, unknown>).max_steps, 4);
 });
 
-test("`applyOverrides` of a number-looking string gives a type error naming the key (quote it as JSON)", () => {
-  // "--set out_dir=2024" parses as the number 2024: validation then names the key.
-  rejects(applyOverrides(minimal(), ["out_dir=2024"]), /out_dir: Expected string, received number/);
-  assert.equal(validateConfig(applyOverrides(minimal(), ['out_dir="2024"'])).out_dir, "2024");
+test("`applyOverrides` keeps the raw text for string keys: number-, boolean- and null-looking values stay strings", () => {
+  // Fresh values each run, so the test cannot pass on one hard-coded case.
+  const year = String(1000 + Math.floor(Math.random() * 9000));
+  const num = (Math.random() * 100).toFixed(3);
+  const c = validateConfig(applyOverrides(minimal(), [
+    `out_dir=${year}`,
+    `data.source=${num}`,
+    "data.tokenizer=true",
+    "data.cache_dir=[1]",
+    `model.init_from=${year}`,
+  ]));
+  assert.equal(c.out_dir, year);
+  assert.equal(c.data.source, num);
+  assert.equal(c.data.tokenizer, "true");
+  assert.equal(c.data.cache_dir, "[1]");
+  assert.equal(c.model.init_from, year);
+  // A quoted JSON string is unquoted; null stays null only where the key is nullable.
+  assert.equal(validateConfig(applyOverrides(minimal(), [`out_dir="${year}"`])).out_dir, year);
+  assert.equal(validateConfig(applyOverrides(minimal(), ["out_dir=null"])).out_dir, "null");
+  assert.equal(validateConfig(applyOverrides({ ...minimal(), model: { ...minimal().model, init_from: "x" } }, ["model.init_from=null"])).model.init_from, null);
+  // Non-string keys still parse JSON, and a string where a number belongs is still named.
+  assert.equal(validateConfig(applyOverrides(minimal(), [`train.max_steps=${year}`])).train.max_steps, Number(year));
+  rejects(applyOverrides(minimal(), ["train.max_steps=ten"]), /train\.max_steps: Expected number, received string/);
+});
+
+test("`loadConfig` with --set out_dir=<digits> loads (the CLI path of the override)", (t) => {
+  const dir = tempDir(t);
+  const file = join(dir, "cfg.json");
+  writeFileSync(file, JSON.stringify(minimal()));
+  const year = String(2000 + Math.floor(Math.random() * 100));
+  assert.equal(loadConfig(file, [`out_dir=${year}`]).out_dir, year);
 });
 
 test("`applyOverrides` rejects malformed --set items with a message showing the item", () => {
