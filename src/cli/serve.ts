@@ -1,11 +1,14 @@
-/** `megalith serve --model DIR [--port 8000] [--host 127.0.0.1] [--api-key KEY]` */
+/**
+ * `megalith serve --model DIR [--port 8000] [--host 127.0.0.1] [--api-key KEY]
+ *   [--speculative-tokens N [--speculative-method ngram|draft] [--draft-model DIR]]`
+ */
 import type { Command } from "commander";
 import { existsSync } from "node:fs";
 import { basename, join } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT } from "../models/index.js";
 import { loadTokenizer } from "../tokenizers/index.js";
-import { Engine, quantizeModelInt8 } from "../inference/index.js";
+import { Engine, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
 import { createServer } from "../serve/index.js";
 
 export function register(program: Command): void {
@@ -21,7 +24,9 @@ export function register(program: Command): void {
     .option("--max-num-batched-tokens <n>", "token budget per step", "512")
     .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
     .option("--quantize <kind>", "weight quantization at load: none | int8 (per-output-channel int8 projections)", "none")
-    .option("--speculative-tokens <n>", "n-gram prompt-lookup speculative decoding: draft tokens per step for greedy requests (0 = off)", "0")
+    .option("--speculative-tokens <n>", "speculative decoding: draft tokens per sequence per step (0 = off)", "0")
+    .option("--speculative-method <m>", "where drafts come from: ngram (prompt lookup) | draft (a smaller model: --draft-model)", "ngram")
+    .option("--draft-model <dir>", "draft model for --speculative-method draft: a Hugging Face style directory with the same tokenizer")
     .action(async (o: Record<string, string>) => {
       const dir = o.model!;
       const int = (name: string, v: string) => {
@@ -37,11 +42,12 @@ export function register(program: Command): void {
         const q = quantizeModelInt8(model);
         process.stderr.write(`quantized ${q.linears} projections to int8: ${(q.bytesFloat32 / 2 ** 20).toFixed(1)} -> ${(q.bytesInt8 / 2 ** 20).toFixed(1)} MiB\n`);
       }
+      const speculative = await speculativeFrom(o, model);
       const engine = new Engine(model, tokenizer, {
         modelName: basename(dir.replace(/\/+$/, "")), kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20,
         maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),
         maxWaiting: int("max-waiting", o.maxWaiting!),
-        ...(Number(o.speculativeTokens) > 0 ? { speculative: { numTokens: int("speculative-tokens", o.speculativeTokens!) } } : {}),
+        ...(speculative ? { speculative } : {}),
       });
       const app = createServer({ engine, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
       const port = int("port", o.port!);
@@ -55,4 +61,24 @@ export function register(program: Command): void {
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
     });
+}
+
+/** The engine's speculative options from the flags (null = off); errors name the flag and value. */
+async function speculativeFrom(o: Record<string, string | undefined>, model: GPT): Promise<SpeculativeOptions | null> {
+  const k = Number(o.speculativeTokens ?? "0");
+  if (!Number.isInteger(k) || k < 0) throw new ValueError(`--speculative-tokens must be an integer >= 0 (0 = off), got ${JSON.stringify(o.speculativeTokens)}`);
+  const method = o.speculativeMethod ?? "ngram";
+  if (method !== "ngram" && method !== "draft") throw new ValueError(`--speculative-method must be ngram or draft, got ${JSON.stringify(method)}`);
+  if (o.draftModel && method !== "draft") throw new ValueError(`--draft-model ${o.draftModel} is given but --speculative-method is ${method}; add --speculative-method draft`);
+  if (method === "draft" && !o.draftModel) throw new ValueError(`--speculative-method draft needs --draft-model DIR (a smaller model with the same tokenizer)`);
+  if (k === 0) {
+    if (o.draftModel || method !== "ngram") throw new ValueError(`--speculative-method ${method} needs --speculative-tokens N (N >= 1 draft tokens per step)`);
+    return null;
+  }
+  if (method === "ngram") return { method, numTokens: k };
+  const draftModel = await GPT.fromPretrained(o.draftModel!);
+  if (draftModel.config.vocabSize !== model.config.vocabSize) {
+    throw new ValueError(`the draft model ${o.draftModel} has a vocabulary of ${draftModel.config.vocabSize} tokens but the model ${o.model} has ${model.config.vocabSize}; the draft must use the same tokenizer`);
+  }
+  return { method, numTokens: k, draftModel };
 }

@@ -40,5 +40,11 @@ export function renderMetrics(s: EngineStats): string {
     "# HELP megalith_request_rejections_total Requests refused before starting, by reason.\n# TYPE megalith_request_rejections_total counter\n" +
       Object.entries(s.rejections).map(([r, n]) => `megalith_request_rejections_total{reason="${r}"} ${n}`).join("\n"),
   ];
+  if (s.speculativeProposed !== undefined) {
+    parts.push(
+      gauge("megalith_spec_decode_draft_tokens_total", "Speculative draft tokens fed to the target model for verification.", s.speculativeProposed, "counter"),
+      gauge("megalith_spec_decode_accepted_tokens_total", "Speculative draft tokens accepted.", s.speculativeAccepted ?? 0, "counter"),
+    );
+  }
   return parts.join("\n") + "\n";
 }

@@ -96,3 +96,22 @@ test("n-gram speculative decoding gives the same greedy text and accepts drafts 
   await plain.shutdown();
   await spec.shutdown();
 });
+
+test("n: 2 over HTTP returns two choices that equal separate requests seeded s and s+1, usage counting the prompt once", async () => {
+  const { engine, app, client } = await setup();
+  try {
+    const seed = Math.floor(Math.random() * 1e6);
+    const ask = (n: number, s: number) => client.completions.create({ model: "tiny", prompt: "The river was very", max_tokens: 8, temperature: 1, seed: s, n });
+    const two = await ask(2, seed);
+    assert.equal(two.choices.length, 2);
+    const [a, b] = await Promise.all([ask(1, seed), ask(1, seed + 1)]);
+    assert.equal(two.choices[0]!.text, a.choices[0]!.text);
+    assert.equal(two.choices[1]!.text, b.choices[0]!.text);
+    assert.equal(two.usage!.prompt_tokens, a.usage!.prompt_tokens);
+    assert.equal(two.usage!.completion_tokens, a.usage!.completion_tokens + b.usage!.completion_tokens);
+    assert.equal(engine.blocks.usage().used, 0);
+  } finally {
+    await app.close();
+    await engine.shutdown();
+  }
+});

@@ -123,6 +123,7 @@ export class Engine implements EngineLike {
     });
     this.runner = new ModelRunner(model, { numBlocks, blockSize });
     this.spec = o.speculative ? checkSpeculative(o.speculative, model) : null;
+    if (this.spec) this.st.speculativeProposed = this.st.speculativeAccepted = 0;
     // The draft's pool holds what the target's does, plus lookahead blocks for every sequence
     // (forks share no draft blocks beyond full prompt blocks, so a little more is welcome).
     this.drafter = this.spec?.method === "draft"
