@@ -323,9 +323,9 @@ export class Engine implements EngineLike {
       const history = [...output, ...tokens];
       const j = history.length;
       const p = tokenDistribution(rows.subarray(i * V, (i + 1) * V), sp, prompt, history);
-      const u = greedy ? 0 : streamUniform(sp.seed, "sample", j);
+      const u = () => (greedy ? 0 : streamUniform(sp.seed, "sample", j));
       if (i === drafts.length) {
-        tokens.push(drawToken(p, u));
+        tokens.push(drawToken(p, u()));
         break;
       }
       let q: Float64Array | null = null;
@@ -337,7 +337,7 @@ export class Engine implements EngineLike {
       }
       const v = q
         ? acceptDraft(toProbs(p), q, drafts[i]!, streamUniform(sp.seed, "accept", j), streamUniform(sp.seed, "residual", j))
-        : acceptOneHot(p, drafts[i]!, u);
+        : acceptOneHot(p, drafts[i]!, u());
       tokens.push(v.token);
       if (!v.accepted) break;
     }

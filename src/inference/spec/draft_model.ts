@@ -85,7 +85,10 @@ export class DraftModel {
       const T = req.tokens.length;
       // The last draft comes from the logits of position T + k - 2, which must be in context.
       let k = Math.min(req.k, ctx + 1 - T);
-      if (k <= 0 || T === 0) continue;
+      if (k <= 0 || T === 0) {
+        this.blocks.free(req.id);  // past the draft's context: it has nothing more to offer
+        continue;
+      }
       let start: number;
       if (!this.blocks.has(req.id)) {
         const a = this.blocks.allocate(req.id, req.tokens);
