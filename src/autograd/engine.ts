@@ -138,6 +138,7 @@ export function recordNode<T extends Differentiable>(
   backwardFn: (gy: Differentiable) => Array<Differentiable | null>,
   saved: Differentiable[] = [],
 ): T {
+  if (!gradEnabled && tracer) traceInputs(inputs);
   const needs = gradEnabled && inputs.some((t) => t != null && t.requiresGrad);
   if (!needs) {
     for (const s of saved) s.dispose();
@@ -157,9 +158,42 @@ export function recordNode<T extends Differentiable>(
 
 /** Whether gradient saving is needed for an op with these inputs (avoid saving otherwise). */
 export function needsGrad(...inputs: Array<Differentiable | null | undefined | number>): boolean {
-  if (!gradEnabled) return false;
+  if (!gradEnabled) {
+    if (tracer) traceInputs(inputs);
+    return false;
+  }
   for (const t of inputs) if (t != null && typeof t !== "number" && t.requiresGrad) return true;
   return false;
+}
+
+// ---- tracing what a no-grad region differentiates through --------------------------------------
+
+// Activation checkpointing runs its forward under noGrad, yet its node must list every value
+// that will receive a gradient when the block is replayed (the parameters it uses), so the
+// backward traversal counts their edges and fires their gradient-ready hooks once, after the
+// last contribution. Ops report their inputs through needsGrad/recordNode even under noGrad,
+// which is where the tracer listens.
+let tracer: Set<Differentiable> | null = null;
+
+function traceInputs(inputs: ReadonlyArray<Differentiable | null | undefined | number>): void {
+  for (const t of inputs) if (t != null && typeof t !== "number" && t.requiresGrad) tracer!.add(t);
+}
+
+/**
+ * Runs `fn` under noGrad and returns its result with every value requiring grad that an op
+ * inside read (leaves such as parameters, and outside non-leaves): the values a grad-mode
+ * replay of `fn` would send gradients to. Nests (an inner trace's values also reach the outer).
+ */
+export function traceNoGrad<T>(fn: () => T): { result: T; used: Set<Differentiable> } {
+  const prev = tracer;
+  const used = new Set<Differentiable>();
+  tracer = used;
+  try {
+    return { result: noGrad(fn), used };
+  } finally {
+    tracer = prev;
+    if (prev) for (const t of used) prev.add(t);
+  }
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -167,18 +201,40 @@ export function needsGrad(...inputs: Array<Differentiable | null | undefined | n
 /**
  * Backpropagates from `root` with output gradient `gradRoot` (ownership passes to the engine).
  * Leaves accumulate into `.grad`; gradient-ready hooks fire as each leaf completes.
+ *
+ * Values in `capture` are treated as the edge of the graph: their gradients are not accumulated
+ * (no `.grad`, no hooks) nor propagated further, but summed and returned, owned by the caller
+ * (checkpoint's replay hands them to the enclosing backward this way).
  */
-export function runBackward(root: Differentiable, gradRoot: Differentiable): void {
+export function runBackward(
+  root: Differentiable,
+  gradRoot: Differentiable,
+  capture?: ReadonlySet<Differentiable>,
+): Map<Differentiable, Differentiable> {
   const prev = gradEnabled;
   gradEnabled = false;  // gradients are computed without recording (no create_graph)
+  const captured = new Map<Differentiable, Differentiable>();
   try {
-    backwardImpl(root, gradRoot);
+    backwardImpl(root, gradRoot, capture ?? new Set(), captured);
+  } catch (e) {
+    for (const g of captured.values()) g.dispose();
+    throw e;
   } finally {
     gradEnabled = prev;
   }
+  return captured;
 }
 
-function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
+function backwardImpl(
+  root: Differentiable,
+  gradRoot: Differentiable,
+  capture: ReadonlySet<Differentiable>,
+  captured: Map<Differentiable, Differentiable>,
+): void {
+  if (capture.has(root)) {
+    captured.set(root, gradRoot);
+    return;
+  }
   if (!root.gradFn) {
     if (root.requiresGrad) {
       root.accumulateGrad(gradRoot);
@@ -201,7 +257,7 @@ function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
     if (i < node.inputs.length) {
       top[1]++;
       const inp = node.inputs[i];
-      if (!inp) continue;
+      if (!inp || capture.has(inp)) continue;
       if (inp.gradFn) {
         if (!visited.has(inp.gradFn)) {
           visited.add(inp.gradFn);
@@ -215,6 +271,14 @@ function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
       order.push(node);
     }
   }
+  // A leaf's hooks fire when its last edge is done, if any edge brought a gradient (an edge can
+  // bring none: a node unreachable from the root's gradient, or a gradient function's null).
+  const gotGrad = new Set<Differentiable>();
+  const leafEdgeDone = (leaf: Differentiable): void => {
+    const left = (leafEdges.get(leaf) ?? 1) - 1;
+    leafEdges.set(leaf, left);
+    if (left === 0 && gotGrad.has(leaf)) fireHooks(leaf);
+  };
   const pending = new Map<Node, Differentiable>();
   pending.set(root.gradFn, gradRoot);
   for (let n = order.length - 1; n >= 0; n--) {
@@ -223,6 +287,7 @@ function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
     pending.delete(node);
     if (!gy) {
       node.release();  // unreachable from root's gradient (e.g. a discarded output)
+      for (const inp of node.inputs) if (inp && !inp.gradFn && !capture.has(inp)) leafEdgeDone(inp);
       continue;
     }
     let grads: Array<Differentiable | null>;
@@ -241,10 +306,24 @@ function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
     for (const g of grads) if (g) owned.add(g);
     for (let i = 0; i < node.inputs.length; i++) {
       const inp = node.inputs[i];
+      if (!inp) continue;
       const gi = grads[i];
-      if (!inp || !gi) continue;
+      const isLeaf = !inp.gradFn && !capture.has(inp);
+      if (!gi) {
+        if (isLeaf) leafEdgeDone(inp);
+        continue;
+      }
       const g = gi.alias();
-      if (inp.gradFn) {
+      if (capture.has(inp)) {
+        const prev = captured.get(inp);
+        if (prev) {
+          captured.set(inp, prev.plus(g));
+          prev.dispose();
+          g.dispose();
+        } else {
+          captured.set(inp, g);
+        }
+      } else if (inp.gradFn) {
         const prev = pending.get(inp.gradFn);
         if (prev) {
           pending.set(inp.gradFn, prev.plus(g));
@@ -255,9 +334,8 @@ function backwardImpl(root: Differentiable, gradRoot: Differentiable): void {
         }
       } else {
         inp.accumulateGrad(g);
-        const left = (leafEdges.get(inp) ?? 1) - 1;
-        leafEdges.set(inp, left);
-        if (left === 0) fireHooks(inp);
+        gotGrad.add(inp);
+        leafEdgeDone(inp);
       }
     }
     for (const g of owned) g.dispose();

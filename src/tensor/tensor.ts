@@ -13,7 +13,7 @@ import { ValueError, fmtShape } from "../core/errors.js";
 import { native } from "../backend/native/index.js";
 import { runBackward, type Differentiable, type Node, isGradEnabled, noGrad } from "../autograd/engine.js";
 import { type DType, dtypeSize, dtypeCode } from "./dtype.js";
-import { Storage, Category, allocationCategory, trackTensor, keep } from "./storage.js";
+import { Storage, Category, allocationCategory, trackTensor, keep, withScope } from "./storage.js";
 import { contiguousStrides, numel, type Shape } from "./shape.js";
 import * as ops from "./ops.js";
 import * as nn from "./nn_ops.js";
@@ -143,6 +143,14 @@ export class Tensor implements Differentiable {
     const t = this.alias();
     keep(t);
     return t;
+  }
+
+  /**
+   * Runs `fn` in a tensor scope (`withScope`): how activation checkpointing, which lives in the
+   * autograd layer and imports no tensor code, frees what its block allocates.
+   */
+  scoped<R>(fn: () => R): R {
+    return withScope(fn);
   }
 
   /** Keeps this tensor alive past the scopes it was created in. */
