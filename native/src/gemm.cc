@@ -38,7 +38,11 @@ void gemm_f32(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A
               const float* B, i64 ldb, i64 sb, float beta, float* C, i64 ldc, i64 sc, i64 batch) {
   const i64 nt = num_threads();
   const double flops = 2.0 * M * N * K * batch;
-  if (nt == 1 || flops < 2e6) {
+  // A matrix-vector product (M = 1, decode) is bound by reading B, not by FLOPs, and one thread
+  // cannot pull the machine's bandwidth: split it once B passes 256 KiB (GPT-2's 768x768
+  // attention projection, 2.4 MB, ran single-threaded under the FLOP threshold).
+  const bool serial = M == 1 ? 4.0 * N * K * batch < 262144.0 : flops < 2e6;
+  if (nt == 1 || serial) {
     for (i64 b = 0; b < batch; b++)
       gemm_f32_serial(ta, tb, M, N, K, alpha, A + b * sa, lda, B + b * sb, ldb, beta, C + b * sc, ldc);
     return;

@@ -25,6 +25,11 @@ namespace {
 
 // Rows of M at or below this use the streaming path (one pass over q per call).
 constexpr i64 kSmallM = 8;
+// How far ahead of the group being dotted the streaming path prefetches q, in bytes. The
+// hardware prefetcher alone kept a decode-shaped stream (12 layers x 4 projections of GPT-2,
+// 85 MB, out of cache) at ~10-11 GB/s; touching each cache line of a group ~8 KiB ahead gave
+// 16-20 GB/s (measured on this machine; 2 threads read ~24-27 GB/s).
+constexpr i64 kPrefetchBytes = 8192;
 // Tile sizes of the dequantize + sgemm path.
 constexpr i64 kTileM = 128;
 constexpr i64 kTileN = 256;
@@ -117,10 +122,17 @@ void matmul_int8(const float* x, const int8_t* q, const float* scales, const flo
     // Streaming path: each q row is read from memory once and reused across the M rows of x.
     // Rows go in groups of 4 (a group's 4 * K bytes stay in L1 across the M rows); a last
     // partial group repeats its final row, whose extra results are dropped.
+    // Groups are contiguous (rows 4g..4g+3 are bytes [4gK, 4gK + 4K)), so each thread streams
+    // one contiguous range; the group ahead is prefetched a whole group (4K bytes) at a time,
+    // at the first group distance of at least kPrefetchBytes. Prefetches never fault, so running
+    // past the end of q is harmless.
     const i64 groups = (N + 3) / 4;
+    const i64 ahead = 4 * K * ((kPrefetchBytes + 4 * K - 1) / (4 * K));
     parallel_for(groups, std::max<i64>(1, 4096 / std::max<i64>(K, 1)), [&](i64 lo, i64 hi) {
       for (i64 g = lo; g < hi; g++) {
         const i64 n0 = 4 * g, nb = std::min<i64>(4, N - n0);
+        const char* pf = reinterpret_cast<const char*>(q + n0 * K + ahead);
+        for (i64 off = 0; off < 4 * K; off += 64) __builtin_prefetch(pf + off, 0, 3);
         const int8_t* qr[4];
         for (i64 r = 0; r < 4; r++) qr[r] = q + (n0 + std::min(r, nb - 1)) * K;
         for (i64 m = 0; m < M; m++) {
