@@ -4,13 +4,17 @@
  *     lengths from a fixed seeded distribution) against the HTTP server, for continuous
  *     batching vs one request at a time vs static batching: throughput, TTFT and inter-token
  *     latency p50/p99 measured by the client from the SSE stream.
- *  2. Batch-1 decode tokens/s of GPT-2 124M (random weights) through the engine, beside the
- *     memory-bandwidth limit (weight bytes per token / measured copy bandwidth) and PyTorch
- *     1.13 decoding with a KV cache in the same run.
+ *  2. Batch-1 decode tokens/s of GPT-2 124M (random weights) through the engine, float32 and
+ *     with int8 projections, beside the memory-bandwidth limit (weight bytes per token / measured
+ *     copy bandwidth) and PyTorch 1.13 decoding with a KV cache in the same run.
+ *  3. Perplexity of a small GPT trained on the Brown corpus, float32 and int8, on the Brown
+ *     validation split (the quality cost of `--quantize int8`).
  */
 import { execFileSync } from "node:child_process";
-import { GPT, loadTokenizer, randn, zeros, _native as native } from "../src/index.js";
-import { Engine, type EngineOptions } from "../src/inference/index.js";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { GPT, Trainer, validateConfig, ensurePreparedBrown, loadTokenizer, randn, zeros, _native as native } from "../src/index.js";
+import { Engine, quantizeModelInt8, perplexity, readSplitTokens, type EngineOptions } from "../src/inference/index.js";
 import { createServer } from "../src/serve/index.js";
 import type { BenchResult } from "./main.js";
 
@@ -107,17 +111,15 @@ async function loadTest(model: GPT, mode: "continuous" | "sequential" | "static"
   };
 }
 
-async function decodeBench(quick: boolean) {
-  const cfg = quick ? { nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 512, vocabSize: 50304 } : { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50304 };
-  const model = new GPT(cfg, { seed: 0 });
+/** Batch-1 greedy decode tokens/s through the engine: the median of `runs` runs of 64 tokens after a warm-up, and the range. */
+async function decodeTokensPerS(model: GPT, runs: number): Promise<{ median: number; min: number; max: number }> {
   const tok = loadTokenizer("gpt2");
   const engine = new Engine(model, tok, { kvCacheBytes: 128 * 2 ** 20, maxNumSeqs: 1 });
   const prompt = Array.from({ length: 32 }, (_, i) => (i * 7919) % 50000);
-  const newTokens = 64;
-  const run = async () => {
+  const once = async () => {
     let first = 0, last = 0, n = 0;
     const sampling = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, seed: 0, logprobs: 0 };
-    for await (const ev of engine.submit({ requestId: `d${Math.random()}`, promptTokens: prompt, sampling, maxTokens: newTokens, stop: [], stopTokenIds: [], n: 1 })) {
+    for await (const ev of engine.submit({ requestId: `d${Math.random()}`, promptTokens: prompt, sampling, maxTokens: DECODE_TOKENS, stop: [], stopTokenIds: [], n: 1 })) {
       if (ev.type !== "delta") continue;
       n++;
       if (n === 1) first = performance.now();
@@ -125,11 +127,30 @@ async function decodeBench(quick: boolean) {
     }
     return (n - 1) / ((last - first) / 1000);
   };
-  await run();  // warm-up
-  const tps = await run();
+  await once();  // warm-up
+  const tps: number[] = [];
+  for (let i = 0; i < runs; i++) tps.push(await once());
   await engine.shutdown();
+  return { median: pct(tps, 0.5), min: Math.min(...tps), max: Math.max(...tps) };
+}
+
+const DECODE_TOKENS = 64;
+
+async function decodeBench(quick: boolean) {
+  const cfg = quick ? { nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 512, vocabSize: 50304 } : { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50304 };
+  const model = new GPT(cfg, { seed: 0 });
+  const runs = quick ? 2 : 3;
+  const fp32 = await decodeTokensPerS(model, runs);
+  // int8: the four projections of every block; embeddings and the tied LM head stay float32.
+  const q = quantizeModelInt8(model);
+  const int8 = await decodeTokensPerS(model, runs);
+  // ... and the tied LM head too (the largest single read: 154 MB of the 498).
+  const qh = quantizeModelInt8(model, { lmHead: true });
+  const int8Head = await decodeTokensPerS(model, runs);
   // Memory-bandwidth limit: every weight is read once per token (the tied LM head included).
   const weightBytes = model.numParameters() * 4;
+  const weightBytesInt8 = weightBytes - q.bytesFloat32 + q.bytesInt8;
+  const weightBytesInt8Head = weightBytes - qh.bytesFloat32 + qh.bytesInt8;
   const n = 3 << 23;
   const a = randn([n], { seed: 1 }), b = zeros([n]);
   let best = Infinity;
@@ -139,13 +160,67 @@ async function decodeBench(quick: boolean) {
     best = Math.min(best, (performance.now() - t0) / 1000);
   }
   const copyGBs = (2 * n * 4) / best / 1e9;
-  const limit = (copyGBs * 1e9) / weightBytes;
   const py = JSON.parse(execFileSync("/usr/bin/python3", ["scripts/torch_ref/bench_decode.py",
-    ...[cfg.nLayer, cfg.nHead, cfg.nEmbd, cfg.blockSize, cfg.vocabSize, 32, newTokens, native.numThreads()].map(String)], { encoding: "utf8" })) as { tokens_per_s: number };
+    ...[cfg.nLayer, cfg.nHead, cfg.nEmbd, cfg.blockSize, cfg.vocabSize, 32, DECODE_TOKENS, native.numThreads()].map(String)], { encoding: "utf8" })) as { tokens_per_s: number };
+  const params = `${(model.numParameters() / 1e6).toFixed(0)}M params`;
+  return ([["float32", fp32, weightBytes], ["int8 projections", int8, weightBytesInt8], ["int8 projections + LM head", int8Head, weightBytesInt8Head]] as const).map(([kind, tps, bytes]) => {
+    const limit = (copyGBs * 1e9) / bytes;
+    return {
+      name: `decode batch 1 (${params}, ${kind})`, tokens_per_s: +tps.median.toFixed(1), tokens_per_s_range: `${tps.min.toFixed(1)}-${tps.max.toFixed(1)}`,
+      bandwidth_limit_tokens_per_s: +limit.toFixed(1), fraction_of_limit: +(tps.median / limit).toFixed(3),
+      pytorch_kv_cache_tokens_per_s: +py.tokens_per_s.toFixed(1), copy_gbs: +copyGBs.toFixed(1), weight_mb: +(bytes / 1e6).toFixed(0),
+    };
+  });
+}
+
+/**
+ * Quality of int8 next to float32: perplexity on the Brown validation split of a small GPT
+ * trained on the Brown training split (random weights would make perplexity meaningless). The
+ * trained model is cached under .cache/megalith/bench/ by its config, so only the first run
+ * pays for training (a few minutes on 2 cores).
+ */
+async function qualityBench(quick: boolean) {
+  const steps = quick ? 100 : 300;
+  const raw = {
+    out_dir: `.cache/megalith/bench/serve-ppl-4x128-${steps}`,
+    model: { n_layer: 4, n_head: 4, n_embd: 128, block_size: 64, vocab_size: 50304, dropout: 0 },
+    data: { source: "brown", tokenizer: "gpt2" },
+    train: { max_steps: steps, micro_batch_size: 16, seed: 1337, grad_clip: 1.0, log_interval: 50 },
+    optimizer: { lr: 3e-3, min_lr: 3e-4, warmup_steps: 20, betas: [0.9, 0.95], weight_decay: 0.1 },
+    eval: { interval: 0, batches: 8 },
+    checkpoint: { interval: 0, keep: 1 },
+  };
+  const config = validateConfig(raw, "bench serve quality config");
+  const finalDir = join(config.out_dir, "final");
+  let trainS = 0;
+  if (!existsSync(join(finalDir, "model.safetensors"))) {
+    console.error(`serve bench: training a 4-layer GPT on Brown for ${steps} steps (cached in ${config.out_dir})...`);
+    const t0 = performance.now();
+    const trainer = new Trainer(config, { log: true });
+    await trainer.setup();
+    await trainer.run();
+    trainS = (performance.now() - t0) / 1000;
+  }
+  const model = await GPT.fromPretrained(finalDir);
+  const { dir } = await ensurePreparedBrown(config.data.cache_dir, "gpt2");
+  const val = readSplitTokens(dir, "val");
+  const blockSize = config.model.block_size, stride = blockSize / 2;
+  console.error(`serve bench: perplexity on ${val.length} Brown val tokens, float32, int8, int8 + LM head...`);
+  const t0 = performance.now();
+  const fp32 = perplexity(model, val, { blockSize, stride });
+  const t1 = performance.now();
+  quantizeModelInt8(model);
+  const int8 = perplexity(model, val, { blockSize, stride, quantized: true });
+  const t2 = performance.now();
+  quantizeModelInt8(model, { lmHead: true });
+  const int8Head = perplexity(model, val, { blockSize, stride, quantized: true });
+  const pct = (p: number) => +((100 * (p - fp32.perplexity)) / fp32.perplexity).toFixed(3);
   return {
-    name: `decode batch 1 (${(model.numParameters() / 1e6).toFixed(0)}M params)`, tokens_per_s: +tps.toFixed(1),
-    bandwidth_limit_tokens_per_s: +limit.toFixed(1), fraction_of_limit: +(tps / limit).toFixed(3),
-    pytorch_kv_cache_tokens_per_s: +py.tokens_per_s.toFixed(1), copy_gbs: +copyGBs.toFixed(1), weight_mb: +(weightBytes / 1e6).toFixed(0),
+    name: `perplexity: Brown val, GPT 4L/4H/128 trained ${steps} steps`, fp32_perplexity: +fp32.perplexity.toFixed(3),
+    int8_perplexity: +int8.perplexity.toFixed(3), int8_vs_fp32_pct: pct(int8.perplexity),
+    int8_lm_head_perplexity: +int8Head.perplexity.toFixed(3), int8_lm_head_vs_fp32_pct: pct(int8Head.perplexity),
+    val_tokens: fp32.tokens, block_size: blockSize, stride, fp32_eval_s: +((t1 - t0) / 1000).toFixed(1), int8_eval_s: +((t2 - t1) / 1000).toFixed(1),
+    train_s: +trainS.toFixed(0),
   };
 }
 
@@ -158,7 +233,8 @@ export async function run(args: string[]): Promise<BenchResult> {
     console.error(`serve bench: load test, ${mode}...`);
     rows.push(await loadTest(model, mode, reqs, 8));
   }
-  console.error("serve bench: batch-1 decode...");
-  rows.push(await decodeBench(quick));
+  console.error("serve bench: batch-1 decode, float32 and int8...");
+  rows.push(...(await decodeBench(quick)));
+  rows.push(await qualityBench(quick));
   return { suite: "serve", env: { threads: native.numThreads(), loadModel: "GPT 4L/4H/256, random weights", arrivalsPerS: 6 }, rows };
 }

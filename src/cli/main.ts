@@ -10,6 +10,7 @@ import { register as prepare } from "./prepare.js";
 import { register as tokenizer } from "./tokenizer.js";
 import { register as train } from "./train.js";
 import { register as sample } from "./sample.js";
+import { register as evaluate } from "./eval.js";
 import { register as demo } from "./demo.js";
 import { register as serve } from "./serve.js";
 import { register as launch } from "./launch.js";
@@ -21,7 +22,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, serve, demo];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, evaluate, serve, demo];
 
 for (const register of registrations) register(program);
 

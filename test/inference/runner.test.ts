@@ -1,9 +1,11 @@
 // The paged-attention runner computes the same next-token logits as the plain GPT forward,
-// for ragged batches mixing prefill chunks and decodes, with scattered (non-contiguous) blocks.
+// for ragged batches mixing prefill chunks and decodes, with scattered (non-contiguous) blocks;
+// with int8 weights, the same logits as the int8 full forward.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GPT, tensor, noGrad } from "../../src/index.js";
 import { ModelRunner, type RunnerBatch } from "../../src/inference/runner/index.js";
+import { quantizeModelInt8, quantizedLmHead, dequantizeModel, gptLogits } from "../../src/inference/quant/index.js";
 
 function fullLogits(model: GPT, ids: number[]): Float32Array {
   return noGrad(() => {
@@ -61,4 +63,33 @@ test("`ModelRunner.execute()` matches GPT.forward across prefill chunks and deco
     });
   }
   runner.dispose();
+});
+
+test("`ModelRunner.execute()` with int8 projections and LM head matches the int8 full forward (gptLogits)", () => {
+  const seed = Date.now() % 100000;
+  const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 32, vocabSize: 97 }, { seed });
+  const summary = quantizeModelInt8(model, { lmHead: true });
+  assert.ok(summary.lmHead && quantizedLmHead(model) !== undefined);
+  const blockSize = 4;
+  const runner = new ModelRunner(model, { numBlocks: 8, blockSize });
+  const table = [5, 1, 6, 2, 7, 0, 3, 4];
+  const ids = [3, 14, 15, 92, 65, 35, 8, 9, 79];
+  const run = (from: number, to: number) => {
+    const pos = Array.from({ length: to - from }, (_, i) => from + i);
+    return runner.execute({
+      tokens: Int32Array.from(ids.slice(from, to)), positions: Int32Array.from(pos), seqIndex: new Int32Array(pos.length),
+      slotMapping: Int32Array.from(pos.map((p) => table[Math.floor(p / blockSize)]! * blockSize + (p % blockSize))),
+      blockTables: Int32Array.from(table), maxBlocks: table.length, sampleRows: [pos.length - 1],
+    });
+  };
+  // A prefill of 6 tokens, then three decodes.
+  for (const [from, to] of [[0, 6], [6, 7], [7, 8], [8, 9]] as const) {
+    const got = run(from, to);
+    const idx = tensor(Int32Array.from(ids.slice(0, to)), { shape: [1, to], dtype: "int32" });
+    const ref = gptLogits(model, idx).select(1, to - 1).data() as Float32Array;
+    const e = maxRel(got, ref);
+    assert.ok(e < 1e-5, `after ${to} tokens: relative error ${e} against gptLogits (seed ${seed})`);
+  }
+  runner.dispose();
+  dequantizeModel(model);
 });

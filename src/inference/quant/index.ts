@@ -8,22 +8,27 @@
  * sequence) reads a quarter of the weight bytes it reads in float32.
  *
  * What is quantized: the four projections of every block (attn.c_attn, attn.c_proj,
- * mlp.c_fc, mlp.c_proj), i.e. all of the per-layer matmul weights. The token and position
- * embeddings and the LM head stay float32: GPT-2 ties the LM head to `wte`, which is also
- * read row-wise as the embedding, the head is one matmul per sampled token (not per layer),
- * and the logits are what sampling and logprobs see, so that is where int8 error would be
- * most visible. LayerNorms are tiny and stay float32.
+ * mlp.c_fc, mlp.c_proj), i.e. all of the per-layer matmul weights. By default the token and
+ * position embeddings and the LM head stay float32: the logits are what sampling and logprobs
+ * see, so that is where int8 error would be most visible. But the head is the largest single
+ * read of a decode step (GPT-2: 768 x 50257 floats, 154 MB, against 340 MB for all twelve
+ * blocks), so with the blocks in int8 it is about 60% of the bytes per token; `lmHead: true`
+ * adds an int8 copy of the tied `wte` (read as [V, C] rows, one scale per vocabulary entry)
+ * for the head only. The embedding keeps reading the float32 rows, so this costs V * C bytes
+ * of extra memory. `npm run bench -- serve` reports the perplexity of both settings.
+ * LayerNorms are tiny and stay float32.
  *
  * How a forward pass uses it: the model's Linear modules are left untouched (training code
  * and `GPT.forward` keep running float32). `quantizeModelInt8` records, in a WeakMap, the
- * QuantizedLinear for each projection; a forward loop that wants int8 calls
- * `quantizedForward(linear, x)` instead of `linear.forward(x)`, which falls back to the
- * float32 Linear when none is registered. Inference only: no autograd graph is recorded.
+ * QuantizedLinear for each projection (and, with `lmHead`, one for the model's head); a
+ * forward loop that wants int8 calls `quantizedForward(linear, x)` instead of
+ * `linear.forward(x)` and `lmHeadForward(model, h)` instead of `h @ wte^T`, which fall back to
+ * float32 when nothing is registered. Inference only: no autograd graph is recorded.
  */
 import { ValueError, fmtShape } from "../../core/errors.js";
 import { native } from "../../backend/native/index.js";
 import {
-  Tensor, tensor, withScope, withCategory, keep, embedding, layerNorm, crossEntropy, scaledDotProductAttention, gelu,
+  Tensor, tensor, withCategory, keep, embedding, layerNorm, scaledDotProductAttention, gelu,
 } from "../../tensor/index.js";
 import { noGrad } from "../../autograd/index.js";
 import type { Linear } from "../../nn/index.js";
@@ -99,8 +104,11 @@ export class QuantizedLinear {
  * const ql = quantizeLinear(model.h[0]!.attn.c_attn);
  */
 export function quantizeLinear(linear: Linear): QuantizedLinear {
-  const w = linear.weight;
-  if (w.dtype !== "float32" || w.ndim !== 2) throw new ValueError(`quantizeLinear: weight must be float32 [out, in], got ${w.dtype} ${fmtShape(w.shape)}`);
+  return quantizeWeight(linear.weight, linear.bias, "quantizeLinear");
+}
+
+function quantizeWeight(w: Tensor, bias: Tensor | null, what: string): QuantizedLinear {
+  if (w.dtype !== "float32" || w.ndim !== 2) throw new ValueError(`${what}: weight must be float32 [out, in], got ${w.dtype} ${fmtShape(w.shape)}`);
   const [out, inF] = w.shape as [number, number];
   return withCategory("params", () => {
     const wc = w.contiguous();
@@ -108,7 +116,7 @@ export function quantizeLinear(linear: Linear): QuantizedLinear {
     const scales = keep(Tensor.empty([out]));
     native.quantInt8Rowwise(wc.ptr, q.ptr, scales.ptr, out, inF);
     wc.dispose();
-    return new QuantizedLinear(q, scales, linear.bias);
+    return new QuantizedLinear(q, scales, bias);
   });
 }
 
@@ -130,6 +138,25 @@ export function quantizedForward(linear: Linear, x: Tensor): Tensor {
   return ql ? ql.forward(x) : linear.forward(x);
 }
 
+// GPT -> the int8 stand-in for its LM head (x @ wte^T), when quantized with lmHead: true.
+const heads = new WeakMap<GPT, QuantizedLinear>();
+
+/** The int8 LM head registered for `model` by `quantizeModelInt8(model, { lmHead: true })`, if any. */
+export function quantizedLmHead(model: GPT): QuantizedLinear | undefined {
+  return heads.get(model);
+}
+
+/**
+ * The LM head, h (..., C) -> logits (..., V) = h @ wte^T, through the int8 kernel when the
+ * model's head has been quantized.
+ * @example
+ * const logits = lmHeadForward(model, hf);   // (S, V)
+ */
+export function lmHeadForward(model: GPT, h: Tensor): Tensor {
+  const ql = heads.get(model);
+  return ql ? ql.forward(h) : h.matmul(model.wte.weight.t());
+}
+
 /** The four projection Linears of every block, the ones `quantizeModelInt8` replaces. */
 export function projectionLinears(model: GPT): Linear[] {
   return model.h.flatMap((b) => [b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj]);
@@ -143,6 +170,14 @@ export interface QuantizationSummary {
   bytesFloat32: number;
   /** Their weight bytes as int8 codes + float32 scales. */
   bytesInt8: number;
+  /** Whether the LM head is int8 too (its bytes are included above). */
+  lmHead: boolean;
+}
+
+/** Options of `quantizeModelInt8`. */
+export interface QuantizeOptions {
+  /** Also give the (tied) LM head an int8 copy of `wte`; see the file comment. Default false. */
+  lmHead?: boolean;
 }
 
 /**
@@ -153,8 +188,8 @@ export interface QuantizationSummary {
  * quantizeModelInt8(model);
  * const y = quantizedForward(model.h[0]!.mlp.c_fc, x);   // int8 path
  */
-export function quantizeModelInt8(model: GPT): QuantizationSummary {
-  const summary: QuantizationSummary = { linears: 0, bytesFloat32: 0, bytesInt8: 0 };
+export function quantizeModelInt8(model: GPT, opts: QuantizeOptions = {}): QuantizationSummary {
+  const summary: QuantizationSummary = { linears: 0, bytesFloat32: 0, bytesInt8: 0, lmHead: false };
   for (const lin of projectionLinears(model)) {
     let ql = registry.get(lin);
     if (!ql) {
@@ -165,27 +200,37 @@ export function quantizeModelInt8(model: GPT): QuantizationSummary {
     summary.bytesFloat32 += 4 * lin.weight.numel;
     summary.bytesInt8 += ql.nbytes;
   }
+  if (opts.lmHead && !heads.has(model)) heads.set(model, quantizeWeight(model.wte.weight, null, "quantizeModelInt8 (LM head)"));
+  const head = heads.get(model);
+  if (head) {
+    summary.lmHead = true;
+    summary.bytesFloat32 += 4 * model.wte.weight.numel;
+    summary.bytesInt8 += head.nbytes;
+  }
   return summary;
 }
 
-/** Unregisters and frees the int8 projections of `model` (it runs float32 again). */
+/** Unregisters and frees the int8 projections (and head) of `model` (it runs float32 again). */
 export function dequantizeModel(model: GPT): void {
   for (const lin of projectionLinears(model)) {
     registry.get(lin)?.dispose();
     registry.delete(lin);
   }
+  heads.get(model)?.dispose();
+  heads.delete(model);
 }
 
 /** Options of `gptLogits`. */
 export interface QuantForwardOptions {
-  /** Use the registered int8 projections (true) or the float32 Linears (false). Default true. */
+  /** Use the registered int8 projections and head (true) or the float32 weights (false). Default true. */
   quantized?: boolean;
 }
 
 /**
  * GPT forward (B, T) int32 -> (B, T, V) logits with the projections routed through
  * `quantizedForward`; the same computation as `GPT.forward` in eval mode (no dropout, no KV
- * cache). Used for quality checks of the int8 model; the serving runner has its own paged loop.
+ * cache). Used for quality checks of the int8 model (inference/eval's `perplexity`); the serving
+ * runner has its own paged loop.
  */
 export function gptLogits(model: GPT, idx: Tensor, opts: QuantForwardOptions = {}): Tensor {
   const useQ = opts.quantized ?? true;
@@ -207,48 +252,6 @@ export function gptLogits(model: GPT, idx: Tensor, opts: QuantForwardOptions = {
       x = x.add(proj(block.mlp.c_proj, hid));                                         // (B, T, C)
     }
     const hf = layerNorm(x, [C], model.ln_f.weight, model.ln_f.bias, c.layerNormEpsilon);
-    return hf.matmul(model.wte.weight.t());                                           // (B, T, V)
+    return useQ ? lmHeadForward(model, hf) : hf.matmul(model.wte.weight.t());       // (B, T, V)
   });
-}
-
-/** Options of `perplexity`. */
-export interface PerplexityOptions {
-  /** Tokens per window (each window predicts its tokens 1..blockSize from 0..blockSize-1). Default: the model's context. */
-  blockSize?: number;
-  /** Use the int8 projections (the model must have been through `quantizeModelInt8`). Default false. */
-  quantized?: boolean;
-}
-
-/**
- * Perplexity exp(mean NLL) of a token stream, scored in non-overlapping windows of
- * `blockSize + 1` tokens (a trailing window of at least 2 tokens is scored too). For
- * reporting int8 quality next to float32 on the same stream.
- * @example
- * quantizeModelInt8(model);
- * const fp32 = perplexity(model, ids, { blockSize: 128 });
- * const int8 = perplexity(model, ids, { blockSize: 128, quantized: true });
- */
-export function perplexity(model: GPT, tokens: ArrayLike<number>, opts: PerplexityOptions = {}): number {
-  const bs = opts.blockSize ?? model.config.blockSize;
-  if (!Number.isInteger(bs) || bs < 1 || bs > model.config.blockSize) {
-    throw new ValueError(`perplexity: blockSize must be an integer in [1, ${model.config.blockSize}], got ${bs}`);
-  }
-  if (tokens.length < 2) throw new ValueError(`perplexity: need at least 2 tokens, got ${tokens.length}`);
-  const quant = opts.quantized ?? false;
-  if (quant && !projectionLinears(model).every((l) => registry.has(l))) {
-    throw new ValueError("perplexity: quantized: true needs quantizeModelInt8(model) first");
-  }
-  const ids = Int32Array.from(tokens);
-  let nll = 0, count = 0;
-  for (let s = 0; s + 1 < ids.length; s += bs) {
-    const T = Math.min(bs, ids.length - 1 - s);
-    nll += withScope(() => {
-      const x = tensor(ids.subarray(s, s + T), { shape: [1, T], dtype: "int32" });
-      const y = tensor(ids.subarray(s + 1, s + 1 + T), { shape: [T], dtype: "int32" });
-      const logits = gptLogits(model, x, { quantized: quant });                      // (1, T, V)
-      return noGrad(() => crossEntropy(logits.view([T, model.config.vocabSize]), y, { reduction: "sum" }).item());
-    });
-    count += T;
-  }
-  return Math.exp(nll / count);
 }

@@ -11,7 +11,7 @@
 import { ValueError } from "../../core/errors.js";
 import { native } from "../../backend/native/index.js";
 import { Tensor, tensor, zeros, withScope, withCategory, keep, embedding, layerNorm, gelu } from "../../tensor/index.js";
-import { quantizedForward } from "../quant/index.js";
+import { quantizedForward, lmHeadForward } from "../quant/index.js";
 import { noGrad } from "../../autograd/index.js";
 import type { GPT } from "../../models/index.js";
 
@@ -116,7 +116,7 @@ export class ModelRunner {
       const rows = tensor(Int32Array.from(b.sampleRows), { dtype: "int32" });
       const sel = embedding(rows, x);                                                // (S, C) gather
       const hf = layerNorm(sel, [C], m.ln_f.weight, m.ln_f.bias, c.layerNormEpsilon);
-      const logits = hf.matmul(m.wte.weight.t());                                    // (S, V)
+      const logits = lmHeadForward(m, hf);                                           // (S, V)
       return logits.data() as Float32Array;
     }));
   }
