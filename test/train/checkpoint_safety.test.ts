@@ -1,5 +1,5 @@
 // Checkpoints are never half-trusted: a corrupted or truncated newest checkpoint is skipped in
-// favour of the previous complete one; an interrupted save leaves the previous one loadable;
+// favour of the previous complete one (and with none left, resuming refuses); an interrupted save leaves the previous one loadable;
 // the config is validated with errors naming the dotted path.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -36,11 +36,11 @@ test("resume skips a corrupted newest checkpoint and uses the previous complete 
     const r = new Trainer(cfg, { log: false, resume: true });
     await r.setup();
     assert.equal(r.step, 3, "fell back to ckpt-000003");
-    // Truncate the previous one too: nothing complete is left, so training starts over.
+    // Truncate the previous one too: nothing complete is left. Resuming refuses (naming both
+    // damaged checkpoints) rather than silently starting over on top of them.
     truncateSync(join(cfg.out_dir, "ckpt-000003", "model.safetensors"), 100);
     const s = new Trainer(cfg, { log: false, resume: true });
-    await s.setup();
-    assert.equal(s.step, 0);
+    await assert.rejects(s.setup(), /holds 2 checkpoint\(s\) but none is complete.*ckpt-000003.*size 100.*ckpt-000006.*sha256/s);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
