@@ -1,10 +1,8 @@
 /** `megalith sample --model DIR --prompt TEXT --max-new-tokens N --temperature T --top-k K --top-p P --seed S` */
 import type { Command } from "commander";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT, generate } from "../models/index.js";
-import { loadTokenizer } from "../tokenizers/index.js";
+import { modelDirTokenizer } from "./_model_dir.js";
 
 function num(name: string, v: string, int = false): number {
   const n = Number(v);
@@ -18,7 +16,7 @@ export function register(program: Command): void {
     .description("generate text from a trained model directory (greedy at --temperature 0)")
     .requiredOption("--model <dir>", "Hugging Face style model directory (config.json + model.safetensors)")
     .option("--prompt <text>", "prompt text", "\n")
-    .option("--tokenizer <spec>", "gpt2 or a tokenizer.json path (default: the model dir's tokenizer.json, else gpt2)")
+    .option("--tokenizer <spec>", "gpt2, a tokenizer.json path or a directory (default: the model dir's tokenizer.json, else its vocab.json + merges.txt, else gpt2)")
     .option("--max-new-tokens <n>", "tokens to generate", "64")
     .option("--temperature <t>", "sampling temperature; 0 = greedy", "1.0")
     .option("--top-k <k>", "keep the k most likely tokens (0 = off)", "0")
@@ -26,8 +24,7 @@ export function register(program: Command): void {
     .option("--seed <s>", "sampling seed", "0")
     .action(async (o: Record<string, string>) => {
       const model = await GPT.fromPretrained(o.model!);
-      const tokSpec = o.tokenizer ?? (existsSync(join(o.model!, "tokenizer.json")) ? o.model! : "gpt2");
-      const tok = loadTokenizer(tokSpec);
+      const tok = modelDirTokenizer(o.model!, o.tokenizer);
       const prompt = tok.encode(o.prompt!);
       const ids: number[] = [];
       process.stdout.write(o.prompt!);

@@ -3,13 +3,12 @@
  *   [--speculative-tokens N [--speculative-method ngram|draft] [--draft-model DIR]]`
  */
 import type { Command } from "commander";
-import { existsSync } from "node:fs";
-import { basename, join } from "node:path";
+import { basename } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT } from "../models/index.js";
-import { loadTokenizer } from "../tokenizers/index.js";
 import { Engine, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
 import { createServer } from "../serve/index.js";
+import { modelDirTokenizer } from "./_model_dir.js";
 
 export function register(program: Command): void {
   program
@@ -34,8 +33,7 @@ export function register(program: Command): void {
         if (!Number.isInteger(n) || n <= 0) throw new ValueError(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
         return n;
       };
-      const hasTok = existsSync(join(dir, "tokenizer.json")) || (existsSync(join(dir, "vocab.json")) && existsSync(join(dir, "merges.txt")));
-      const tokenizer = loadTokenizer(hasTok ? dir : "gpt2");
+      const tokenizer = modelDirTokenizer(dir);
       const model = await GPT.fromPretrained(dir);
       if (o.quantize !== "none" && o.quantize !== "int8") throw new ValueError(`--quantize must be none or int8, got ${JSON.stringify(o.quantize)}`);
       if (o.quantize === "int8") {
