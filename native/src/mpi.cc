@@ -113,7 +113,7 @@ bool parse_call(napi_env env, napi_callback_info info, Op* op, const char* fn) {
   if (!op->comm) return bad("no communicator with handle " + std::to_string(static_cast<int>(a[1])));
   if (op->dtype < 0 || op->dtype >= kNumDTypes) return bad("unknown dtype code " + std::to_string(op->dtype));
   if (op->count < 0) return bad("negative element count " + std::to_string(op->count));
-  if (op->count > 0 && op->send == nullptr && op->kind != kBarrier) return bad("null buffer");
+  if (op->count > 0 && op->send == nullptr && op->kind != kBarrier && op->kind != kFence) return bad("null buffer");
   const bool two_buffers = op->kind == kAllGather || op->kind == kReduceScatter || op->kind == kAllToAll;
   if (two_buffers && op->count > 0 && op->recv == nullptr) return bad("null output buffer");
   const int size = op->comm->size;

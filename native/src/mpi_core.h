@@ -28,9 +28,11 @@
 namespace mgmpi {
 
 // What a call does. Names match the TypeScript API (used in error and timeout messages).
-enum Kind : int { kAllReduce, kBroadcast, kAllGather, kReduceScatter, kAllToAll, kBarrier, kSend, kRecv, kSplit, kNumKinds };
+// kFence calls no MPI: queued like any call, it finishes once every call issued before it on
+// its communicator has (a blocking wait for asynchronous calls, from synchronous code).
+enum Kind : int { kAllReduce, kBroadcast, kAllGather, kReduceScatter, kAllToAll, kBarrier, kSend, kRecv, kSplit, kFence, kNumKinds };
 const char* kind_name(int kind);
-inline bool is_collective(int kind) { return kind != kSend && kind != kRecv; }
+inline bool is_collective(int kind) { return kind != kSend && kind != kRecv && kind != kFence; }
 
 // Reductions (TypeScript ReduceOp). kAvg = sum, then divide by the group size.
 enum Reduce : int { kSum = 0, kMax = 1, kMin = 2, kAvg = 3 };

@@ -273,6 +273,7 @@ bool perform(Op* op) {
 
 // Runs a call on this thread. Returns true when it goes on after returning (asynchronous send).
 bool execute(Op* op) {
+  if (op->kind == kFence) return false;  // everything before it on this communicator is done
   const int64_t limit = (op->kind == kSend || op->kind == kRecv) ? INT_MAX / dtype_size(op->dtype) : INT_MAX;
   if (op->count > limit) {
     op->error = std::string(kind_name(op->kind)) + ": " + std::to_string(op->count) + " elements is more than one MPI call moves (" +
@@ -355,7 +356,7 @@ void comm_thread(Comm* c) {
 }  // namespace
 
 const char* kind_name(int kind) {
-  static const char* const names[] = {"allReduce", "broadcast", "allGather", "reduceScatter", "allToAll", "barrier", "send", "recv", "split"};
+  static const char* const names[] = {"allReduce", "broadcast", "allGather", "reduceScatter", "allToAll", "barrier", "send", "recv", "split", "fence"};
   return kind >= 0 && kind < kNumKinds ? names[kind] : "unknown";
 }
 

@@ -214,15 +214,27 @@ export function runBackward(
   const prev = gradEnabled;
   gradEnabled = false;  // gradients are computed without recording (no create_graph)
   const captured = new Map<Differentiable, Differentiable>();
+  backwardDepth++;
   try {
     backwardImpl(root, gradRoot, capture ?? new Set(), captured);
   } catch (e) {
     for (const g of captured.values()) g.dispose();
     throw e;
   } finally {
+    backwardDepth--;
     gradEnabled = prev;
   }
   return captured;
+}
+
+let backwardDepth = 0;
+
+/**
+ * Whether a backward pass is running: code called from a gradient function, e.g. a block that
+ * activation checkpointing replays. ZeRO-3 uses it to tell a replay from a forward.
+ */
+export function isBackwardRunning(): boolean {
+  return backwardDepth > 0;
 }
 
 function backwardImpl(

@@ -18,7 +18,8 @@ export class CommError extends MegalithError {
 }
 
 /** What a call does (the addon's `kinds` table gives each its code). */
-export type CallKind = "allReduce" | "broadcast" | "allGather" | "reduceScatter" | "allToAll" | "barrier" | "send" | "recv";
+/** "fence" calls no MPI: it returns once the calls issued before it on the communicator are done. */
+export type CallKind = "allReduce" | "broadcast" | "allGather" | "reduceScatter" | "allToAll" | "barrier" | "send" | "recv" | "fence";
 
 /**
  * The arguments of mpi.call / mpi.callAsync, positional (they run for every collective, so no

@@ -72,27 +72,37 @@ class PendingWork implements Work {
   completed = false;
   seconds = 0;
   private readonly done: Promise<void>;
+  private held: Array<ReturnType<Tensor["storage"]["retain"]>> | null;
 
   /** Holds a reference to each storage until the call ends, so no buffer is freed under MPI. */
-  constructor(call: Promise<number>, tensors: Tensor[]) {
-    const held = tensors.map((t) => t.storage.retain());
-    const release = () => {
-      this.completed = true;
-      for (const s of held) s.release();
-    };
+  constructor(call: Promise<number>, tensors: Tensor[], private readonly unfenced?: Set<PendingWork>) {
+    this.held = tensors.map((t) => t.storage.retain());
+    unfenced?.add(this);
     this.done = call.then((secs) => {
       this.seconds = secs;
-      release();
+      this.finished();
     }, (e: unknown) => {
-      release();
+      this.finished();
       throw e;
     });
+  }
+
+  /** The call is over (its Promise settled, or a fence saw it end): let go of its buffers. */
+  finished(): void {
+    this.completed = true;
+    this.unfenced?.delete(this);
+    const held = this.held;
+    this.held = null;
+    for (const s of held ?? []) s.release();
   }
 
   wait(): Promise<void> {
     return this.done;
   }
 }
+
+/** Per communicator: asynchronous calls a fence() would find finished (all but sends). */
+const unfencedWork = new Map<number, Set<PendingWork>>();
 
 // ---- groups ------------------------------------------------------------------------------------
 
@@ -212,7 +222,12 @@ function run(kind: CallKind, async: boolean, g: ProcessGroup, o: CollectiveOptio
     mpi.call(kind, g.handle, send, recv, count, DTypeCode[dtype], arg, tag, shape, timeout);
     return undefined;
   }
-  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, DTypeCode[dtype], arg, tag, shape, timeout), tensors);
+  let unfenced: Set<PendingWork> | undefined;
+  if (kind !== "send") {
+    unfenced = unfencedWork.get(g.handle);
+    if (!unfenced) unfencedWork.set(g.handle, (unfenced = new Set()));
+  }
+  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, DTypeCode[dtype], arg, tag, shape, timeout), tensors, unfenced);
 }
 
 // ---- allReduce ---------------------------------------------------------------------------------
@@ -387,6 +402,28 @@ export function barrier(g: ProcessGroup, opts: CollectiveOptions = {}): void {
 export function barrierAsync(g: ProcessGroup, opts: CollectiveOptions = {}): Work {
   if (g.size === 1) return DONE;
   return run("barrier", true, g, opts, NO_TENSORS, 0, 0, 0, "float32")!;
+}
+
+// ---- fence -------------------------------------------------------------------------------------
+
+/**
+ * Blocks until every call issued on `g` before it has finished, so synchronous code can use
+ * the buffers of asynchronous calls it cannot await (ZeRO-3 prefetches the next block's
+ * parameters this way, inside a module's forward). Their Works report `completed` and let go
+ * of their tensors at once (without a fence that waits for the event loop). Local: it calls
+ * no MPI and waits for no other rank beyond what those calls wait for. A call that failed
+ * still reports through its Work. Asynchronous sends finish when their receivers arrive and
+ * are not waited for.
+ * @example
+ * const work = allGatherAsync(shard, full, dp);
+ * // ... compute ...
+ * fence(dp);  // full is ready (await work.wait() where the caller can await)
+ */
+export function fence(g: ProcessGroup): void {
+  if (g.size === 1) return;
+  mpi.call("fence", g.handle, 0, 0, 0, DTypeCode.float32, 0, 0, NO_SHAPE, 0);
+  const works = unfencedWork.get(g.handle);
+  if (works) for (const w of [...works]) w.finished();
 }
 
 // ---- send / recv -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 export {
   worldGroup, splitGroup, collectiveTimeoutS,
   allReduce, allReduceAsync, reduceScatter, reduceScatterAsync, allGather, allGatherAsync, broadcast, broadcastAsync,
-  allToAll, allToAllAsync, barrier, barrierAsync, send, sendAsync, recv, recvAsync,
+  allToAll, allToAllAsync, barrier, barrierAsync, fence, send, sendAsync, recv, recvAsync,
   type ProcessGroup, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,
 } from "./collectives.js";
 export { DeviceMesh, MESH_AXES, type Axis } from "./mesh.js";

@@ -18,6 +18,10 @@
  *           `resize_(0)`). `shardModules()` wraps each unit's module so its parameters are
  *           all-gathered before its forward and released after, gathered again when backward
  *           reaches the module's output, and released once the unit's gradients are reduced.
+ *           While a unit computes, the next one's all-gather is already running (forward:
+ *           the following block; backward: the preceding one), on a communicator of its own
+ *           so it never queues behind the gradient reduce-scatters; FSDP's forward and
+ *           backward prefetch. At most two units are gathered at a time.
  *
  * At group size 1 every collective is the identity and each stage computes exactly AdamW.
  * Memory per rank (fp32, allocator categories at the moment gradients are complete):
@@ -26,10 +30,10 @@
 import { ValueError } from "../core/errors.js";
 import { native, BinaryOp } from "../backend/native/index.js";
 import { Tensor, zeros, withCategory, keep, Category, reduceSumSq, tensor } from "../tensor/index.js";
-import { isGradEnabled, recordNode, type Differentiable } from "../autograd/index.js";
+import { isBackwardRunning, isGradEnabled, recordNode, type Differentiable } from "../autograd/index.js";
 import type { Module } from "../nn/index.js";
 import { adamwState, clearGrads, clipCoefficient, type AdamWOptions, type AdamWState } from "../optim/index.js";
-import { allGather, allReduce, broadcast, reduceScatterAsync, type ProcessGroup, type Work } from "./collectives.js";
+import { allGather, allGatherAsync, allReduce, broadcast, fence, reduceScatterAsync, splitGroup, type ProcessGroup, type Work } from "./collectives.js";
 
 export type ZeroStage = 1 | 2 | 3;
 
@@ -41,6 +45,11 @@ export interface ZeroOptions {
    * block. Parameters in no group form a root unit, placed first. Default: one unit.
    */
   units?: Tensor[][];
+  /**
+   * Stage 3: start the all-gather of the unit that runs next while the current one computes
+   * (forward and backward prefetch). Default true; false gathers each unit when it is needed.
+   */
+  prefetch?: boolean;
 }
 
 /** A run of a parameter's elements inside this rank's shard of a unit. */
@@ -62,6 +71,13 @@ interface Unit {
   launched: boolean;
   refs: number;        // stage 3: users of the gathered parameters
   heldForBackward: number;
+  prefetch: Prefetch | null;  // stage 3: an all-gather started ahead of use
+}
+
+/** A unit's parameters being gathered ahead of use into `full` (the unit's padded flat space). */
+interface Prefetch {
+  full: Tensor;
+  work: Work;
 }
 
 interface InFlight {
@@ -101,8 +117,16 @@ export class ZeroAdamW {
    * every micro-step because they cannot keep full gradients.
    */
   syncEnabled = true;
-  /** Overlap accounting like DataParallel's: commMs on the communication thread, waitedMs in synchronize(). */
-  readonly timings = { launched: 0, commMs: 0, waitedMs: 0 };
+  /**
+   * Overlap accounting like DataParallel's: commMs on the communication thread, waitedMs in
+   * synchronize(). Stage 3: units gathered from a prefetch vs gathered on demand.
+   */
+  readonly timings = { launched: 0, commMs: 0, waitedMs: 0, prefetched: 0, gatheredOnDemand: 0 };
+  /** Stage 3: the communicator of parameter all-gathers (a copy of `group`), so prefetches
+   *  never wait behind gradient reductions in the group's FIFO. */
+  private readonly gatherGroup: ProcessGroup;
+  private readonly prefetchEnabled: boolean;
+  private prefetchWorks: Work[] = [];
   private readonly units: Unit[] = [];
   private readonly unitOf = new Map<Tensor, Unit>();
   private inFlight: InFlight[] = [];
@@ -150,7 +174,7 @@ export class ZeroAdamW {
         const a = Math.max(lo, offsets[k]!), b = Math.min(hi, offsets[k]! + params[i]!.numel);
         if (a < b) pieces.push({ param: i, start: a - offsets[k]!, len: b - a, shardOffset: a - lo });
       });
-      const u: Unit = { params: ids, offsets, numel: n, shard, base, pieces, ready: 0, launched: false, refs: 0, heldForBackward: 0 };
+      const u: Unit = { params: ids, offsets, numel: n, shard, base, pieces, ready: 0, launched: false, refs: 0, heldForBackward: 0, prefetch: null };
       this.units.push(u);
       for (const i of ids) this.unitOf.set(params[i]!, u);
       base += shard;
@@ -160,6 +184,9 @@ export class ZeroAdamW {
     this.gradShard = this.stage >= 2 ? withCategory("grads", () => keep(zeros([base]))) : null;
     // Every rank starts from rank 0's weights.
     for (const p of params) broadcast(p, group, 0);
+    this.prefetchEnabled = this.stage === 3 && (zero.prefetch ?? true);
+    // A collective over the group (every rank constructs its optimizer in the same order).
+    this.gatherGroup = this.stage === 3 ? splitGroup(group, 0, group.rank, `${group.name ?? "dp"}/zero3-gather`) : group;
     if (this.stage === 3) {
       this.paramShard = withCategory("params", () => keep(zeros([base])));
       this.shardFromFull();
@@ -244,6 +271,11 @@ export class ZeroAdamW {
     }
     this.timings.waitedMs += performance.now() - t0;
     this.inFlight = [];
+    // A prefetch nobody used (a forward cut short) would hold stale weights after step().
+    for (const u of this.units) this.dropPrefetch(u);
+    const works = this.prefetchWorks;
+    this.prefetchWorks = [];
+    for (const w of works) await w.wait();  // a failed gather reports here
     for (const u of this.units) {
       u.ready = 0;
       // A forward whose backward never ran leaves its units gathered: release them now.
@@ -400,8 +432,15 @@ export class ZeroAdamW {
   private wrapForward(m: Module, u: Unit, isRoot: boolean): void {
     const target = m as unknown as { forward: (...args: unknown[]) => unknown };
     const orig = target.forward.bind(m);
+    const index = this.units.indexOf(u);
     target.forward = (...args: unknown[]) => {
+      // Inside backward, a forward is activation checkpointing's replay of this block, whose
+      // backward runs right after: the order there is backward's.
+      const replay = isBackwardRunning();
       this.acquire(u);
+      // Forward prefetch: the next block's gather runs while this unit computes (the root's
+      // forward runs every block, so from the root it is the first block).
+      if (!replay) this.startPrefetch(this.units[index + 1]);
       let out: unknown;
       try {
         out = orig(...args);
@@ -412,23 +451,46 @@ export class ZeroAdamW {
       if (isRoot) {
         // The root's parameters (embeddings, tied head, final norm) are used at both ends of the
         // graph: keep them until their gradients are reduced (synchronize() releases leftovers).
-        if (isGradEnabled()) u.heldForBackward++;
-        else this.releaseUnit(u);
+        if (isGradEnabled()) {
+          u.heldForBackward++;
+          // Backward starts right after (loss, head, final norm), and the last block's comes
+          // first: start gathering it now.
+          if (!replay) this.startPrefetch(this.units[this.units.length - 1]);
+        } else {
+          this.releaseUnit(u);
+        }
         return out;
       }
+      const differentiable = out instanceof Tensor && out.requiresGrad && isGradEnabled();
+      if (differentiable && replay) {
+        // The replay's backward follows at once: keep the parameters gathered for it (released
+        // when the unit's gradients are reduced) instead of gathering them twice.
+        u.heldForBackward++;
+        return this.gatherOnBackward(out as Tensor, u, false);
+      }
       this.releaseUnit(u);
-      if (out instanceof Tensor && out.requiresGrad && isGradEnabled()) return this.gatherOnBackward(out, u);
+      if (differentiable) return this.gatherOnBackward(out as Tensor, u, true);
       return out;
     };
   }
 
-  /** An identity op whose backward gathers the unit's parameters before the module's backward runs. */
-  private gatherOnBackward(x: Tensor, u: Unit): Tensor {
+  /**
+   * An identity op whose backward marks the start of the module's backward: it gathers the
+   * unit's parameters (unless `gather` is false: they are still held) and prefetches the
+   * preceding unit's.
+   */
+  private gatherOnBackward(x: Tensor, u: Unit, gather: boolean): Tensor {
     const y = x.alias();
     x.dispose();
+    const index = this.units.indexOf(u);
     return recordNode("zero3_gather", y, [x], (gy: Differentiable) => {
-      this.acquire(u);
-      u.heldForBackward++;
+      if (gather) {
+        this.acquire(u);
+        u.heldForBackward++;
+      }
+      // Backward prefetch: the preceding block's backward comes next (the root, unit 0, is
+      // still held from forward).
+      if (index > 1) this.startPrefetch(this.units[index - 1]);
       return [(gy as Tensor).alias()];
     });
   }
@@ -436,9 +498,38 @@ export class ZeroAdamW {
   private acquire(u: Unit): void {
     if (u.refs++ > 0) return;
     for (const i of u.params) this.params[i]!.storage.restoreData_(Category.params);
+    const dst = (i: number) => this.params[i]!.ptr;
+    if (u.prefetch) {
+      fence(this.gatherGroup);  // the prefetched gather (and any before it) is done
+      this.scatterFull(u, u.prefetch.full, dst);
+      u.prefetch.full.dispose();
+      u.prefetch = null;
+      this.timings.prefetched++;
+      return;
+    }
     const view = this.paramShard!.view_([u.shard], [1], u.base);
-    this.gatherUnit(u, view, (i) => this.params[i]!.ptr);
+    this.gatherUnit(u, view, dst);
     view.dispose();
+    this.timings.gatheredOnDemand++;
+  }
+
+  /** Starts gathering unit `u` (if given, not gathered and not already on its way). */
+  private startPrefetch(u: Unit | undefined): void {
+    if (!this.prefetchEnabled || !u || u.refs > 0 || u.prefetch) return;
+    const full = withCategory("params", () => keep(Tensor.empty([u.shard * this.group.size])));
+    const view = this.paramShard!.view_([u.shard], [1], u.base);
+    const work = allGatherAsync(view, full, this.gatherGroup);  // holds both buffers until done
+    view.dispose();
+    this.prefetchWorks.push(work);
+    u.prefetch = { full, work };
+  }
+
+  /** Waits for and frees a prefetch that was never used. */
+  private dropPrefetch(u: Unit): void {
+    if (!u.prefetch) return;
+    fence(this.gatherGroup);
+    u.prefetch.full.dispose();
+    u.prefetch = null;
   }
 
   private releaseUnit(u: Unit): void {
@@ -463,9 +554,14 @@ export class ZeroAdamW {
   /** All-gathers a unit's shards (`shard`, u.shard elements) and copies each parameter's range to `dst(i)`. */
   private gatherUnit(u: Unit, shard: Tensor, dst: (param: number) => number): void {
     const full = Tensor.empty([u.shard * this.group.size]);
-    allGather(shard, full, this.group);
-    u.params.forEach((i, k) => native.copyStrided(4, full.ptr + u.offsets[k]! * 4, [1], dst(i), [1], [this.params[i]!.numel]));
+    allGather(shard, full, this.gatherGroup);
+    this.scatterFull(u, full, dst);
     full.dispose();
+  }
+
+  /** Copies each parameter's range of a gathered unit (`full`, the padded flat space) to `dst(i)`. */
+  private scatterFull(u: Unit, full: Tensor, dst: (param: number) => number): void {
+    u.params.forEach((i, k) => native.copyStrided(4, full.ptr + u.offsets[k]! * 4, [1], dst(i), [1], [this.params[i]!.numel]));
   }
 }
 

@@ -1,6 +1,7 @@
-// Data parallelism over MPI reproduces the single-process run: dp=2 with micro-batch B (and
-// with accumulation) follows the loss curve of one process with micro-batch 2B, and ends with
-// the same parameters. Runs real ranks under mpirun (skipped where Open MPI is missing).
+// Data parallelism over MPI reproduces the single-process run: every layout of the matrix
+// (dp=2, dp=4, accumulation, ZeRO-1/2/3) trains the same 20 steps from the same seed as one
+// process with the same global batch, following its loss curve and ending with the same
+// parameters. Runs real ranks under mpirun (skipped where Open MPI is missing).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -24,7 +25,7 @@ test("the layout matrix (dp=2, dp=4, accumulation, ZeRO-1/2/3 at dp=2 and dp=4) 
     await prepareData({ tokenizer: loadTokenizer("gpt2"), tokenizerSpec: "gpt2", inputs: [{ name: "gen", documents: docs }], outDir: data, valFraction: 0.1, progress: false });
     const cfg = {
       out_dir: "x", model: { n_layer: 2, n_head: 2, n_embd: 32, block_size: 32, vocab_size: 50304 }, data: { source: data },
-      train: { max_steps: 8, micro_batch_size: 4, seed: 11, log_interval: 100 }, optimizer: { lr: 3e-3, warmup_steps: 2, decay_steps: 10 },
+      train: { max_steps: 20, micro_batch_size: 4, seed: 11, log_interval: 100 }, optimizer: { lr: 3e-3, warmup_steps: 2, decay_steps: 24 },
       eval: { interval: 0, batches: 1 }, checkpoint: { interval: 0, keep: 1 },
     };
     const file = join(root, "cfg.json");
@@ -65,6 +66,31 @@ test("the layout matrix (dp=2, dp=4, accumulation, ZeRO-1/2/3 at dp=2 and dp=4) 
         assert.ok(err <= 1e-5 + 1e-5 * mag, `${name}: parameter ${n} differs by ${err} (magnitude ${mag})`);
       }
     }
+    // Exact where the reduction order is the same: with two ranks every sum is a + b on both
+    // (all-reduce and reduce-scatter alike), so DDP and each ZeRO stage at dp=2 compute the
+    // same gradient bits. Without clipping (whose global norm ZeRO sums shard by shard, in
+    // another order) that gives identical losses and final weights, bit for bit. (Against
+    // one process, and at dp=4, summation orders differ and the 1e-5 bounds above apply.)
+    const bits = async (name: string) => {
+      const w = (await readSafetensors(join(root, name, "final", "model.safetensors"))).tensors;
+      return [...w].map(([n, rec]) => [n, Buffer.from(rec.data).toString("base64")] as const);
+    };
+    const exact: Array<[string, string[]]> = [
+      ["dp2_noclip", ["parallel.dp=2", "train.micro_batch_size=2", "train.grad_clip=0"]],
+      ...[1, 2, 3].map((z): [string, string[]] => [`dp2_zero${z}_noclip`, ["parallel.dp=2", `parallel.zero=${z}`, "train.micro_batch_size=2", "train.grad_clip=0"]]),
+    ];
+    for (const [name, sets] of exact) {
+      const r = spawnSync("mpirun", mpirunArgs(2, ["train", "--config", file, "--set", `out_dir=${join(root, name)}`, ...sets], undefined, bin), {
+        encoding: "utf8", timeout: 240_000, env: { ...process.env, MEGALITH_NUM_THREADS: "1" },
+      });
+      assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+    }
+    const ref2 = losses(join(root, "dp2_noclip")), refBits = await bits("dp2_noclip");
+    for (const [name] of exact.slice(1)) {
+      assert.deepEqual(losses(join(root, name)), ref2, `${name}: losses bit-identical to dp=2 DDP`);
+      assert.deepEqual(await bits(name), refBits, `${name}: final weights bit-identical to dp=2 DDP`);
+    }
+
     // Memory per rank, from the allocator's counters in metrics.jsonl (sampled when the step's
     // gradients are complete), against the ZeRO paper's accounting scaled to fp32 training:
     // params/grads/optimizer = 4Ψ/4Ψ/8Ψ (stage 0), 4Ψ/4Ψ/8Ψ/N (1), 4Ψ/(4Ψ/N)/(8Ψ/N) (2), (4Ψ/N)/(4Ψ/N)/(8Ψ/N) (3).
@@ -90,12 +116,12 @@ test("the layout matrix (dp=2, dp=4, accumulation, ZeRO-1/2/3 at dp=2 and dp=4) 
 
     // A ZeRO-1 checkpoint (moments saved unsharded) resumes in a single process and continues
     // the single-process curve.
-    const resumed = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "dp2_zero1")}`, "train.max_steps=10", "--resume"], { encoding: "utf8", timeout: 240_000 });
+    const resumed = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "dp2_zero1")}`, "train.max_steps=24", "--resume"], { encoding: "utf8", timeout: 240_000 });
     assert.equal(resumed.status, 0, resumed.stderr);
-    const straight = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "single10")}`, "train.max_steps=10"], { encoding: "utf8", timeout: 240_000 });
+    const straight = spawnSync(process.execPath, [bin, "train", "--config", file, "--set", `out_dir=${join(root, "single24")}`, "train.max_steps=24"], { encoding: "utf8", timeout: 240_000 });
     assert.equal(straight.status, 0, straight.stderr);
-    const a = losses(join(root, "single10")), b = losses(join(root, "dp2_zero1"));
-    assert.equal(b.length, 10);
+    const a = losses(join(root, "single24")), b = losses(join(root, "dp2_zero1"));
+    assert.equal(b.length, 24);
     a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) / Math.abs(v) < 1e-5, `resumed step ${i}: ${b[i]} vs ${v}`));
   } finally {
     rmSync(root, { recursive: true, force: true });

@@ -9,7 +9,7 @@
 import { randn, zeros, tensor, empty, type Tensor } from "../../../src/index.js";
 import {
   worldGroup, allReduce, allReduceAsync, allGather, allGatherAsync, reduceScatter, reduceScatterAsync, broadcast, broadcastAsync,
-  allToAll, allToAllAsync, barrier, barrierAsync, send, sendAsync, recv, recvAsync, DeviceMesh, CommError, type ProcessGroup,
+  allToAll, allToAllAsync, barrier, barrierAsync, fence, send, sendAsync, recv, recvAsync, DeviceMesh, CommError, type ProcessGroup,
 } from "../../../src/parallel/index.js";
 
 const mode = process.argv[2] ?? "check";
@@ -96,6 +96,19 @@ async function check(g: ProcessGroup, tagBase: number): Promise<void> {
   for (let k = 0; k < 3; k++) close(xs[k]!, sumOf(Array.from({ length: P }, (_, q) => Array.from(randn([1000], { seed: 9000 + 10 * k + q }).data()))), `${g.name} queued allReduceAsync ${k}`);
   close(last, sumOf(rows), `${g.name} allReduce after async`);
   await Promise.all(works.map((w) => w.wait()));
+
+  // fence(): synchronous code waits for async calls it cannot await. The peers arrive late
+  // (rank 0 sleeps first), so the gathers are still running when the fence is reached.
+  if (r === 0) sleepMs(50);
+  const ins = [0, 1].map((k) => randn([n], { seed: 9500 + 10 * k + r }));
+  const outs = [0, 1].map(() => zeros([P * n]));
+  const gathers = ins.map((x, k) => allGatherAsync(x, outs[k]!, g));
+  fence(g);
+  gathers.forEach((w, k) => {
+    if (!w.completed) fail(`${g.name} allGatherAsync ${k} is not completed after fence()`);
+    close(outs[k]!, Array.from({ length: P }, (_, q) => Array.from(randn([n], { seed: 9500 + 10 * k + q }).data())).flat(), `${g.name} allGatherAsync ${k} after fence()`);
+  });
+  await Promise.all(gathers.map((w) => w.wait()));
   await barrierAsync(g).wait();
   barrier(g);
 }
