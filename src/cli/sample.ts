@@ -32,6 +32,7 @@ export function register(program: Command): void {
       for (const id of generate(model, prompt, {
         maxNewTokens: num("max-new-tokens", o.maxNewTokens!, true), temperature: num("temperature", o.temperature!),
         topK: num("top-k", o.topK!, true), topP: num("top-p", o.topP!), seed: num("seed", o.seed!, true), stopTokens: [tok.eotToken],
+        vocabSize: Math.min(tok.vocabSize, model.config.vocabSize),  // never an id without text (a padded vocabulary)
       })) {
         if (id === tok.eotToken) break;
         ids.push(id);

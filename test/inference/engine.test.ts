@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { GPT, generate, loadTokenizer } from "../../src/index.js";
+import { GPT, generate, loadTokenizer, noGrad } from "../../src/index.js";
 import { Engine } from "../../src/inference/index.js";
 import { createServer } from "../../src/serve/index.js";
 
@@ -112,6 +112,73 @@ test("n: 2 over HTTP returns two choices that equal separate requests seeded s a
     assert.equal(engine.blocks.usage().used, 0);
   } finally {
     await app.close();
+    await engine.shutdown();
+  }
+});
+
+test("ids past the tokenizer's vocabulary (a padded embedding table) are never sampled, by the engine or by generate()", async () => {
+  // Every decodable id gets the logit 0 (their embedding rows are zero); the 47 padded rows
+  // keep random weights, so unmasked they would win every argmax and most draws.
+  const model = new GPT({ nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 64, vocabSize: 50304 }, { seed: 4 });
+  noGrad(() => {
+    const rows = model.wte.weight.narrow(0, 0, tok.vocabSize);
+    rows.zero_();
+    rows.dispose();
+  });
+  const engine = new Engine(model, tok, { kvCacheBytes: 4 * 2 ** 20 });
+  try {
+    const run = async (temperature: number, seed: number) => {
+      const ids: number[] = [];
+      let reason = "";
+      const sampling = { temperature, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, seed, logprobs: 2 };
+      for await (const ev of engine.submit({ requestId: `pad-${temperature}-${seed}`, promptTokens: tok.encode("Hello there"), sampling, maxTokens: 12, stop: [], stopTokenIds: [], n: 1 })) {
+        if (ev.type === "delta") ids.push(...ev.tokenIds);
+        if (ev.type === "finish") reason = ev.reason;
+      }
+      return { ids, reason };
+    };
+    const greedy = await run(0, 0);
+    assert.equal(greedy.reason, "length");
+    assert.deepEqual(greedy.ids, new Array(12).fill(0), "greedy: the first of the tied decodable ids");
+    for (const seed of [1, 2, 3]) {
+      const r = await run(1, seed);
+      assert.equal(r.reason, "length");
+      assert.ok(r.ids.length === 12 && r.ids.every((t) => t < tok.vocabSize), `seed ${seed}: ${r.ids}`);
+    }
+    // generate() with vocabSize agrees; without it the padded rows win (what the option prevents).
+    assert.deepEqual([...generate(model, tok.encode("Hello there"), { maxNewTokens: 12, temperature: 0, vocabSize: tok.vocabSize })], greedy.ids);
+    assert.ok([...generate(model, tok.encode("Hello there"), { maxNewTokens: 3, temperature: 0 })].every((t) => t >= tok.vocabSize));
+    assert.throws(() => [...generate(model, [1], { maxNewTokens: 1, vocabSize: 60000 })], /vocabSize must be an integer in 1\.\.50304.*60000/);
+  } finally {
+    await engine.shutdown();
+  }
+});
+
+test("a failure while detokenizing ends that request with an error event; the engine keeps serving", async () => {
+  const model = new GPT({ nLayer: 1, nHead: 2, nEmbd: 32, blockSize: 64, vocabSize: 50304 }, { seed: 6 });
+  let failing = true;
+  const flaky = Object.create(tok) as typeof tok;
+  flaky.decode = (ids: readonly number[]) => {
+    if (failing && ids.length > 0) throw new Error("decode failed on purpose");
+    return tok.decode(ids);
+  };
+  const engine = new Engine(model, flaky, { kvCacheBytes: 4 * 2 ** 20 });
+  try {
+    const sampling = { temperature: 0, topK: 0, topP: 1, minP: 0, repetitionPenalty: 1, presencePenalty: 0, frequencyPenalty: 0, seed: 0, logprobs: 0 };
+    const run = async (id: string) => {
+      const events = [];
+      for await (const ev of engine.submit({ requestId: id, promptTokens: tok.encode("Once upon"), sampling, maxTokens: 5, stop: [], stopTokenIds: [], n: 1 })) events.push(ev);
+      return events;
+    };
+    const bad = await run("bad");
+    const finish = bad.find((e) => e.type === "finish");
+    assert.ok(finish && finish.type === "finish" && finish.reason === "error" && /decode failed on purpose/.test(finish.error ?? ""), JSON.stringify(bad));
+    assert.equal(bad[bad.length - 1]!.type, "done");
+    assert.equal(engine.blocks.usage().used, 0, "the failed request's blocks are freed");
+    failing = false;
+    const good = await run("good");
+    assert.equal(good.filter((e) => e.type === "delta").map((e) => (e.type === "delta" ? e.text : "")).join(""), tok.decode([...generate(model, tok.encode("Once upon"), { maxNewTokens: 5, temperature: 0, vocabSize: tok.vocabSize })]));
+  } finally {
     await engine.shutdown();
   }
 });

@@ -11,6 +11,9 @@
  * logits (with its own seed, seed + i) and is forked from it (Scheduler.fork): the choices
  * share every prompt block, the partial last one included, until a write copies it.
  *
+ * Ids the tokenizer cannot decode (a model vocabulary padded past the tokenizer's, as nanoGPT
+ * pads GPT-2's 50257 tokens to 50304) get -Infinity logits, so they are never sampled.
+ *
  * Speculative decoding (options.speculative): after each step, every decoding sequence gets up
  * to k drafts, from n-gram prompt lookup or from a draft model (spec/), fed next step after its
  * newest token; the target's k + 1 rows of logits verify them (spec/'s acceptance rule: exact
@@ -94,7 +97,11 @@ export class Engine implements EngineLike {
   /** The draft model and its KV cache (speculative method "draft"), else null. */
   readonly drafter: DraftModel | null;
   private readonly tokenizer: Tokenizer;
+  /** Ids from here to the model's vocabulary size have no text: masked before sampling. */
+  private readonly decodableVocab: number;
   private readonly seqs = new Map<string, Seq>();
+  /** The sequences of the step being processed (a failure ends them with an error). */
+  private stepSeqs: string[] = [];
   private readonly spec: { method: "ngram" | "draft"; numTokens: number; ngramMax: number } | null;
   private looping = false;
   private stopped = false;
@@ -109,6 +116,7 @@ export class Engine implements EngineLike {
     this.contextLength = c.blockSize;
     this.tokenizer = tokenizer;
     this.eotToken = tokenizer.eotToken;
+    this.decodableVocab = Math.min(tokenizer.vocabSize, c.vocabSize);
     const blockSize = o.blockSize ?? 16;
     const maxNumSeqs = o.maxNumSeqs ?? 32;
     const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, { nLayer: c.nLayer, nKvHeads: c.nHead, headDim: c.nEmbd / c.nHead, blockSize });
@@ -213,7 +221,17 @@ export class Engine implements EngineLike {
       this.looping = false;
       return;
     }
-    this.step();
+    try {
+      this.step();
+    } catch (e) {
+      // Whatever failed (sampling, detokenization, drafting), the step's requests end with an
+      // error and the engine goes on serving the rest.
+      for (const id of this.stepSeqs) {
+        const seq = this.seqs.get(id);
+        if (seq) this.finishSeq(seq, "error", (e as Error).message);
+      }
+    }
+    this.stepSeqs = [];
     setImmediate(() => this.loop());  // yield to the HTTP side between steps
   }
 
@@ -233,11 +251,13 @@ export class Engine implements EngineLike {
       if (seq) seq.draft = null;
     }
     if (!out.scheduled.length) return;
+    this.stepSeqs = out.scheduled.map((s) => s.requestId);
     let logits: Float32Array;
     const sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }> = [];
     try {
       if (out.blockCopies.length) this.runner.copyBlocks(out.blockCopies);
       logits = this.runner.execute(this.buildBatch(out, sampleSeqs));
+      this.maskUndecodable(logits);
     } catch (e) {
       for (const s of out.scheduled) {
         const seq = this.seqs.get(s.requestId);
@@ -262,9 +282,10 @@ export class Engine implements EngineLike {
       seq.lastTokenAt = now;
       const rowsOf = logits.subarray(row * V, (row + rows) * V);
       row += rows;
-      let tokens: number[];
+      let tokens: number[], lps: TokenLogprob[];
       try {
         tokens = this.verify(seq, r.promptTokens, r.outputTokens, rowsOf, drafts);
+        lps = tokens.map((t, i) => this.logprobRecord(rowsOf.subarray(i * V, (i + 1) * V), t, seq.req.sampling.logprobs));
       } catch (e) {
         this.finishSeq(seq, "error", (e as Error).message);
         continue;
@@ -275,7 +296,7 @@ export class Engine implements EngineLike {
       }
       seq.draft = null;
       sampled.set(seq.id, tokens);
-      logprobs.set(seq.id, tokens.map((t, i) => this.logprobRecord(rowsOf.subarray(i * V, (i + 1) * V), t, seq.req.sampling.logprobs)));
+      logprobs.set(seq.id, lps);
       // Choice 0's first token: the other choices draw theirs from the same row and fork.
       if (!g.forked && seq.index === 0) {
         g.forked = true;
@@ -294,9 +315,21 @@ export class Engine implements EngineLike {
     forks.forEach(({ seq, token, lp }, i) => this.applyOutput(seq, [token], [lp], forkReasons[i]!));
     for (const o of outputs) {
       const seq = this.seqs.get(o.requestId);
-      if (seq) this.applyOutput(seq, o.newTokenIds, logprobs.get(o.requestId) ?? [], o.finishReason);
+      if (!seq) continue;
+      try {
+        this.applyOutput(seq, o.newTokenIds, logprobs.get(o.requestId) ?? [], o.finishReason);
+      } catch (e) {
+        this.finishSeq(seq, "error", (e as Error).message);
+      }
     }
     if (this.spec) this.propose();
+  }
+
+  /** Sets the logits of ids the tokenizer cannot decode to -Infinity, in every row. */
+  private maskUndecodable(logits: Float32Array): void {
+    const V = this.runner.model.config.vocabSize, n = this.decodableVocab;
+    if (n >= V) return;
+    for (let row = 0; row < logits.length; row += V) logits.fill(-Infinity, row + n, row + V);
   }
 
   /** Counts, streams and (when it ended) closes a sequence's new tokens. */

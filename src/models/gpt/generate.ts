@@ -22,6 +22,12 @@ export interface GenerateOptions extends SampleOptions {
   seed?: number;
   /** Stop after emitting any of these tokens. */
   stopTokens?: readonly number[];
+  /**
+   * Sample only ids below this: the tokenizer's vocabulary when the model's embedding table is
+   * padded past it (nanoGPT pads GPT-2's 50257 tokens to 50304), so no id without text is drawn.
+   * Default: every id of the model.
+   */
+  vocabSize?: number;
 }
 
 /**
@@ -82,6 +88,9 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
   const kv = model.newKVCache();
   const seed = opts.seed ?? 0;
   const stop = new Set(opts.stopTokens ?? []);
+  const V = model.config.vocabSize;
+  const limit = opts.vocabSize ?? V;
+  if (!Number.isInteger(limit) || limit < 1 || limit > V) throw new ValueError(`generate: vocabSize must be an integer in 1..${V} (the model's vocabulary), got ${opts.vocabSize}`);
   try {
     let input = [...prompt];
     for (let i = 0; i < opts.maxNewTokens; i++) {
@@ -92,7 +101,7 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
         return out.select(1, input.length - 1).data() as Float32Array;          // (V)
       }));
       const u = withScope(() => rand([1], { seed, offset: i }).item());
-      const next = sampleToken(logits, opts, u);
+      const next = sampleToken(limit < V ? logits.subarray(0, limit) : logits, opts, u);
       yield next;
       if (stop.has(next)) break;
       input = [next];
