@@ -48,9 +48,9 @@ function best(runs: Sizes[]): SizeRow[] {
 }
 
 /** Steady-state tokens/s and per-rank memory (MiB, when gradients are complete) of configs/tiny.json. */
-function trainRun(np: number, dir: string, zero = 0): { tokensPerS: number; mem: { params: number; grads: number; optimizer: number } } {
-  const out = join(dir, `dp${np}_zero${zero}`);
-  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=12", `parallel.dp=${np}`, `parallel.zero=${zero}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1"];
+function trainRun(np: number, dir: string, zero = 0, extra: string[] = []): { tokensPerS: number; mem: { params: number; grads: number; optimizer: number } } {
+  const out = join(dir, `dp${np}_zero${zero}${extra.length ? "_" + extra.join("_").replace(/\W+/g, "_") : ""}`);
+  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=12", `parallel.dp=${np}`, `parallel.zero=${zero}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1", ...extra];
   const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
   const r = np === 1 ? spawnSync(process.execPath, ["bin/megalith.js", ...args], { encoding: "utf8", env })
     : spawnSync("mpirun", mpirunArgs(np, args, undefined, "bin/megalith.js"), { encoding: "utf8", env });
@@ -117,10 +117,10 @@ export async function run(args: string[]): Promise<BenchResult> {
       const r1 = trainRun(1, dir), r2 = trainRun(2, dir);
       rows.push({ name: "train tokens/s (configs/tiny.json, global batch 8x64, 1 thread/rank)", dp1: +r1.tokensPerS.toFixed(0), dp2: +r2.tokensPerS.toFixed(0), speedup: +(r2.tokensPerS / r1.tokensPerS).toFixed(2) });
       console.error("comm bench: ZeRO stages at dp=2...");
-      for (const zero of [0, 1, 2, 3]) {
-        const r = zero === 0 ? r2 : trainRun(2, dir, zero);
+      for (const [zero, extra] of [[0, []], [1, []], [2, []], [3, []], [3, ["parallel.zero3_prefetch=false"]]] as Array<[number, string[]]>) {
+        const r = zero === 0 ? r2 : trainRun(2, dir, zero, extra);
         rows.push({
-          name: `train dp=2 ZeRO-${zero}: tokens/s and MiB per rank`, tokens_per_s: +r.tokensPerS.toFixed(0), vs_zero0: +(r.tokensPerS / r2.tokensPerS).toFixed(2),
+          name: `train dp=2 ZeRO-${zero}${extra.length ? ` (${extra.join(" ")})` : ""}: tokens/s and MiB per rank`, tokens_per_s: +r.tokensPerS.toFixed(0), vs_zero0: +(r.tokensPerS / r2.tokensPerS).toFixed(2),
           params_mb: +r.mem.params.toFixed(2), grads_mb: +r.mem.grads.toFixed(2), optimizer_mb: +r.mem.optimizer.toFixed(2),
         });
       }

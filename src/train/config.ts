@@ -92,6 +92,10 @@ export const TrainConfigSchema = z
         dp: posInt.default(1),
         /** ZeRO stage: 0 (plain DP), 1, 2 or 3. */
         zero: z.union([z.literal(0), z.literal(1), z.literal(2), z.literal(3)]).default(0),
+        /** Data parallel (zero = 0): MiB of gradients per all-reduce bucket (PyTorch DDP's bucket_cap_mb). */
+        bucket_mb: z.number().positive().default(25),
+        /** ZeRO-3: gather the next block's parameters while the current one computes. */
+        zero3_prefetch: z.boolean().default(true),
       })
       .strict()
       .default({}),

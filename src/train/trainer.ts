@@ -146,7 +146,9 @@ export class Trainer {
     const adam = { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay };
     if (c.parallel.zero > 0) {
       // FSDP-style units: one per transformer block, the embeddings and final norm in the root.
-      const zero = new ZeroAdamW(this.model.parameters(), this.dpGroup, adam, { stage: c.parallel.zero as ZeroStage, units: this.model.h.map((b) => b.parameters()) });
+      const zero = new ZeroAdamW(this.model.parameters(), this.dpGroup, adam, {
+        stage: c.parallel.zero as ZeroStage, units: this.model.h.map((b) => b.parameters()), prefetch: c.parallel.zero3_prefetch,
+      });
       zero.shardModules(this.model, this.model.h);
       this.optimizer = zero;
     } else {
@@ -157,7 +159,7 @@ export class Trainer {
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
     });
     // ZeRO does its own reductions (reduce-scatter); plain data parallelism all-reduces.
-    this.ddp = this.dpGroup.size > 1 && c.parallel.zero === 0 ? new DataParallel(this.model.parameters(), this.dpGroup) : null;
+    this.ddp = this.dpGroup.size > 1 && c.parallel.zero === 0 ? new DataParallel(this.model.parameters(), this.dpGroup, { bucketBytes: c.parallel.bucket_mb * 2 ** 20 }) : null;
     const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
       `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);

@@ -44,7 +44,7 @@ test("`validateConfig` fills documented defaults for a minimal config", () => {
   assert.equal(c.optimizer.decay_steps, null);
   assert.deepEqual(c.eval, { interval: 0, batches: 10 });
   assert.deepEqual(c.checkpoint, { interval: 0, keep: 2 });
-  assert.deepEqual(c.parallel, { dp: 1, zero: 0 });
+  assert.deepEqual(c.parallel, { dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true });
 });
 
 test("`validateConfig` names the dotted path of a value of the wrong type", () => {
@@ -73,6 +73,7 @@ test("`validateConfig` names the dotted path of out-of-range values", () => {
   bad("optimizer", "lr", 0, /greater than 0/);
   bad("optimizer", "weight_decay", -0.1, /greater than or equal to 0/);
   bad("parallel", "zero", 4, /./);
+  bad("parallel", "bucket_mb", 0, /greater than 0/);
   bad("checkpoint", "keep", 0, /greater than 0/);
 });
 
