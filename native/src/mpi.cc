@@ -9,6 +9,7 @@
 //                               ndim, dims... (src/parallel/_mpi_native.ts writes it)
 //   kinds                       {allReduce: 0, ...}: the codes `kind` takes
 //   abort(code), finalize() -> bool
+//   setNice(comm, nice)         niceness of the communicator's thread (-1 = MEGALITH_COMM_NICE / 10)
 //
 // Buffers are raw addresses (JS numbers) of the main addon's allocations, as everywhere in
 // Megalith. Asynchronous calls run on the communicator's own thread (mpi_exec.cc explains why)
@@ -274,11 +275,23 @@ napi_value Finalize(napi_env env, napi_callback_info) {
   return r;
 }
 
+// setNice(comm, nice): the niceness of the communicator's communication thread (-1: default).
+napi_value SetNice(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  double a[2];
+  napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr);
+  if (argc < 2) return throw_error(env, "mpi.setNice: expected (comm, nice)");
+  for (int i = 0; i < 2; i++) if (!get_num(env, argv[i], &a[i], "setNice", i)) return nullptr;
+  if (!set_comm_nice(static_cast<int>(a[0]), static_cast<int>(a[1]))) return throw_error(env, "mpi.setNice: no communicator with handle " + std::to_string(static_cast<int>(a[0])));
+  return nullptr;
+}
+
 napi_value Register(napi_env env, napi_value exports) {
   struct {
     const char* name;
     napi_callback cb;
-  } fns[] = {{"init", Init}, {"split", Split}, {"call", Call}, {"callAsync", CallAsync}, {"abort", Abort}, {"finalize", Finalize}};
+  } fns[] = {{"init", Init}, {"split", Split}, {"call", Call}, {"callAsync", CallAsync}, {"abort", Abort}, {"finalize", Finalize}, {"setNice", SetNice}};
   for (auto& f : fns) {
     napi_value fn;
     napi_create_function(env, f.name, NAPI_AUTO_LENGTH, f.cb, nullptr, &fn);

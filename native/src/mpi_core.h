@@ -16,6 +16,7 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -116,6 +117,9 @@ struct Comm {
   bool started = false;
   std::thread thread;
   std::vector<Op*> sending;       // asynchronous sends posted, not complete (communication thread only)
+  // Niceness of the communication thread; -1 = MEGALITH_COMM_NICE, else 10. Set from JS
+  // (set_comm_nice), applied by the thread before its next call.
+  std::atomic<int> nice{-1};
 };
 
 // ---- mpi_exec.cc ----
@@ -133,6 +137,7 @@ Comm* register_world();
 void run_blocking(Op* op);                      // on the JS thread: the fast path or queue-and-wait
 void run_async(Op* op);                         // queue on the communicator's thread
 bool stop_comm_threads();                       // false when a thread is stuck in a call
+bool set_comm_nice(int handle, int nice);       // false for an unknown handle
 
 // ---- mpi.cc ----
 void complete_async(Op* op);                    // from any thread: settle op's Promise on the JS thread

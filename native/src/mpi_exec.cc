@@ -316,11 +316,22 @@ void comm_thread(Comm* c) {
   // MPI busy-polls while it waits for peers. On a core shared with compute (the usual case:
   // this thread exists to overlap with compute) a lower priority lets the compute thread run
   // and gives MPI the idle time. MEGALITH_COMM_NICE sets the niceness (default 10; 0 = none).
+  // A communicator whose calls the next computation waits for soon (ZeRO-3's parameter
+  // gathers) asks for 0 instead: at 10, the peer's gather starves behind its compute and
+  // every rank waits for it.
   const char* nice_env = std::getenv("MEGALITH_COMM_NICE");
-  const int nice = nice_env ? std::atoi(nice_env) : 10;
-  if (nice > 0) setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), nice);
+  const int fallback = nice_env ? std::atoi(nice_env) : 10;
+  int applied = 0;  // inherited from the process
   std::unique_lock<std::mutex> l(c->mu);
   for (;;) {
+    const int want_raw = c->nice.load(std::memory_order_relaxed);
+    const int want = want_raw < 0 ? fallback : want_raw;
+    if (want != applied) {
+      // Raising the priority back needs privileges a container may lack; then it stays lower
+      // (and is not retried on every call).
+      setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), want);
+      applied = want;
+    }
     if (c->queue.empty()) {
       if (c->stop) return;
       if (c->sending.empty()) {
@@ -454,6 +465,13 @@ void run_async(Op* op) {
   }
   c->queue.push_back(op);
   c->cv.notify_one();
+}
+
+bool set_comm_nice(int handle, int nice) {
+  Comm* c = comm_at(handle);
+  if (!c) return false;
+  c->nice.store(nice < 0 ? -1 : nice, std::memory_order_relaxed);
+  return true;
 }
 
 bool stop_comm_threads() {

@@ -48,6 +48,7 @@ interface Addon {
   kinds: Record<CallKind, number>;
   abort(code: number): never;
   finalize(): boolean;
+  setNice(comm: number, nice: number): void;
 }
 
 /** True when this process was started by mpirun (Open MPI or a PMI launcher). */
@@ -123,6 +124,8 @@ export const mpi = {
       throw commError(e);
     });
   },
+  /** Niceness of a communicator's communication thread (-1: MEGALITH_COMM_NICE, else 10). */
+  setNice: (comm: number, nice: number): void => load().setNice(comm, nice),
   /** MPI_Abort on the world: every rank of the job ends. */
   abort: (code: number): never => load().abort(code),
   /** Stops the communication threads and finalizes MPI; false when a call was still running. */

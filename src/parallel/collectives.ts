@@ -170,6 +170,22 @@ export function splitGroup(g: ProcessGroup, color: number, key: number, name = `
   return { rank: r.rank, size: r.size, handle: r.handle, name, worldRanks: r.worldRanks };
 }
 
+/**
+ * Sets the niceness of `g`'s communication thread (the thread that runs its asynchronous calls).
+ * The default (MEGALITH_COMM_NICE, else 10) suits calls that only need to finish by the end of
+ * a step, like gradient reductions: MPI busy-polls while it waits, and on cores shared with
+ * compute a lower priority hands it only the idle time. Calls that the next computation waits
+ * for soon (ZeRO-3's parameter prefetches) want 0: at 10 a peer's call starves behind its
+ * compute, and every rank waits for it. -1 restores the default. A no-op for a group of one.
+ * @example
+ * setCommThreadNice(gatherGroup, 0);
+ */
+export function setCommThreadNice(g: ProcessGroup, nice: number): void {
+  if (!Number.isInteger(nice) || nice < -1 || nice > 19) throw new ValueError(`setCommThreadNice: nice must be an integer in 0..19 (or -1 for the default), got ${nice}`);
+  if (g.size === 1) return;
+  mpi.setNice(g.handle, nice);
+}
+
 // ---- checks ------------------------------------------------------------------------------------
 
 function contiguous(op: string, t: Tensor): void {

@@ -4,7 +4,7 @@
  * single process never loads MPI.
  */
 export {
-  worldGroup, splitGroup, collectiveTimeoutS,
+  worldGroup, splitGroup, setCommThreadNice, collectiveTimeoutS,
   allReduce, allReduceAsync, reduceScatter, reduceScatterAsync, allGather, allGatherAsync, broadcast, broadcastAsync,
   allToAll, allToAllAsync, barrier, barrierAsync, fence, send, sendAsync, recv, recvAsync,
   type ProcessGroup, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,

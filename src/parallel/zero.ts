@@ -33,7 +33,7 @@ import { Tensor, zeros, withCategory, keep, Category, reduceSumSq, tensor } from
 import { isBackwardRunning, isGradEnabled, recordNode, type Differentiable } from "../autograd/index.js";
 import type { Module } from "../nn/index.js";
 import { adamwState, clearGrads, clipCoefficient, type AdamWOptions, type AdamWState } from "../optim/index.js";
-import { allGather, allGatherAsync, allReduce, broadcast, fence, reduceScatterAsync, splitGroup, type ProcessGroup, type Work } from "./collectives.js";
+import { allGather, allGatherAsync, allReduce, broadcast, fence, reduceScatterAsync, setCommThreadNice, splitGroup, type ProcessGroup, type Work } from "./collectives.js";
 
 export type ZeroStage = 1 | 2 | 3;
 
@@ -187,6 +187,8 @@ export class ZeroAdamW {
     this.prefetchEnabled = this.stage === 3 && (zero.prefetch ?? true);
     // A collective over the group (every rank constructs its optimizer in the same order).
     this.gatherGroup = this.stage === 3 ? splitGroup(group, 0, group.rank, `${group.name ?? "dp"}/zero3-gather`) : group;
+    // The next block waits for its prefetch soon: its thread must not starve behind compute.
+    if (this.stage === 3) setCommThreadNice(this.gatherGroup, 0);
     if (this.stage === 3) {
       this.paramShard = withCategory("params", () => keep(zeros([base])));
       this.shardFromFull();

@@ -11,12 +11,21 @@ class FakeEngine implements EngineLike {
   readonly contextLength = 64;
   readonly eotToken = 0;
   queueFull = false;
+  /** The next request fails inside the engine after one token (a step failure). */
+  failNext = false;
   aborted: string[] = [];
   lastRequest: GenerationRequest | null = null;
   encode(text: string): number[] {
     return [...text].map((c) => c.charCodeAt(0) % 100 + 1);
   }
   async *submitImpl(req: GenerationRequest, signal?: AbortSignal): AsyncGenerator<EngineEvent> {
+    if (this.failNext) {
+      this.failNext = false;
+      yield { type: "delta", index: 0, text: "hello", tokenIds: [1], logprobs: [] };
+      yield { type: "finish", index: 0, reason: "error", error: "the step failed: out of memory" };
+      yield { type: "done", usage: { promptTokens: req.promptTokens.length, completionTokens: 1 } };
+      return;
+    }
     const words = ["hello", " there", " friend"];
     let produced = 0;
     const count = req.maxTokens > 30 ? 40 : Math.min(req.maxTokens, 3);  // long requests stream slowly
@@ -141,6 +150,34 @@ test("a client that disconnects mid-stream aborts its request in the engine", as
     ctrl.abort();
     for (let i = 0; i < 100 && engine.aborted.length === 0; i++) await new Promise((res) => setTimeout(res, 20));
     assert.equal(engine.aborted.length, 1);
+  } finally {
+    await app.close();
+  }
+});
+
+test("a failure inside the engine: a stream gets an error event then data: [DONE], a plain request a 500 body, and the server keeps serving", async () => {
+  const { app, base, engine } = await start();
+  const post = (body: unknown) => fetch(`${base}/v1/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  try {
+    engine.failNext = true;
+    const r = await post({ prompt: "x", max_tokens: 3, stream: true });
+    assert.equal(r.status, 200);
+    const events = (await r.text()).trim().split("\n\n");
+    assert.equal(events[events.length - 1], "data: [DONE]");
+    const parsed = events.slice(0, -1).map((e) => JSON.parse(e.slice("data: ".length)));
+    const errorAt = parsed.findIndex((e) => e.error);
+    assert.ok(errorAt > 0, `an error event after the first token: ${JSON.stringify(parsed)}`);
+    assert.match(parsed[errorAt].error.message, /out of memory/);
+    assert.equal(parsed[errorAt].error.type, "server_error");
+    engine.failNext = true;
+    const plain = await post({ prompt: "x", max_tokens: 3 });
+    assert.equal(plain.status, 500);
+    const body = (await plain.json()) as { error: { message: string; type: string; code: string } };
+    assert.match(body.error.message, /out of memory/);
+    assert.equal(body.error.code, "engine_error");
+    const ok = await post({ prompt: "x", max_tokens: 3 });
+    assert.equal(ok.status, 200);
+    assert.equal(((await ok.json()) as { choices: Array<{ text: string }> }).choices[0]!.text, "hello there friend");
   } finally {
     await app.close();
   }
