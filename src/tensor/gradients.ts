@@ -9,6 +9,7 @@
 import { native, UnaryOp } from "../backend/native/index.js";
 import { Tensor } from "./tensor.js";
 import * as ops from "./ops.js";
+import { matmulRaw } from "./matmul.js";
 import { broadcastShapes, broadcastStrides, contiguousStrides, numel } from "./shape.js";
 import type { DType } from "./dtype.js";
 import { dtypeSize } from "./dtype.js";
@@ -171,7 +172,7 @@ export const gradients = {
     let gb: Tensor | null = null;
     if (ctx.needA) {
       const bt = ops.transpose(b, -1, -2);
-      ga = withOwned(ops.matmulRaw(gy, bt), (t) => ops.sumToShape(t, a.shape));
+      ga = withOwned(matmulRaw(gy, bt), (t) => ops.sumToShape(t, a.shape));
       bt.dispose();
     }
     if (ctx.needB) {
@@ -181,11 +182,11 @@ export const gradients = {
         const a2 = ops.reshape(a, [-1, K]);
         const g2 = ops.reshape(gy, [-1, N]);
         const a2t = ops.transpose(a2, 0, 1);
-        gb = ops.matmulRaw(a2t, g2);
+        gb = matmulRaw(a2t, g2);
         for (const t of [a2, g2, a2t]) t.dispose();
       } else {
         const at = ops.transpose(a, -1, -2);
-        gb = withOwned(ops.matmulRaw(at, gy), (t) => ops.sumToShape(t, b.shape));
+        gb = withOwned(matmulRaw(at, gy), (t) => ops.sumToShape(t, b.shape));
         at.dispose();
       }
     }

@@ -8,6 +8,7 @@ import { native } from "../backend/native/index.js";
 import { recordNode, needsGrad } from "../autograd/engine.js";
 import { Tensor } from "./tensor.js";
 import * as ops from "./ops.js";
+import { matmul } from "./matmul.js";
 import { normDim, numel, shapesEqual } from "./shape.js";
 import { nextRandomOffset } from "./random.js";
 
@@ -368,7 +369,7 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
 function attentionComposed(q: Tensor, k: Tensor, v: Tensor, scale: number, isCausal: boolean, mask: Tensor | null, dropoutP: number): Tensor {
   const T = q.shape[q.ndim - 2]!, S = k.shape[k.ndim - 2]!;
   const kt = ops.transpose(k, -1, -2);
-  const raw = ops.matmul(q, kt);
+  const raw = matmul(q, kt);
   let scores = ops.mul(raw, scale);
   const tmp: Tensor[] = [kt, raw];
   if (isCausal || (mask && mask.dtype !== "float32")) {
@@ -394,7 +395,7 @@ function attentionComposed(q: Tensor, k: Tensor, v: Tensor, scale: number, isCau
     tmp.push(p);
     p = pd;
   }
-  const out = ops.matmul(p, v);
+  const out = matmul(p, v);
   tmp.push(p);
   for (const t of tmp) t.dispose();
   return out;

@@ -1,5 +1,6 @@
 /**
- * Tensor ops: creation, elementwise (broadcasting), reductions, shape views, matmul, scans.
+ * Tensor ops: creation, elementwise (broadcasting), reductions, scans, shape views (matmul is in
+ * matmul.ts).
  *
  * Each differentiable op computes its output with native kernels and records a node whose
  * gradient is looked up by op name in gradients.ts. Inputs of any strides are accepted;
@@ -513,6 +514,34 @@ export function topk(x: Tensor, k: number, dim = -1, largest = true): { values: 
   return { values: v, indices };
 }
 
+/**
+ * Sum of squares of every element, accumulated in float64 across rows of 4096 (parallel,
+ * and accurate for the hundred-million-element gradients of a real model).
+ */
+export function reduceSumSq(t: Tensor): number {
+  checkFloat("reduceSumSq", t);
+  return withContig(t, (c) => {
+    const n = c.numel;
+    const row = 4096;
+    const A = Math.floor(n / row);
+    let total = 0;
+    if (A > 0) {
+      const out = Tensor.empty([A]);
+      native.reduce(ReduceOp.sumSq, c.ptr, out.ptr, A, row, 1, 1);
+      for (const v of out.data() as Float32Array) total += v;
+      out.dispose();
+    }
+    const rest = n - A * row;
+    if (rest > 0) {
+      const out = Tensor.empty([1]);
+      native.reduce(ReduceOp.sumSq, c.ptr + A * row * 4, out.ptr, 1, rest, 1, 1);
+      total += (out.data() as Float32Array)[0]!;
+      out.dispose();
+    }
+    return total;
+  });
+}
+
 // ---- shape views --------------------------------------------------------------------------------------
 
 /** Strides for viewing (shape, strides) as newShape without copying, or null if impossible. */
@@ -741,133 +770,4 @@ export function split(x: Tensor, sizeOrSections: number | number[], dim = 0): Te
 export function chunk(x: Tensor, chunks: number, dim = 0): Tensor[] {
   const n = x.shape[normDim(dim, x.ndim, "chunk")]!;
   return split(x, Math.ceil(n / chunks), dim);
-}
-
-// ---- matmul ---------------------------------------------------------------------------------------------
-
-/** How a 2-D matrix view maps to BLAS: transposed flag and leading dimension, or null. */
-function blasLayout(rows: number, cols: number, rs: number, cs: number): { trans: boolean; ld: number } | null {
-  if (cs === 1 && (rs >= Math.max(1, cols) || rows === 1)) return { trans: false, ld: Math.max(rs, cols, 1) };
-  if (rs === 1 && (cs >= Math.max(1, rows) || cols === 1)) return { trans: true, ld: Math.max(cs, rows, 1) };
-  return null;
-}
-
-/** One stride for all batch dims (after broadcast), or null when they don't collapse. */
-function batchStride(shape: readonly number[], strides: readonly number[]): number | null {
-  let stride: number | null = null;
-  let expected = 0;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    if (shape[i] === 1) continue;
-    if (stride === null) {
-      stride = strides[i]!;
-      expected = stride * shape[i]!;
-    } else {
-      if (strides[i] !== expected) return null;
-      expected *= shape[i]!;
-    }
-  }
-  return stride ?? 0;
-}
-
-/** Raw batched matmul of a [..., M, K] and b [..., K, N] with broadcast batch dims (no autograd). */
-export function matmulRaw(a: Tensor, b: Tensor): Tensor {
-  const M = a.shape[a.ndim - 2]!, K = a.shape[a.ndim - 1]!, N = b.shape[b.ndim - 1]!;
-  if (b.shape[b.ndim - 2] !== K) {
-    throw new ShapeError("matmul", `inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)} (${K} vs ${b.shape[b.ndim - 2]})`);
-  }
-  const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul");
-  const outShape = [...batch, M, N];
-  const out = Tensor.empty(outShape);
-  const nb = numel(batch);
-  if (M === 0 || N === 0 || nb === 0) return out;
-  // Fold the batch into M when b is shared and a's batch rows are contiguous (x @ W).
-  const aBatchStr = broadcastStrides(a.shape.slice(0, -2), a.strides.slice(0, -2), batch);
-  const bBatchStr = broadcastStrides(b.shape.slice(0, -2), b.strides.slice(0, -2), batch);
-  let A = a, B = b;
-  let la = blasLayout(M, K, a.strides[a.ndim - 2]!, a.strides[a.ndim - 1]!);
-  let lb = blasLayout(K, N, b.strides[b.ndim - 2]!, b.strides[b.ndim - 1]!);
-  let sa = batchStride(batch, aBatchStr);
-  let sb = batchStride(batch, bBatchStr);
-  // Operands whose matrices are not BLAS-shaped, or whose batch dims do not collapse to one
-  // stride, are materialised (expanded to the full batch shape when the stride was the problem).
-  const materialise = (t: Tensor, rows: number, cols: number, expandBatch: boolean): Tensor => {
-    if (!expandBatch) return contiguousCopy(t);
-    const full = t.view_([...batch, rows, cols], [...broadcastStrides(t.shape.slice(0, -2), t.strides.slice(0, -2), batch), t.strides[t.ndim - 2]!, t.strides[t.ndim - 1]!], t.offset);
-    const c = contiguousCopy(full);
-    full.dispose();
-    return c;
-  };
-  if (!la || sa === null) {
-    A = materialise(a, M, K, sa === null);
-    la = { trans: false, ld: K };
-    sa = batchStride(batch, broadcastStrides(A.shape.slice(0, -2), A.strides.slice(0, -2), batch));
-  }
-  if (!lb || sb === null) {
-    B = materialise(b, K, N, sb === null);
-    lb = { trans: false, ld: N };
-    sb = batchStride(batch, broadcastStrides(B.shape.slice(0, -2), B.strides.slice(0, -2), batch));
-  }
-  const foldable = sb === 0 && !la.trans && sa === M * la.ld && nb > 1;
-  if (foldable) {
-    native.gemm(false, lb.trans, M * nb, N, K, 1, A.ptr, la.ld, 0, B.ptr, lb.ld, 0, 0, out.ptr, N, 0, 1);
-  } else {
-    native.gemm(la.trans, lb.trans, M, N, K, 1, A.ptr, la.ld, sa!, B.ptr, lb.ld, sb!, 0, out.ptr, N, M * N, nb);
-  }
-  if (A !== a) A.dispose();
-  if (B !== b) B.dispose();
-  return out;
-}
-
-/**
- * Matrix product with torch.matmul semantics: 1-D operands are promoted and the added dim
- * removed; batch dims broadcast.
- */
-export function matmul(a: Tensor, b: Tensor): Tensor {
-  checkFloat("matmul", a);
-  checkFloat("matmul", b);
-  if (a.ndim === 0 || b.ndim === 0) throw new ShapeError("matmul", `both arguments need at least 1 dimension, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`);
-  if (a.ndim === 1 || b.ndim === 1) {
-    const a2 = a.ndim === 1 ? unsqueeze(a, 0) : a;
-    const b2 = b.ndim === 1 ? unsqueeze(b, -1) : b;
-    const r = matmul(a2, b2);
-    let out = r;
-    if (a.ndim === 1) { const t = squeeze(out, -2); if (out !== r) out.dispose(); out = t; }
-    if (b.ndim === 1) { const t = squeeze(out, -1); if (out !== r) out.dispose(); out = t; }
-    if (out !== r) r.dispose();
-    if (a2 !== a) a2.dispose();
-    if (b2 !== b) b2.dispose();
-    return out;
-  }
-  const out = matmulRaw(a, b);
-  if (!needsGrad(a, b)) return out;
-  const ctx = { a: a.saveForBackward(), b: b.saveForBackward(), needA: a.requiresGrad, needB: b.requiresGrad };
-  return recordNode("matmul", out, [a, b], (gy) => G.matmul(ctx, gy as Tensor), [ctx.a, ctx.b]);
-}
-
-/**
- * Sum of squares of every element, accumulated in float64 across rows of 4096 (parallel,
- * and accurate for the hundred-million-element gradients of a real model).
- */
-export function reduceSumSq(t: Tensor): number {
-  checkFloat("reduceSumSq", t);
-  return withContig(t, (c) => {
-    const n = c.numel;
-    const row = 4096;
-    const A = Math.floor(n / row);
-    let total = 0;
-    if (A > 0) {
-      const out = Tensor.empty([A]);
-      native.reduce(ReduceOp.sumSq, c.ptr, out.ptr, A, row, 1, 1);
-      for (const v of out.data() as Float32Array) total += v;
-      out.dispose();
-    }
-    const rest = n - A * row;
-    if (rest > 0) {
-      const out = Tensor.empty([1]);
-      native.reduce(ReduceOp.sumSq, c.ptr + A * row * 4, out.ptr, 1, rest, 1, 1);
-      total += (out.data() as Float32Array)[0]!;
-      out.dispose();
-    }
-    return total;
-  });
 }

@@ -16,6 +16,7 @@ import { type DType, dtypeSize, dtypeCode } from "./dtype.js";
 import { Storage, Category, allocationCategory, trackTensor, keep, withScope } from "./storage.js";
 import { contiguousStrides, numel, type Shape } from "./shape.js";
 import * as ops from "./ops.js";
+import { matmul } from "./matmul.js";
 import * as nn from "./nn_ops.js";
 
 // Backstop for tensors that are never disposed: release their storage when collected.
@@ -333,7 +334,7 @@ export class Tensor implements Differentiable {
   topk(k: number, dim = -1, largest = true): { values: Tensor; indices: Tensor } { return ops.topk(this, k, dim, largest); }
 
   // ---- linear algebra --------------------------------------------------------------------------------
-  matmul(o: Tensor): Tensor { return ops.matmul(this, o); }
+  matmul(o: Tensor): Tensor { return matmul(this, o); }
 
   // ---- shape -------------------------------------------------------------------------------------------
   reshape(shape: readonly number[]): Tensor { return ops.reshape(this, shape); }
