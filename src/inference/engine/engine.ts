@@ -100,8 +100,6 @@ export class Engine implements EngineLike {
   /** Ids from here to the model's vocabulary size have no text: masked before sampling. */
   private readonly decodableVocab: number;
   private readonly seqs = new Map<string, Seq>();
-  /** The sequences of the step being processed (a failure ends them with an error). */
-  private stepSeqs: string[] = [];
   private readonly spec: { method: "ngram" | "draft"; numTokens: number; ngramMax: number } | null;
   private looping = false;
   private stopped = false;
@@ -221,17 +219,7 @@ export class Engine implements EngineLike {
       this.looping = false;
       return;
     }
-    try {
-      this.step();
-    } catch (e) {
-      // Whatever failed (sampling, detokenization, drafting), the step's requests end with an
-      // error and the engine goes on serving the rest.
-      for (const id of this.stepSeqs) {
-        const seq = this.seqs.get(id);
-        if (seq) this.finishSeq(seq, "error", (e as Error).message);
-      }
-    }
-    this.stepSeqs = [];
+    this.step();
     setImmediate(() => this.loop());  // yield to the HTTP side between steps
   }
 
@@ -251,20 +239,24 @@ export class Engine implements EngineLike {
       if (seq) seq.draft = null;
     }
     if (!out.scheduled.length) return;
-    this.stepSeqs = out.scheduled.map((s) => s.requestId);
-    let logits: Float32Array;
-    const sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }> = [];
     try {
-      if (out.blockCopies.length) this.runner.copyBlocks(out.blockCopies);
-      logits = this.runner.execute(this.buildBatch(out, sampleSeqs));
-      this.maskUndecodable(logits);
+      this.runScheduled(out);
     } catch (e) {
+      // Whatever failed (the forward, sampling, detokenization, drafting), the step's requests
+      // end with an error and the engine goes on serving the rest.
       for (const s of out.scheduled) {
         const seq = this.seqs.get(s.requestId);
         if (seq) this.finishSeq(seq, "error", (e as Error).message);
       }
-      return;
     }
+  }
+
+  /** The forward over a step's scheduled tokens, then sampling, streaming and drafting. */
+  private runScheduled(out: SchedulerOutput): void {
+    const sampleSeqs: Array<{ seq: Seq; rows: number; drafts: number[] }> = [];
+    if (out.blockCopies.length) this.runner.copyBlocks(out.blockCopies);
+    const logits = this.runner.execute(this.buildBatch(out, sampleSeqs));
+    this.maskUndecodable(logits);
     const V = this.runner.model.config.vocabSize;
     const sampled = new Map<string, number[]>();
     const logprobs = new Map<string, TokenLogprob[]>();
