@@ -71,13 +71,7 @@ interface Unit {
   launched: boolean;
   refs: number;        // stage 3: users of the gathered parameters
   heldForBackward: number;
-  prefetch: Prefetch | null;  // stage 3: an all-gather started ahead of use
-}
-
-/** A unit's parameters being gathered ahead of use into `full` (the unit's padded flat space). */
-interface Prefetch {
-  full: Tensor;
-  work: Work;
+  prefetched: Tensor | null;  // stage 3: the padded flat space an early all-gather is filling
 }
 
 interface InFlight {
@@ -126,7 +120,8 @@ export class ZeroAdamW {
    *  never wait behind gradient reductions in the group's FIFO. */
   private readonly gatherGroup: ProcessGroup;
   private readonly prefetchEnabled: boolean;
-  private prefetchWorks: Work[] = [];
+  /** A prefetch's gather that failed: synchronize() reports it. */
+  private prefetchError: unknown = null;
   private readonly units: Unit[] = [];
   private readonly unitOf = new Map<Tensor, Unit>();
   private inFlight: InFlight[] = [];
@@ -174,7 +169,7 @@ export class ZeroAdamW {
         const a = Math.max(lo, offsets[k]!), b = Math.min(hi, offsets[k]! + params[i]!.numel);
         if (a < b) pieces.push({ param: i, start: a - offsets[k]!, len: b - a, shardOffset: a - lo });
       });
-      const u: Unit = { params: ids, offsets, numel: n, shard, base, pieces, ready: 0, launched: false, refs: 0, heldForBackward: 0, prefetch: null };
+      const u: Unit = { params: ids, offsets, numel: n, shard, base, pieces, ready: 0, launched: false, refs: 0, heldForBackward: 0, prefetched: null };
       this.units.push(u);
       for (const i of ids) this.unitOf.set(params[i]!, u);
       base += shard;
@@ -187,9 +182,9 @@ export class ZeroAdamW {
     this.prefetchEnabled = this.stage === 3 && (zero.prefetch ?? true);
     // A collective over the group (every rank constructs its optimizer in the same order).
     this.gatherGroup = this.stage === 3 ? splitGroup(group, 0, group.rank, `${group.name ?? "dp"}/zero3-gather`) : group;
-    // The next block waits for its prefetch soon: its thread must not starve behind compute.
-    if (this.stage === 3) setCommThreadNice(this.gatherGroup, 0);
     if (this.stage === 3) {
+      // The next block waits for its prefetch soon: its thread must not starve behind compute.
+      setCommThreadNice(this.gatherGroup, 0);
       this.paramShard = withCategory("params", () => keep(zeros([base])));
       this.shardFromFull();
       for (const p of params) p.storage.releaseData_();
@@ -275,9 +270,11 @@ export class ZeroAdamW {
     this.inFlight = [];
     // A prefetch nobody used (a forward cut short) would hold stale weights after step().
     for (const u of this.units) this.dropPrefetch(u);
-    const works = this.prefetchWorks;
-    this.prefetchWorks = [];
-    for (const w of works) await w.wait();  // a failed gather reports here
+    if (this.prefetchError) {
+      const e = this.prefetchError;
+      this.prefetchError = null;
+      throw e;
+    }
     for (const u of this.units) {
       u.ready = 0;
       // A forward whose backward never ran leaves its units gathered: release them now.
@@ -468,10 +465,10 @@ export class ZeroAdamW {
         // The replay's backward follows at once: keep the parameters gathered for it (released
         // when the unit's gradients are reduced) instead of gathering them twice.
         u.heldForBackward++;
-        return this.gatherOnBackward(out as Tensor, u, false);
+        return this.gatherOnBackward(out as Tensor, u, index, false);
       }
       this.releaseUnit(u);
-      if (differentiable) return this.gatherOnBackward(out as Tensor, u, true);
+      if (differentiable) return this.gatherOnBackward(out as Tensor, u, index, true);
       return out;
     };
   }
@@ -479,12 +476,11 @@ export class ZeroAdamW {
   /**
    * An identity op whose backward marks the start of the module's backward: it gathers the
    * unit's parameters (unless `gather` is false: they are still held) and prefetches the
-   * preceding unit's.
+   * preceding unit's. `index` is the unit's position in this.units.
    */
-  private gatherOnBackward(x: Tensor, u: Unit, gather: boolean): Tensor {
+  private gatherOnBackward(x: Tensor, u: Unit, index: number, gather: boolean): Tensor {
     const y = x.alias();
     x.dispose();
-    const index = this.units.indexOf(u);
     return recordNode("zero3_gather", y, [x], (gy: Differentiable) => {
       if (gather) {
         this.acquire(u);
@@ -501,11 +497,11 @@ export class ZeroAdamW {
     if (u.refs++ > 0) return;
     for (const i of u.params) this.params[i]!.storage.restoreData_(Category.params);
     const dst = (i: number) => this.params[i]!.ptr;
-    if (u.prefetch) {
+    if (u.prefetched) {
       fence(this.gatherGroup);  // the prefetched gather (and any before it) is done
-      this.scatterFull(u, u.prefetch.full, dst);
-      u.prefetch.full.dispose();
-      u.prefetch = null;
+      this.scatterFull(u, u.prefetched, dst);
+      u.prefetched.dispose();
+      u.prefetched = null;
       this.timings.prefetched++;
       return;
     }
@@ -517,21 +513,21 @@ export class ZeroAdamW {
 
   /** Starts gathering unit `u` (if given, not gathered and not already on its way). */
   private startPrefetch(u: Unit | undefined): void {
-    if (!this.prefetchEnabled || !u || u.refs > 0 || u.prefetch) return;
+    if (!this.prefetchEnabled || !u || u.refs > 0 || u.prefetched) return;
     const full = withCategory("params", () => keep(Tensor.empty([u.shard * this.group.size])));
     const view = this.paramShard!.view_([u.shard], [1], u.base);
     const work = allGatherAsync(view, full, this.gatherGroup);  // holds both buffers until done
     view.dispose();
-    this.prefetchWorks.push(work);
-    u.prefetch = { full, work };
+    work.wait().catch((e: unknown) => { this.prefetchError ??= e; });
+    u.prefetched = full;
   }
 
   /** Waits for and frees a prefetch that was never used. */
   private dropPrefetch(u: Unit): void {
-    if (!u.prefetch) return;
+    if (!u.prefetched) return;
     fence(this.gatherGroup);
-    u.prefetch.full.dispose();
-    u.prefetch = null;
+    u.prefetched.dispose();
+    u.prefetched = null;
   }
 
   private releaseUnit(u: Unit): void {
