@@ -47,19 +47,21 @@ function best(runs: Sizes[]): SizeRow[] {
   });
 }
 
-/** Steady-state tokens/s and per-rank memory (MiB, when gradients are complete) of configs/tiny.json. */
+/** Steady-state tokens/s (median step) and per-rank memory (MiB, when gradients are complete) of configs/tiny.json. */
 function trainRun(np: number, dir: string, zero = 0, extra: string[] = []): { tokensPerS: number; mem: { params: number; grads: number; optimizer: number } } {
   const out = join(dir, `dp${np}_zero${zero}${extra.length ? "_" + extra.join("_").replace(/\W+/g, "_") : ""}`);
-  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=12", `parallel.dp=${np}`, `parallel.zero=${zero}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1", ...extra];
+  const args = ["train", "--config", "configs/tiny.json", "--set", `out_dir=${out}`, "train.max_steps=20", `parallel.dp=${np}`, `parallel.zero=${zero}`, `train.micro_batch_size=${8 / np}`, "checkpoint.interval=0", "eval.interval=0", "eval.batches=1", ...extra];
   const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
   const r = np === 1 ? spawnSync(process.execPath, ["bin/megalith.js", ...args], { encoding: "utf8", env })
     : spawnSync("mpirun", mpirunArgs(np, args, undefined, "bin/megalith.js"), { encoding: "utf8", env });
   if (r.status !== 0) throw new Error(`comm bench: training at dp=${np} failed: ${r.stderr}`);
   const lines = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.tokens_per_s);
-  const steady = lines.slice(2);  // skip warm-up steps
+  // The median of the steps after warm-up: this machine's cores are shared, and a mean moves
+  // with every step that another job slowed down.
+  const steady = lines.slice(2).map((m) => m.tokens_per_s as number).sort((a, b) => a - b);
   const last = lines[lines.length - 1];
   return {
-    tokensPerS: steady.reduce((s, m) => s + m.tokens_per_s, 0) / steady.length,
+    tokensPerS: steady[Math.floor(steady.length / 2)]!,
     mem: { params: last.mem_params_mb, grads: last.mem_grads_mb, optimizer: last.mem_optimizer_mb },
   };
 }
