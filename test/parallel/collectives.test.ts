@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { randn, zeros, tensor } from "../../src/index.js";
 import {
   worldGroup, splitGroup, allReduce, allReduceAsync, allGather, allGatherAsync, reduceScatter, reduceScatterAsync, broadcast, broadcastAsync,
-  allToAll, allToAllAsync, barrier, barrierAsync, send, recv, DeviceMesh,
+  allToAll, allToAllAsync, barrier, barrierAsync, fence, send, recv, setCommThreadNice, DeviceMesh,
 } from "../../src/parallel/index.js";
 import { mpirunArgs } from "../../src/cli/launch.js";
 
@@ -67,6 +67,10 @@ test("collectives check their arguments the same way in a single process", () =>
   assert.throws(() => new DeviceMesh({ xp: 1 } as never), /unknown axis "xp"/);
   const z = zeros([4]);
   assert.throws(() => allGather(z, z, g), /input and output share storage/);
+  assert.throws(() => setCommThreadNice(g, 25), /nice must be an integer in 0\.\.19 \(or -1 for the default\), got 25/);
+  assert.throws(() => setCommThreadNice(g, 1.5), /got 1\.5/);
+  setCommThreadNice(g, 0);  // a group of one has no communication thread: a no-op
+  fence(g);                 // ... and nothing to wait for
 });
 
 for (const np of [2, 4]) {
