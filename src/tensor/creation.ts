@@ -1,6 +1,6 @@
 /** Tensor factories: tensor(), zeros, ones, full, arange, randn, rand, empty. */
 import { ValueError, fmtShape } from "../core/errors.js";
-import { native, RandomKind } from "../backend/native/index.js";
+import { backend, RandomKind } from "../backend/index.js";
 import { Tensor, type NestedArray } from "./tensor.js";
 import { type DType, checkDType } from "./dtype.js";
 import { numel, resolveShape, type Shape } from "./shape.js";
@@ -88,7 +88,7 @@ export function tensor(data: Data, opts: TensorDataOptions = {}): Tensor {
     t = Tensor.empty(shape, dtype);
     const arr = dtype === "float32" ? Float32Array.from(values) : dtype === "int32" ? Int32Array.from(values)
       : dtype === "int8" ? Int8Array.from(values) : Uint8Array.from(values);
-    native.write(t.ptr, arr);
+    backend.write(t, arr);
   } else {
     const f = tensor(Float32Array.from(values), { shape });
     t = ops.toDType(f, dtype);
@@ -136,7 +136,7 @@ function randomImpl(kind: number, shape: Shape, a: number, b: number, opts: Rand
   const { seed, offset } = opts.seed !== undefined ? { seed: opts.seed, offset: opts.offset ?? 0 } : nextRandomOffset(n);
   if (!Number.isSafeInteger(seed) || seed < 0) throw new ValueError(`random: seed must be a non-negative safe integer, got ${seed}`);
   const t = Tensor.empty(s);
-  native.random(kind, seed, offset, t.ptr, n, a, b);
+  backend.random(kind, seed, offset, t, n, a, b, "float32");
   const out = opts.dtype && opts.dtype !== "float32" ? ops.toDType(t, opts.dtype) : t;
   if (out !== t) t.dispose();
   return finish(out, opts);

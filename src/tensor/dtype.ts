@@ -2,7 +2,7 @@
  * (convert with `.to("float32")`); int32 holds indices and targets; int8/uint8 hold quantized
  * weights and masks. */
 import { ValueError } from "../core/errors.js";
-import { DTypeCode } from "../backend/native/index.js";
+import { OP_CODES } from "../backend/index.js";
 
 export type DType = "float32" | "bfloat16" | "float16" | "int32" | "int8" | "uint8";
 
@@ -17,7 +17,7 @@ export function dtypeSize(dtype: DType): number {
 
 /** The native dtype code (native/src/megalith.h DType). */
 export function dtypeCode(dtype: DType): number {
-  return DTypeCode[dtype];
+  return OP_CODES.DType[dtype];
 }
 
 /** Throws a clear error unless `d` names a dtype. */

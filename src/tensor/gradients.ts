@@ -6,11 +6,11 @@
  * Gradient functions run with grad mode off (the engine wraps backward in noGrad), return one
  * entry per recorded input (null = no gradient), and own what they return.
  */
-import { native, UnaryOp } from "../backend/native/index.js";
+import { backend, BinaryOp } from "../backend/index.js";
 import { Tensor } from "./tensor.js";
 import * as ops from "./ops.js";
 import { matmulRaw } from "./matmul.js";
-import { broadcastShapes, broadcastStrides, contiguousStrides, numel } from "./shape.js";
+import { broadcastShapes, broadcastStrides, contiguousStrides } from "./shape.js";
 import type { DType } from "./dtype.js";
 import { dtypeSize } from "./dtype.js";
 
@@ -43,16 +43,16 @@ export const gradients = {
   },
 
   mul(ctx: { aShape: readonly number[]; bShape: readonly number[]; a: Tensor | null; b: Tensor | null }, gy: Tensor): Grads {
-    const ga = withOwned(ops.binaryRaw(2, gy, ctx.b!, "mul"), (t) => reduceTo(t, ctx.aShape));
-    const gb = withOwned(ops.binaryRaw(2, gy, ctx.a!, "mul"), (t) => reduceTo(t, ctx.bShape));
+    const ga = withOwned(ops.binaryRaw(BinaryOp.mul, gy, ctx.b!, "mul"), (t) => reduceTo(t, ctx.aShape));
+    const gb = withOwned(ops.binaryRaw(BinaryOp.mul, gy, ctx.a!, "mul"), (t) => reduceTo(t, ctx.bShape));
     return [ga, gb];
   },
 
   div(ctx: { aShape: readonly number[]; bShape: readonly number[]; b: Tensor | null; out: Tensor | null }, gy: Tensor): Grads {
     // d(a/b)/da = 1/b ; d(a/b)/db = -(a/b)/b
-    const ga = withOwned(ops.binaryRaw(3, gy, ctx.b!, "div"), (t) => reduceTo(t, ctx.aShape));
-    const q = ops.binaryRaw(3, ctx.out!, ctx.b!, "div");
-    const gb = withOwned(ops.binaryRaw(2, gy, q, "mul"), (t) => withOwned(ops.unaryRaw("neg", t), (n) => reduceTo(n, ctx.bShape)));
+    const ga = withOwned(ops.binaryRaw(BinaryOp.div, gy, ctx.b!, "div"), (t) => reduceTo(t, ctx.aShape));
+    const q = ops.binaryRaw(BinaryOp.div, ctx.out!, ctx.b!, "div");
+    const gb = withOwned(ops.binaryRaw(BinaryOp.mul, gy, q, "mul"), (t) => withOwned(ops.unaryRaw("neg", t), (n) => reduceTo(n, ctx.bShape)));
     q.dispose();
     return [ga, gb];
   },
@@ -60,22 +60,22 @@ export const gradients = {
   pow(ctx: { aShape: readonly number[]; bShape: readonly number[]; a: Tensor | null; b: Tensor | null; out: Tensor | null }, gy: Tensor): Grads {
     // d(a^b)/da = b a^(b-1) = b out / a ; d(a^b)/db = out log(a)
     const bm1 = ops.unaryRaw("addScalar", ctx.b!, -1);
-    const apow = ops.binaryRaw(4, ctx.a!, bm1, "pow");
-    const t1 = ops.binaryRaw(2, apow, ctx.b!, "mul");
-    const ga = withOwned(ops.binaryRaw(2, gy, t1, "mul"), (t) => reduceTo(t, ctx.aShape));
+    const apow = ops.binaryRaw(BinaryOp.pow, ctx.a!, bm1, "pow");
+    const t1 = ops.binaryRaw(BinaryOp.mul, apow, ctx.b!, "mul");
+    const ga = withOwned(ops.binaryRaw(BinaryOp.mul, gy, t1, "mul"), (t) => reduceTo(t, ctx.aShape));
     const la = ops.unaryRaw("log", ctx.a!);
-    const t2 = ops.binaryRaw(2, ctx.out!, la, "mul");
-    const gb = withOwned(ops.binaryRaw(2, gy, t2, "mul"), (t) => reduceTo(t, ctx.bShape));
+    const t2 = ops.binaryRaw(BinaryOp.mul, ctx.out!, la, "mul");
+    const gb = withOwned(ops.binaryRaw(BinaryOp.mul, gy, t2, "mul"), (t) => reduceTo(t, ctx.bShape));
     for (const t of [bm1, apow, t1, la, t2]) t.dispose();
     return [ga, gb];
   },
 
   maximum(ctx: { aShape: readonly number[]; bShape: readonly number[]; a: Tensor | null; b: Tensor | null }, gy: Tensor): Grads {
-    return minmaxGrad(ctx, gy, 11 /* gt */);
+    return minmaxGrad(ctx, gy, BinaryOp.gt);
   },
 
   minimum(ctx: { aShape: readonly number[]; bShape: readonly number[]; a: Tensor | null; b: Tensor | null }, gy: Tensor): Grads {
-    return minmaxGrad(ctx, gy, 9 /* lt */);
+    return minmaxGrad(ctx, gy, BinaryOp.lt);
   },
 
   unary(ctx: { name: ops.UnaryName; a: number; b: number; x: Tensor | null; y: Tensor | null }, gy: Tensor): Grads {
@@ -90,7 +90,7 @@ export const gradients = {
   },
 
   where(ctx: { cond: Tensor; aShape: readonly number[]; bShape: readonly number[] }, gy: Tensor): Grads {
-    const zero = ops.full([], 0);
+    const zero = ops.full([], 0, gy.dtype);
     const ga = withOwned(whereRaw(ctx.cond, gy, zero), (t) => reduceTo(t, ctx.aShape));
     const gb = withOwned(whereRaw(ctx.cond, zero, gy), (t) => reduceTo(t, ctx.bShape));
     zero.dispose();
@@ -114,10 +114,10 @@ export const gradients = {
     const flatIdx = new Int32Array(ctx.rows * ctx.k);
     for (let r = 0; r < ctx.rows; r++) for (let j = 0; j < ctx.k; j++) flatIdx[r * ctx.k + j] = r * ctx.n + idx[r * ctx.k + j]!;
     const fi = Tensor.empty([flatIdx.length], "int32");
-    native.write(fi.ptr, flatIdx);
-    const out = ops.full([ctx.rows * ctx.n], 0);
+    backend.write(fi, flatIdx);
+    const out = ops.full([ctx.rows * ctx.n], 0, gy.dtype);
     const g = gy.isContiguous ? gy.alias() : ops.contiguousCopy(gy);
-    native.embeddingBackward(g.ptr, fi.ptr, out.ptr, flatIdx.length, 1);
+    backend.embeddingBackward(g, fi, out, flatIdx.length, 1, g.dtype);
     g.dispose();
     fi.dispose();
     const shaped = out.view_(ctx.lastShape, contiguousStrides(ctx.lastShape), 0);
@@ -145,12 +145,11 @@ export const gradients = {
   },
 
   slice(ctx: { shape: readonly number[]; dim: number; start: number; step: number; len: number }, gy: Tensor): Grads {
-    const out = ops.full(ctx.shape, 0);
+    const out = ops.full(ctx.shape, 0, gy.dtype);
     const strides = contiguousStrides(ctx.shape);
     const vstr = [...strides];
     vstr[ctx.dim] = strides[ctx.dim]! * ctx.step;
-    const dst = out.ptr + ctx.start * strides[ctx.dim]! * 4;
-    native.copyStrided(4, gy.ptr, [...gy.strides], dst, vstr, [...gy.shape]);
+    backend.copyStrided(dtypeSize(gy.dtype), gy, [...gy.strides], out.at(ctx.start * strides[ctx.dim]!), vstr, [...gy.shape]);
     return [out];
   },
 
@@ -196,27 +195,23 @@ export const gradients = {
 
 function whereRaw(cond: Tensor, a: Tensor, b: Tensor): Tensor {
   const shape = broadcastShapes(broadcastShapes(cond.shape, a.shape, "where"), b.shape, "where");
-  const out = Tensor.empty(shape);
-  native.where(cond.ptr, broadcastStrides(cond.shape, cond.strides, shape), a.ptr, broadcastStrides(a.shape, a.strides, shape),
-    b.ptr, broadcastStrides(b.shape, b.strides, shape), out.ptr, shape);
+  const out = Tensor.empty(shape, a.dtype);
+  backend.where(cond, broadcastStrides(cond.shape, cond.strides, shape), a, broadcastStrides(a.shape, a.strides, shape),
+    b, broadcastStrides(b.shape, b.strides, shape), out, shape, a.dtype);
   return out;
 }
 
 function minmaxGrad(ctx: { aShape: readonly number[]; bShape: readonly number[]; a: Tensor | null; b: Tensor | null }, gy: Tensor, cmp: number): Grads {
   // Ties split the gradient evenly (torch.maximum's rule).
   const win = ops.binaryRaw(cmp, ctx.a!, ctx.b!, "maximum");
-  const tie = ops.binaryRaw(7 /* eq */, ctx.a!, ctx.b!, "maximum");
+  const tie = ops.binaryRaw(BinaryOp.eq, ctx.a!, ctx.b!, "maximum");
   const half = ops.unaryRaw("mulScalar", tie, 0.5);
-  const wa = ops.binaryRaw(0, win, half, "maximum");
-  const one = ops.full([], 1);
-  const wb = ops.binaryRaw(1, one, wa, "maximum");
-  const ga = withOwned(ops.binaryRaw(2, gy, wa, "mul"), (t) => reduceTo(t, ctx.aShape));
-  const gb = withOwned(ops.binaryRaw(2, gy, wb, "mul"), (t) => reduceTo(t, ctx.bShape));
+  const wa = ops.binaryRaw(BinaryOp.add, win, half, "maximum");
+  const one = ops.full([], 1, gy.dtype);
+  const wb = ops.binaryRaw(BinaryOp.sub, one, wa, "maximum");
+  const ga = withOwned(ops.binaryRaw(BinaryOp.mul, gy, wa, "mul"), (t) => reduceTo(t, ctx.aShape));
+  const gb = withOwned(ops.binaryRaw(BinaryOp.mul, gy, wb, "mul"), (t) => reduceTo(t, ctx.bShape));
   for (const t of [win, tie, half, wa, one, wb]) t.dispose();
   return [ga, gb];
 }
 
-// Silence unused-import lints for helpers kept for clarity.
-void UnaryOp;
-void numel;
-void dtypeSize;

@@ -1,14 +1,16 @@
 /**
  * Matrix products: torch.matmul semantics (1-D promotion, broadcast batch dims) on OpenBLAS's
  * strided batched GEMM, copying an operand only when its layout cannot be described to BLAS.
+ * 16-bit operands run the backend's bf16/f16 GEMM (float32 accumulation) and give a result in
+ * their dtype, as torch.matmul does.
  */
 import { ShapeError, fmtShape } from "../core/errors.js";
-import { native } from "../backend/native/index.js";
+import { backend } from "../backend/index.js";
 import { recordNode, needsGrad } from "../autograd/engine.js";
 import { Tensor } from "./tensor.js";
 import { broadcastShapes, broadcastStrides, numel } from "./shape.js";
 import { gradients as G } from "./gradients.js";
-import { checkFloat, contiguousCopy, squeeze, unsqueeze } from "./ops.js";
+import { checkFloat, contiguousCopy, squeeze, unsqueeze, promoteTypes, toDType } from "./ops.js";
 
 /** How a 2-D matrix view maps to BLAS: transposed flag and leading dimension, or null. */
 function blasLayout(rows: number, cols: number, rs: number, cs: number): { trans: boolean; ld: number } | null {
@@ -34,15 +36,17 @@ function batchStride(shape: readonly number[], strides: readonly number[]): numb
   return stride ?? 0;
 }
 
-/** Raw batched matmul of a [..., M, K] and b [..., K, N] with broadcast batch dims (no autograd). */
+/** Raw batched matmul of a [..., M, K] and b [..., K, N] with broadcast batch dims (no autograd); a and b share a dtype. */
 export function matmulRaw(a: Tensor, b: Tensor): Tensor {
+  if (a.dtype !== b.dtype) throw new ShapeError("matmul", `internal: operands in ${a.dtype} and ${b.dtype} (promote first)`);
+  const dt = a.dtype;
   const M = a.shape[a.ndim - 2]!, K = a.shape[a.ndim - 1]!, N = b.shape[b.ndim - 1]!;
   if (b.shape[b.ndim - 2] !== K) {
     throw new ShapeError("matmul", `inner dimensions differ: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)} (${K} vs ${b.shape[b.ndim - 2]})`);
   }
   const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), "matmul");
   const outShape = [...batch, M, N];
-  const out = Tensor.empty(outShape);
+  const out = Tensor.empty(outShape, dt);
   const nb = numel(batch);
   if (M === 0 || N === 0 || nb === 0) return out;
   // Fold the batch into M when b is shared and a's batch rows are contiguous (x @ W).
@@ -74,9 +78,9 @@ export function matmulRaw(a: Tensor, b: Tensor): Tensor {
   }
   const foldable = sb === 0 && !la.trans && sa === M * la.ld && nb > 1;
   if (foldable) {
-    native.gemm(false, lb.trans, M * nb, N, K, 1, A.ptr, la.ld, 0, B.ptr, lb.ld, 0, 0, out.ptr, N, 0, 1);
+    backend.gemm(false, lb.trans, M * nb, N, K, 1, A, la.ld, 0, B, lb.ld, 0, 0, out, N, 0, 1, dt, dt);
   } else {
-    native.gemm(la.trans, lb.trans, M, N, K, 1, A.ptr, la.ld, sa!, B.ptr, lb.ld, sb!, 0, out.ptr, N, M * N, nb);
+    backend.gemm(la.trans, lb.trans, M, N, K, 1, A, la.ld, sa!, B, lb.ld, sb!, 0, out, N, M * N, nb, dt, dt);
   }
   if (A !== a) A.dispose();
   if (B !== b) B.dispose();
@@ -87,9 +91,22 @@ export function matmulRaw(a: Tensor, b: Tensor): Tensor {
  * Matrix product with torch.matmul semantics: 1-D operands are promoted and the added dim
  * removed; batch dims broadcast.
  */
-export function matmul(a: Tensor, b: Tensor): Tensor {
-  checkFloat("matmul", a);
-  checkFloat("matmul", b);
+export function matmul(aIn: Tensor, bIn: Tensor): Tensor {
+  checkFloat("matmul", aIn);
+  checkFloat("matmul", bIn);
+  if (aIn.dtype !== bIn.dtype) {
+    // Mixed dtypes meet in the promoted one; the casts are recorded, so each gradient comes back in its operand's dtype.
+    const dt = promoteTypes(aIn.dtype, bIn.dtype);
+    const a = aIn.dtype === dt ? aIn : toDType(aIn, dt);
+    const b = bIn.dtype === dt ? bIn : toDType(bIn, dt);
+    try {
+      return matmul(a, b);
+    } finally {
+      if (a !== aIn) a.dispose();
+      if (b !== bIn) b.dispose();
+    }
+  }
+  const a = aIn, b = bIn;
   if (a.ndim === 0 || b.ndim === 0) throw new ShapeError("matmul", `both arguments need at least 1 dimension, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`);
   if (a.ndim === 1 || b.ndim === 1) {
     const a2 = a.ndim === 1 ? unsqueeze(a, 0) : a;

@@ -1,10 +1,15 @@
 /**
  * Fused neural-network primitives: softmax, layer/RMS norm, embedding, cross-entropy, dropout
- * and scaled-dot-product attention. Each is one native kernel forward and one backward, with
+ * and scaled-dot-product attention. Each is one backend kernel forward and one backward, with
  * only small per-row statistics saved (mean/rstd, log-sum-exp), never a T x T matrix.
+ *
+ * Dtypes: activations keep their dtype (float32, bfloat16 or float16) through every op; the
+ * statistics (mean/rstd, log-sum-exp) and losses are float32, and the kernels accumulate in
+ * float32. Norm weights may be in another dtype than their input (float32 master weights
+ * under a bfloat16 compute policy): their gradients come back in the weight's dtype.
  */
 import { ShapeError, ValueError, fmtShape } from "../core/errors.js";
-import { native } from "../backend/native/index.js";
+import { backend } from "../backend/index.js";
 import { recordNode, needsGrad } from "../autograd/engine.js";
 import { Tensor } from "./tensor.js";
 import * as ops from "./ops.js";
@@ -12,10 +17,17 @@ import { matmul } from "./matmul.js";
 import { normDim, numel, shapesEqual } from "./shape.js";
 import { nextRandomOffset } from "./random.js";
 
-const NULL = null as unknown as number;
-
 function contig(t: Tensor): Tensor {
   return t.isContiguous ? t.alias() : ops.contiguousCopy(t);
+}
+
+/** A contiguous handle in `dtype` the caller owns (a gradient arriving in another dtype is converted). */
+function contigAs(t: Tensor, dtype: Tensor["dtype"]): Tensor {
+  if (t.dtype === dtype) return contig(t);
+  const c = contig(t);
+  const out = ops.toDType(c, dtype);
+  c.dispose();
+  return out;
 }
 
 // ---- softmax ------------------------------------------------------------------------------------
@@ -36,15 +48,15 @@ function softmaxImpl(x: Tensor, dim: number, log: boolean): Tensor {
   const cols = x.shape[x.ndim - 1]!;
   const rows = cols === 0 ? 0 : x.numel / cols;
   const xc = contig(x);
-  const y = Tensor.empty(x.shape);
-  native.softmaxForward(xc.ptr, y.ptr, rows, cols, log);
+  const y = Tensor.empty(x.shape, x.dtype);
+  backend.softmaxForward(xc, y, rows, cols, log, x.dtype, x.dtype);
   xc.dispose();
   if (!needsGrad(x)) return y;
   const ctx = { y: y.saveForBackward(), rows, cols };
   return recordNode(op, y, [x], (gyIn) => {
-    const gy = contig(gyIn as Tensor);
-    const gx = Tensor.empty(ctx.y.shape);
-    native.softmaxBackward(ctx.y.ptr, gy.ptr, gx.ptr, ctx.rows, ctx.cols, log);
+    const gy = contigAs(gyIn as Tensor, ctx.y.dtype);
+    const gx = Tensor.empty(ctx.y.shape, gy.dtype);
+    backend.softmaxBackward(ctx.y, gy, gx, ctx.rows, ctx.cols, log, ctx.y.dtype, gy.dtype);
     gy.dispose();
     return [gx];
   }, [ctx.y]);
@@ -70,6 +82,7 @@ function normRows(op: string, x: Tensor, normalizedShape: number | readonly numb
       if (!shapesEqual(p.shape, ns)) throw new ShapeError(op, `${name} has shape ${fmtShape(p.shape)}, expected ${fmtShape(ns)}`);
     }
   }
+  if (weight && bias && weight.dtype !== bias.dtype) throw new ShapeError(op, `weight (${weight.dtype}) and bias (${bias.dtype}) must share a dtype`);
   const cols = numel(ns);
   return { cols, rows: cols === 0 ? 0 : x.numel / cols };
 }
@@ -84,10 +97,11 @@ export function layerNorm(x: Tensor, normalizedShape: number | readonly number[]
   const xc = contig(x);
   const w = weight ? contig(weight) : null;
   const b = bias ? contig(bias) : null;
-  const y = Tensor.empty(x.shape);
+  const wdt = (weight ?? bias)?.dtype ?? x.dtype;
+  const y = Tensor.empty(x.shape, x.dtype);
   const mean = Tensor.empty([rows]);
   const rstd = Tensor.empty([rows]);
-  native.layerNormForward(xc.ptr, w ? w.ptr : NULL, b ? b.ptr : NULL, y.ptr, mean.ptr, rstd.ptr, rows, cols, eps);
+  backend.layerNormForward(xc, w, b, y, mean, rstd, rows, cols, eps, x.dtype, wdt);
   b?.dispose();
   if (!needsGrad(x, weight, bias)) {
     for (const t of [xc, w, mean, rstd]) t?.dispose();
@@ -97,12 +111,11 @@ export function layerNorm(x: Tensor, normalizedShape: number | readonly number[]
   for (const t of [xc, w, mean, rstd]) t?.dispose();
   const needX = x.requiresGrad, needW = !!weight?.requiresGrad, needB = !!bias?.requiresGrad;
   return recordNode("layerNorm", y, [x, weight ?? null, bias ?? null], (gyIn) => {
-    const gy = contig(gyIn as Tensor);
-    const gx = needX ? Tensor.empty(ctx.x.shape) : null;
-    const gw = needW ? ops.full([cols], 0) : null;
-    const gb = needB ? ops.full([cols], 0) : null;
-    native.layerNormBackward(ctx.x.ptr, ctx.w ? ctx.w.ptr : NULL, ctx.mean.ptr, ctx.rstd.ptr, gy.ptr,
-      gx ? gx.ptr : NULL, gw ? gw.ptr : NULL, gb ? gb.ptr : NULL, rows, cols);
+    const gy = contigAs(gyIn as Tensor, ctx.x.dtype);
+    const gx = needX ? Tensor.empty(ctx.x.shape, ctx.x.dtype) : null;
+    const gw = needW ? ops.full([cols], 0, wdt) : null;
+    const gb = needB ? ops.full([cols], 0, wdt) : null;
+    backend.layerNormBackward(ctx.x, ctx.w, ctx.mean, ctx.rstd, gy, gx, gw, gb, rows, cols, ctx.x.dtype, wdt);
     gy.dispose();
     const shapeW = weight?.shape ?? [cols];
     return [gx, gw ? reshapeOwned(gw, shapeW) : null, gb ? reshapeOwned(gb, bias!.shape) : null];
@@ -121,9 +134,10 @@ export function rmsNorm(x: Tensor, normalizedShape: number | readonly number[], 
   const { rows, cols } = normRows("rmsNorm", x, normalizedShape, weight, null);
   const xc = contig(x);
   const w = weight ? contig(weight) : null;
-  const y = Tensor.empty(x.shape);
+  const wdt = weight?.dtype ?? x.dtype;
+  const y = Tensor.empty(x.shape, x.dtype);
   const rstd = Tensor.empty([rows]);
-  native.rmsNormForward(xc.ptr, w ? w.ptr : NULL, y.ptr, rstd.ptr, rows, cols, eps);
+  backend.rmsNormForward(xc, w, y, rstd, rows, cols, eps, x.dtype, wdt);
   if (!needsGrad(x, weight)) {
     for (const t of [xc, w, rstd]) t?.dispose();
     return y;
@@ -132,10 +146,10 @@ export function rmsNorm(x: Tensor, normalizedShape: number | readonly number[], 
   for (const t of [xc, w, rstd]) t?.dispose();
   const needX = x.requiresGrad, needW = !!weight?.requiresGrad;
   return recordNode("rmsNorm", y, [x, weight ?? null], (gyIn) => {
-    const gy = contig(gyIn as Tensor);
-    const gx = needX ? Tensor.empty(ctx.x.shape) : null;
-    const gw = needW ? ops.full([cols], 0) : null;
-    native.rmsNormBackward(ctx.x.ptr, ctx.w ? ctx.w.ptr : NULL, ctx.rstd.ptr, gy.ptr, gx ? gx.ptr : NULL, gw ? gw.ptr : NULL, rows, cols);
+    const gy = contigAs(gyIn as Tensor, ctx.x.dtype);
+    const gx = needX ? Tensor.empty(ctx.x.shape, ctx.x.dtype) : null;
+    const gw = needW ? ops.full([cols], 0, wdt) : null;
+    backend.rmsNormBackward(ctx.x, ctx.w, ctx.rstd, gy, gx, gw, rows, cols, ctx.x.dtype, wdt);
     gy.dispose();
     return [gx, gw ? reshapeOwned(gw, weight!.shape) : null];
   }, [ctx.x, ctx.w, ctx.rstd].filter((t): t is Tensor => t !== null));
@@ -156,8 +170,8 @@ export function embedding(indices: Tensor, weight: Tensor): Tensor {
   const [V, C] = weight.shape as [number, number];
   const idx = contig(indices);
   const w = contig(weight);
-  const out = Tensor.empty([...indices.shape, C]);
-  const bad = native.embeddingForward(w.ptr, idx.ptr, out.ptr, indices.numel, C, V);
+  const out = Tensor.empty([...indices.shape, C], weight.dtype);
+  const bad = backend.embeddingForward(w, idx, out, indices.numel, C, V, weight.dtype);
   w.dispose();
   if (bad >= 0) {
     const value = (idx.data() as Int32Array)[bad];
@@ -172,9 +186,9 @@ export function embedding(indices: Tensor, weight: Tensor): Tensor {
   const ctx = { idx: idx.saveForBackward() };
   idx.dispose();
   return recordNode("embedding", out, [weight], (gyIn) => {
-    const gy = contig(gyIn as Tensor);
-    const gw = ops.full([V, C], 0);
-    native.embeddingBackward(gy.ptr, ctx.idx.ptr, gw.ptr, ctx.idx.numel, C);
+    const gy = contigAs(gyIn as Tensor, weight.dtype);
+    const gw = ops.full([V, C], 0, weight.dtype);
+    backend.embeddingBackward(gy, ctx.idx, gw, ctx.idx.numel, C, weight.dtype);
     gy.dispose();
     return [gw];
   }, [ctx.idx]);
@@ -233,7 +247,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   const t = contig(targets);
   const losses = Tensor.empty(expectT);
   const lse = Tensor.empty([rows]);
-  const bad = native.crossEntropyForward(x.ptr, t.ptr, losses.ptr, lse.ptr, rows, C, ignoreIndex, smoothing);
+  const bad = backend.crossEntropyForward(x, t, losses, lse, rows, C, ignoreIndex, smoothing, x.dtype);
   if (bad >= 0) {
     const value = (t.data() as Int32Array)[bad];
     for (const z of [x, t, losses, lse]) z.dispose();
@@ -263,14 +277,14 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
   for (const z of [x, t, lse]) z.dispose();
   return recordNode("crossEntropy", out, [logits], (gyIn) => {
     const gy = gyIn as Tensor;
-    const g = Tensor.empty(ctx.x.shape);
+    const g = Tensor.empty(ctx.x.shape, ctx.x.dtype);
     if (reduction === "none") {
-      const gr = contig(gy);
-      native.crossEntropyBackward(ctx.x.ptr, ctx.t.ptr, ctx.lse.ptr, gr.ptr, 0, g.ptr, rows, C, ignoreIndex, smoothing);
+      const gr = contigAs(gy, "float32");
+      backend.crossEntropyBackward(ctx.x, ctx.t, ctx.lse, gr, 0, g, rows, C, ignoreIndex, smoothing, ctx.x.dtype);
       gr.dispose();
     } else {
       const scale = gy.item() / (reduction === "mean" ? count : 1);
-      native.crossEntropyBackward(ctx.x.ptr, ctx.t.ptr, ctx.lse.ptr, NULL, scale, g.ptr, rows, C, ignoreIndex, smoothing);
+      backend.crossEntropyBackward(ctx.x, ctx.t, ctx.lse, null, scale, g, rows, C, ignoreIndex, smoothing, ctx.x.dtype);
     }
     return [g];
   }, [ctx.x, ctx.t, ctx.lse]);
@@ -296,13 +310,13 @@ export function dropout(x: Tensor, p = 0.5, training = true, opts: DropoutOption
   const n = x.numel;
   const { seed, offset } = opts.seed !== undefined ? { seed: opts.seed, offset: opts.offset ?? 0 } : nextRandomOffset(n);
   const xc = contig(x);
-  const y = Tensor.empty(x.shape);
-  native.dropout(seed, offset, p, xc.ptr, y.ptr, n);
+  const y = Tensor.empty(x.shape, x.dtype);
+  backend.dropout(seed, offset, p, xc, y, n, x.dtype);
   xc.dispose();
   return recordNode("dropout", y, [x], (gyIn) => {
     const gy = contig(gyIn as Tensor);
-    const gx = Tensor.empty(gy.shape);
-    native.dropout(seed, offset, p, gy.ptr, gx.ptr, n);
+    const gx = Tensor.empty(gy.shape, gy.dtype);
+    backend.dropout(seed, offset, p, gy, gx, n, gy.dtype);
     gy.dispose();
     return [gx];
   });
@@ -345,11 +359,15 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   if (opts.attnMask && isCausal) throw new ValueError("scaledDotProductAttention: pass either attnMask or isCausal, not both");
   if (opts.attnMask || dropoutP > 0 || v.shape[v.ndim - 1] !== D) return attentionComposed(q, k, v, scale, isCausal, opts.attnMask ?? null, dropoutP);
 
+  if (q.dtype !== k.dtype || q.dtype !== v.dtype) {
+    throw new ShapeError("scaledDotProductAttention", `query, key and value must share a dtype, got ${q.dtype}, ${k.dtype}, ${v.dtype}`);
+  }
+  const dt = q.dtype;
   const BH = numel(batch);
   const qc = contig(q), kc = contig(k), vc = contig(v);
-  const o = Tensor.empty([...batch, T, D]);
+  const o = Tensor.empty([...batch, T, D], dt);
   const lse = Tensor.empty([BH, T]);
-  native.attentionForward(qc.ptr, kc.ptr, vc.ptr, o.ptr, lse.ptr, BH, T, S, D, scale, isCausal);
+  backend.attentionForward(qc, kc, vc, o, lse, BH, T, S, D, scale, isCausal, dt);
   if (!needsGrad(q, k, v)) {
     for (const t of [qc, kc, vc, lse]) t.dispose();
     return o;
@@ -357,9 +375,9 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, opts:
   const ctx = { q: qc.saveForBackward(), k: kc.saveForBackward(), v: vc.saveForBackward(), o: o.saveForBackward(), lse: lse.saveForBackward() };
   for (const t of [qc, kc, vc, lse]) t.dispose();
   return recordNode("scaledDotProductAttention", o, [q, k, v], (gyIn) => {
-    const go = contig(gyIn as Tensor);
-    const gq = Tensor.empty(ctx.q.shape), gk = Tensor.empty(ctx.k.shape), gv = Tensor.empty(ctx.v.shape);
-    native.attentionBackward(ctx.q.ptr, ctx.k.ptr, ctx.v.ptr, ctx.o.ptr, go.ptr, ctx.lse.ptr, gq.ptr, gk.ptr, gv.ptr, BH, T, S, D, scale, isCausal);
+    const go = contigAs(gyIn as Tensor, dt);
+    const gq = Tensor.empty(ctx.q.shape, dt), gk = Tensor.empty(ctx.k.shape, dt), gv = Tensor.empty(ctx.v.shape, dt);
+    backend.attentionBackward(ctx.q, ctx.k, ctx.v, ctx.o, go, ctx.lse, gq, gk, gv, BH, T, S, D, scale, isCausal, dt);
     go.dispose();
     return [gq, gk, gv];
   }, [ctx.q, ctx.k, ctx.v, ctx.o, ctx.lse]);
@@ -405,6 +423,6 @@ function arangeF(n: number): Tensor {
   const t = Tensor.empty([n]);
   const a = new Float32Array(n);
   for (let i = 0; i < n; i++) a[i] = i;
-  native.write(t.ptr, a);
+  backend.write(t, a);
   return t;
 }

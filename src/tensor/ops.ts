@@ -2,12 +2,12 @@
  * Tensor ops: creation, elementwise (broadcasting), reductions, scans, shape views (matmul is in
  * matmul.ts).
  *
- * Each differentiable op computes its output with native kernels and records a node whose
+ * Each differentiable op computes its output with backend kernels and records a node whose
  * gradient is looked up by op name in gradients.ts. Inputs of any strides are accepted;
  * kernels that need contiguous memory get a temporary copy, disposed right after.
  */
 import { ShapeError, ValueError, fmtShape } from "../core/errors.js";
-import { native, BinaryOp, UnaryOp, ReduceOp, ArgReduceOp } from "../backend/native/index.js";
+import { backend, BinaryOp, UnaryOp, ReduceOp, ArgReduceOp } from "../backend/index.js";
 import { recordNode, needsGrad } from "../autograd/engine.js";
 import { Tensor, checkInPlace } from "./tensor.js";
 import { type DType, checkDType, dtypeSize, dtypeCode, isFloating } from "./dtype.js";
@@ -16,12 +16,25 @@ import { gradients as G } from "./gradients.js";
 
 // ---- helpers -------------------------------------------------------------------------------------
 
-/** Throws unless `t` is float32 (the compute dtype). */
+/** Throws unless `t` has a floating dtype (float32, bfloat16, float16: the compute dtypes). */
 export function checkFloat(op: string, t: Tensor): void {
-  if (t.dtype !== "float32") {
-    throw new ShapeError(op, `expected a float32 tensor, got ${t.dtype} with shape ${fmtShape(t.shape)}` +
-      (isFloating(t.dtype) ? " (convert it with .to(\"float32\"); bfloat16 compute comes later)" : ""));
+  if (!isFloating(t.dtype)) {
+    throw new ShapeError(op, `expected a floating tensor (float32, bfloat16 or float16), got ${t.dtype} with shape ${fmtShape(t.shape)}` +
+      " (convert it with .to(\"float32\"))");
   }
+}
+
+/**
+ * The dtype two floating operands compute in (PyTorch's promotion): equal dtypes stay, float32
+ * wins over a 16-bit float, and bfloat16 with float16 meet in float32.
+ */
+export function promoteTypes(a: DType, b: DType): DType {
+  return a === b ? a : "float32";
+}
+
+/** `t` in `dtype`, recorded for autograd (the same handle, aliased, when it already is). */
+function castTo(t: Tensor, dtype: DType): Tensor {
+  return t.dtype === dtype ? t : toDType(t, dtype);
 }
 
 export function checkSameShape(op: string, a: Tensor, b: Tensor): void {
@@ -33,7 +46,7 @@ export function checkSameShape(op: string, a: Tensor, b: Tensor): void {
 /** A contiguous copy (no autograd). */
 export function contiguousCopy(t: Tensor): Tensor {
   const out = Tensor.empty(t.shape, t.dtype);
-  native.copyStrided(dtypeSize(t.dtype), t.ptr, [...t.strides], out.ptr, contiguousStrides(t.shape), [...t.shape]);
+  backend.copyStrided(dtypeSize(t.dtype), t, [...t.strides], out, contiguousStrides(t.shape), [...t.shape]);
   return out;
 }
 
@@ -74,14 +87,14 @@ export function fillInPlace(t: Tensor, value: number): void {
   if (t.dtype === "bfloat16" || t.dtype === "float16") {
     // pass the 16-bit pattern: convert through the cast kernel
     const f = Tensor.empty([1], "float32");
-    native.fill(f.ptr, 1, value, dtypeCode("float32"));
+    backend.fill(f, 1, value, "float32");
     const h = Tensor.empty([1], t.dtype);
-    native.cast(dtypeCode("float32"), f.ptr, dtypeCode(t.dtype), h.ptr, 1);
-    v = new Uint16Array(native.read(h.ptr, 2))[0]!;
+    backend.cast("float32", f, t.dtype, h, 1);
+    v = new Uint16Array(backend.read(h, 1))[0]!;
     f.dispose();
     h.dispose();
   }
-  native.fill(t.ptr, t.numel, v, dtypeCode(t.dtype));
+  backend.fill(t, t.numel, v, t.dtype);
 }
 
 /** Copies src into dst (dst's shape; src broadcast to it). float32 <-> other dtypes convert. */
@@ -91,14 +104,14 @@ export function copyInPlace(dst: Tensor, src: Tensor): void {
   if (!shapesEqual(shape, dst.shape)) throw new ShapeError("copy_", `cannot copy ${fmtShape(src.shape)} into ${fmtShape(dst.shape)}`);
   let s = src;
   if (src.dtype !== dst.dtype) s = toDTypeRaw(src, dst.dtype);
-  native.copyStrided(dtypeSize(dst.dtype), s.ptr, broadcastStrides(s.shape, s.strides, shape), dst.ptr, [...dst.strides], [...shape]);
+  backend.copyStrided(dtypeSize(dst.dtype), s, broadcastStrides(s.shape, s.strides, shape), dst, [...dst.strides], [...shape]);
   if (s !== src) s.dispose();
 }
 
 function toDTypeRaw(t: Tensor, dtype: DType): Tensor {
   return withContig(t, (c) => {
     const out = Tensor.empty(t.shape, dtype);
-    native.cast(dtypeCode(t.dtype), c.ptr, dtypeCode(dtype), out.ptr, t.numel);
+    backend.cast(t.dtype, c, dtype, out, t.numel);
     return out;
   });
 }
@@ -120,21 +133,36 @@ const BIN_CODE: Record<BinName, number> = {
 };
 
 /** Raw broadcasting binary kernel (no autograd). */
+/** Raw broadcasting binary kernel (no autograd); a and b share one floating dtype. */
 export function binaryRaw(code: number, a: Tensor, b: Tensor, op: string): Tensor {
+  if (a.dtype !== b.dtype) throw new ShapeError(op, `internal: operands in ${a.dtype} and ${b.dtype} (promote first)`);
   const shape = broadcastShapes(a.shape, b.shape, op);
-  const out = Tensor.empty(shape);
-  native.binary(code, a.ptr, broadcastStrides(a.shape, a.strides, shape), b.ptr, broadcastStrides(b.shape, b.strides, shape), out.ptr, shape);
+  const out = Tensor.empty(shape, a.dtype);
+  backend.binary(code, a, broadcastStrides(a.shape, a.strides, shape), b, broadcastStrides(b.shape, b.strides, shape), out, shape, a.dtype);
   return out;
 }
 
-function scalarTensor(v: number): Tensor {
-  return full([], v);
+function scalarTensor(v: number, dtype: DType = "float32"): Tensor {
+  return full([], v, dtype);
 }
 
-function binary(name: BinName, a: Tensor, b: Tensor | number): Tensor {
-  checkFloat(name, a);
-  if (typeof b === "number") return scalarOp(name, a, b);
-  checkFloat(name, b);
+function binary(name: BinName, aIn: Tensor, bIn: Tensor | number): Tensor {
+  checkFloat(name, aIn);
+  if (typeof bIn === "number") return scalarOp(name, aIn, bIn);
+  checkFloat(name, bIn);
+  // Mixed dtypes compute in the promoted one; the casts are recorded, so gradients come back
+  // in each operand's own dtype.
+  const dt = promoteTypes(aIn.dtype, bIn.dtype);
+  const a = castTo(aIn, dt), b = castTo(bIn, dt);
+  try {
+    return binarySame(name, a, b);
+  } finally {
+    if (a !== aIn) a.dispose();
+    if (b !== bIn) b.dispose();
+  }
+}
+
+function binarySame(name: BinName, a: Tensor, b: Tensor): Tensor {
   const out = binaryRaw(BIN_CODE[name], a, b, name);
   if (!needsGrad(a, b)) return out;
   const saveA = name === "mul" || name === "pow" || name === "maximum" || name === "minimum" || name === "div";
@@ -157,7 +185,7 @@ function scalarOp(name: BinName, a: Tensor, s: number): Tensor {
     case "div": return unary("mulScalar", a, 1 / s);
     case "pow": return unary("powScalar", a, s);
     default: {
-      const st = scalarTensor(s);
+      const st = scalarTensor(s, a.dtype);
       const out = binary(name, a, st);
       st.dispose();
       return out;
@@ -175,6 +203,7 @@ export const minimum = (a: Tensor, b: Tensor): Tensor => binary("minimum", a, b)
 
 /** Elementwise comparison; returns float32 0/1 (no gradient). */
 export function compare(op: "eq" | "ne" | "lt" | "le" | "gt" | "ge", a: Tensor, b: Tensor | number): Tensor {
+  // Compared in float32 (exact for every 16-bit float and every int32 index below 2^24).
   const af = a.dtype === "float32" ? a : toDTypeRaw(a, "float32");
   const bt = typeof b === "number" ? scalarTensor(b) : b.dtype === "float32" ? b : toDTypeRaw(b, "float32");
   const out = binaryRaw(BinaryOp[op], af, bt, op);
@@ -194,15 +223,18 @@ export function addInPlace(dst: Tensor, src: Tensor, alpha = 1): void {
   }
   const shape = broadcastShapes(dst.shape, src.shape, "add_");
   if (!shapesEqual(shape, dst.shape)) throw new ShapeError("add_", `cannot add ${fmtShape(src.shape)} into ${fmtShape(dst.shape)}`);
-  const s = alpha !== 1 ? mulScalarRaw(src, alpha) : src;
-  native.binary(BinaryOp.add, dst.ptr, [...dst.strides], s.ptr, broadcastStrides(s.shape, s.strides, shape), dst.ptr, [...shape]);
-  if (s !== src) s.dispose();
+  // A source in another dtype (a bfloat16 gradient into a float32 .grad) is converted first.
+  const sc = src.dtype === dst.dtype ? src : toDTypeRaw(src, dst.dtype);
+  const s = alpha !== 1 ? mulScalarRaw(sc, alpha) : sc;
+  backend.binary(BinaryOp.add, dst, [...dst.strides], s, broadcastStrides(s.shape, s.strides, shape), dst, [...shape], dst.dtype);
+  if (s !== sc) s.dispose();
+  if (sc !== src) sc.dispose();
 }
 
 function mulScalarRaw(t: Tensor, s: number): Tensor {
   return withContig(t, (c) => {
-    const out = Tensor.empty(t.shape);
-    native.unary(UnaryOp.mulScalar, c.ptr, out.ptr, t.numel, s, 0);
+    const out = Tensor.empty(t.shape, t.dtype);
+    backend.unary(UnaryOp.mulScalar, c, out, t.numel, s, 0, t.dtype);
     return out;
   });
 }
@@ -211,7 +243,7 @@ export function mulScalarInPlace(t: Tensor, s: number): void {
   checkInPlace("mul_", t);
   checkFloat("mul_", t);
   if (!t.isContiguous) throw new ValueError("mul_: tensor must be contiguous");
-  native.unary(UnaryOp.mulScalar, t.ptr, t.ptr, t.numel, s, 0);
+  backend.unary(UnaryOp.mulScalar, t, t, t.numel, s, 0, t.dtype);
 }
 
 // ---- elementwise unary ---------------------------------------------------------------------------------
@@ -227,8 +259,8 @@ const UNARY_SAVES: Partial<Record<UnaryName, "x" | "y">> = {
 /** Raw unary kernel on any layout (no autograd). */
 export function unaryRaw(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
   return withContig(x, (c) => {
-    const out = Tensor.empty(x.shape);
-    native.unary(UnaryOp[name], c.ptr, out.ptr, x.numel, a, b);
+    const out = Tensor.empty(x.shape, x.dtype);
+    backend.unary(UnaryOp[name], c, out, x.numel, a, b, x.dtype);
     return out;
   });
 }
@@ -236,8 +268,8 @@ export function unaryRaw(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
 export function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
   checkFloat(name, x);
   const xc = ownedContig(x);
-  const out = Tensor.empty(x.shape);
-  native.unary(UnaryOp[name], xc.ptr, out.ptr, x.numel, a, b);
+  const out = Tensor.empty(x.shape, x.dtype);
+  backend.unary(UnaryOp[name], xc, out, x.numel, a, b, x.dtype);
   if (!needsGrad(x)) {
     xc.dispose();
     return out;
@@ -256,8 +288,10 @@ export function unary(name: UnaryName, x: Tensor, a = 0, b = 0): Tensor {
 /** gx = gy * f'(x) through the native backward kernel. */
 export function unaryBackwardRaw(name: UnaryName, x: Tensor | null, y: Tensor | null, gy: Tensor, a: number, b: number): Tensor {
   return withContig(gy, (g) => {
-    const gx = Tensor.empty(g.shape);
-    native.unaryBackward(UnaryOp[name], x ? x.ptr : null as unknown as number, y ? y.ptr : null as unknown as number, g.ptr, gx.ptr, g.numel, a, b);
+    // The native backward reads x or y (whichever the op saved); the other is never touched, so
+    // the gradient itself stands in for it (same dtype and size).
+    const gx = Tensor.empty(g.shape, g.dtype);
+    backend.unaryBackward(UnaryOp[name], x ?? g, y ?? g, g, gx, g.numel, a, b, g.dtype);
     return gx;
   });
 }
@@ -296,16 +330,17 @@ export function clamp(x: Tensor, min?: number | null, max?: number | null): Tens
 /** Elementwise select: cond ? a : b (cond nonzero = true), with broadcasting. */
 export function where(cond: Tensor, a: Tensor | number, b: Tensor | number): Tensor {
   const c = cond.dtype === "float32" ? cond : toDTypeRaw(cond, "float32");
-  const at = typeof a === "number" ? scalarTensor(a) : a;
-  const bt = typeof b === "number" ? scalarTensor(b) : b;
+  const dt = typeof a !== "number" ? (typeof b !== "number" ? promoteTypes(a.dtype, b.dtype) : a.dtype) : typeof b !== "number" ? b.dtype : "float32";
+  const at = typeof a === "number" ? scalarTensor(a, dt) : castTo(a, dt);
+  const bt = typeof b === "number" ? scalarTensor(b, dt) : castTo(b, dt);
   checkFloat("where", at);
   checkFloat("where", bt);
   const shape = broadcastShapes(broadcastShapes(c.shape, at.shape, "where"), bt.shape, "where");
-  const out = Tensor.empty(shape);
-  native.where(c.ptr, broadcastStrides(c.shape, c.strides, shape), at.ptr, broadcastStrides(at.shape, at.strides, shape),
-    bt.ptr, broadcastStrides(bt.shape, bt.strides, shape), out.ptr, shape);
-  const ta = typeof a === "number" ? null : a;
-  const tb = typeof b === "number" ? null : b;
+  const out = Tensor.empty(shape, dt);
+  backend.where(c, broadcastStrides(c.shape, c.strides, shape), at, broadcastStrides(at.shape, at.strides, shape),
+    bt, broadcastStrides(bt.shape, bt.strides, shape), out, shape, dt);
+  const ta = typeof a === "number" ? null : at;
+  const tb = typeof b === "number" ? null : bt;
   let result = out;
   if (needsGrad(ta, tb)) {
     const ctx = { cond: c.saveForBackward(), aShape: at.shape, bShape: bt.shape };
@@ -359,8 +394,8 @@ function asARB(x: Tensor, dims: number[]): { t: Tensor; A: number; R: number; B:
 /** Raw reduction over `dims` (no autograd). */
 export function reduceRaw(op: keyof typeof ReduceOp, x: Tensor, dims: number[], keepdim: boolean, scale = 1): Tensor {
   const { t, A, R, B } = asARB(x, dims);
-  const out = Tensor.empty(keptShape(x.shape, dims, keepdim));
-  native.reduce(ReduceOp[op], t.ptr, out.ptr, A, R, B, scale);
+  const out = Tensor.empty(keptShape(x.shape, dims, keepdim), x.dtype);
+  backend.reduce(ReduceOp[op], t, out, A, R, B, scale, x.dtype, x.dtype);
   t.dispose();
   return out;
 }
@@ -429,9 +464,9 @@ export function maxDim(x: Tensor, dim: number, keepdim: boolean, kind: "max" | "
   const { t, A, R, B } = asARB(xc, [d]);
   xc.dispose();
   const shape = keptShape(x.shape, [d], keepdim);
-  const values = Tensor.empty(shape);
+  const values = Tensor.empty(shape, x.dtype);
   const indices = Tensor.empty(shape, "int32");
-  native.argReduce(kind === "max" ? ArgReduceOp.argmax : ArgReduceOp.argmin, t.ptr, values.ptr, indices.ptr, A, R, B);
+  backend.argReduce(kind === "max" ? ArgReduceOp.argmax : ArgReduceOp.argmin, t, values, indices, A, R, B, x.dtype);
   t.dispose();
   if (!needsGrad(x)) return { values, indices };
   // asARB only copies in the permuted case; the gradient scatter assumes the [A, R, B] of a
@@ -451,20 +486,20 @@ export function argReduce(x: Tensor, dim: number | undefined, keepdim: boolean, 
   const d = normDim(dim, x.ndim, kind);
   const { t, A, R, B } = asARB(x, [d]);
   const indices = Tensor.empty(keptShape(x.shape, [d], keepdim), "int32");
-  native.argReduce(ArgReduceOp[kind], t.ptr, null, indices.ptr, A, R, B);
+  backend.argReduce(ArgReduceOp[kind], t, null, indices, A, R, B, x.dtype);
   t.dispose();
   return indices;
 }
 
 /** Scatters gy[a, b] into out[a, idx[a, b], b] of a zero [A, R, B] tensor (gradient of gather-like ops). */
 export function scatterARB(gy: Tensor, idx: Tensor, A: number, R: number, B: number): Tensor {
-  const out = full([A * R * B], 0);
+  const out = full([A * R * B], 0, gy.dtype);
   const ind = idx.data() as Int32Array;
   const flat = new Int32Array(A * B);
   for (let a = 0; a < A; a++) for (let b = 0; b < B; b++) flat[a * B + b] = a * R * B + ind[a * B + b]! * B + b;
   const fi = Tensor.empty([A * B], "int32");
-  native.write(fi.ptr, flat);
-  withContig(gy, (g) => native.embeddingBackward(g.ptr, fi.ptr, out.ptr, A * B, 1));
+  backend.write(fi, flat);
+  withContig(gy, (g) => backend.embeddingBackward(g, fi, out, A * B, 1, g.dtype));
   fi.dispose();
   return out;
 }
@@ -479,9 +514,9 @@ export function cumsum(x: Tensor, dim: number): Tensor {
 
 export function cumsumRaw(x: Tensor, d: number, reverse: boolean): Tensor {
   return withContig(x, (c) => {
-    const out = Tensor.empty(x.shape);
+    const out = Tensor.empty(x.shape, x.dtype);
     const A = numel(x.shape.slice(0, d)), R = x.shape[d] ?? 1, B = numel(x.shape.slice(d + 1));
-    native.cumsum(c.ptr, out.ptr, A, R, B, reverse);
+    backend.cumsum(c, out, A, R, B, reverse, x.dtype);
     return out;
   });
 }
@@ -496,9 +531,9 @@ export function topk(x: Tensor, k: number, dim = -1, largest = true): { values: 
   const c = ownedContig(last);
   const rows = c.numel / Math.max(n, 1);
   const vshape = [...last.shape.slice(0, -1), k];
-  const values = Tensor.empty(vshape);
+  const values = Tensor.empty(vshape, x.dtype);
   const indices = Tensor.empty(vshape, "int32");
-  native.topk(c.ptr, values.ptr, indices.ptr, rows, n, k, largest);
+  backend.topk(c, values, indices, rows, n, k, largest, x.dtype);
   c.dispose();
   if (last !== x) last.dispose();
   let v = values;
@@ -527,14 +562,14 @@ export function reduceSumSq(t: Tensor): number {
     let total = 0;
     if (A > 0) {
       const out = Tensor.empty([A]);
-      native.reduce(ReduceOp.sumSq, c.ptr, out.ptr, A, row, 1, 1);
+      backend.reduce(ReduceOp.sumSq, c, out, A, row, 1, 1, c.dtype, "float32");
       for (const v of out.data() as Float32Array) total += v;
       out.dispose();
     }
     const rest = n - A * row;
     if (rest > 0) {
       const out = Tensor.empty([1]);
-      native.reduce(ReduceOp.sumSq, c.ptr + A * row * 4, out.ptr, 1, rest, 1, 1);
+      backend.reduce(ReduceOp.sumSq, c.at(A * row), out, 1, rest, 1, 1, c.dtype, "float32");
       total += (out.data() as Float32Array)[0]!;
       out.dispose();
     }
@@ -724,7 +759,7 @@ export function cat(tensors: readonly Tensor[], dim = 0): Tensor {
   let off = 0;
   const sizes: number[] = [];
   for (const t of tensors) {
-    native.copyStrided(dtypeSize(t.dtype), t.ptr, [...t.strides], out.ptr + off * ostr[d]! * dtypeSize(t.dtype), ostr, [...t.shape]);
+    backend.copyStrided(dtypeSize(t.dtype), t, [...t.strides], out.at(off * ostr[d]!), ostr, [...t.shape]);
     off += t.shape[d]!;
     sizes.push(t.shape[d]!);
   }

@@ -9,7 +9,7 @@
  *  - a FinalizationRegistry is only a backstop for tensors created outside any scope.
  * Live and peak bytes are counted per category by the native allocator (`memoryStats()`).
  */
-import { native } from "../backend/native/index.js";
+import { backend, type DeviceBuffer } from "../backend/index.js";
 import { Node, setNodeObserver } from "../autograd/engine.js";
 
 /** Memory categories, matching native/src/megalith.h. */
@@ -17,42 +17,42 @@ export const Category = { other: 0, params: 1, grads: 2, optimizer: 3, activatio
 export type CategoryName = keyof typeof Category;
 const CATEGORY_NAMES = Object.keys(Category) as CategoryName[];
 
-/** A refcounted native buffer. */
+/** A refcounted backend buffer. */
 export class Storage {
   readonly nbytes: number;
   private refs = 1;
-  private address: number;
+  private buf: DeviceBuffer | null;
 
   constructor(nbytes: number, category: number) {
     this.nbytes = nbytes;
-    this.address = native.alloc(nbytes, category);
+    this.buf = backend.alloc(nbytes, category);
   }
 
-  /** Address of the buffer (0 while the data is released with `releaseData_()`). */
-  get ptr(): number {
-    return this.address;
+  /** The backend buffer (null while the data is released with `releaseData_()`). */
+  get buffer(): DeviceBuffer | null {
+    return this.buf;
   }
 
   /**
-   * Whether the buffer exists. ZeRO-3 releases a parameter's buffer between uses while the
-   * tensor, its views and the autograd graph keep referring to the same Storage object
-   * (PyTorch FSDP's `storage.resize_(0)`).
+   * Whether the buffer exists. Parameter sharding (FSDP / ZeRO-3) releases a parameter's
+   * buffer between uses while the tensor, its views and the autograd graph keep referring to
+   * the same Storage object (PyTorch FSDP's `storage.resize_(0)`).
    */
   get resident(): boolean {
-    return this.address !== 0;
+    return this.buf !== null;
   }
 
   /** Frees the buffer but keeps this object and its handles (see `resident`). */
   releaseData_(): void {
-    if (this.address === 0 || this.refs <= 0) return;
-    native.free(this.address, this.nbytes);
-    this.address = 0;
+    if (this.buf === null || this.refs <= 0) return;
+    backend.free(this.buf);
+    this.buf = null;
   }
 
   /** Allocates the buffer again (contents undefined) under `category`. */
   restoreData_(category: number): void {
     if (this.refs <= 0) throw new Error("internal: restoreData_() on a freed storage");
-    if (this.address === 0) this.address = native.alloc(this.nbytes, category);
+    if (this.buf === null) this.buf = backend.alloc(this.nbytes, category);
   }
 
   retain(): this {
@@ -63,9 +63,9 @@ export class Storage {
 
   release(): void {
     if (this.refs <= 0) return;
-    if (--this.refs === 0 && this.address !== 0) {
-      native.free(this.address, this.nbytes);
-      this.address = 0;
+    if (--this.refs === 0 && this.buf !== null) {
+      backend.free(this.buf);
+      this.buf = null;
     }
   }
 
@@ -79,7 +79,7 @@ export class Storage {
   }
 
   setCategory(category: number): void {
-    if (this.address !== 0) native.setCategory(this.address, category);
+    if (this.buf !== null) backend.setCategory(this.buf, category);
   }
 }
 
@@ -220,7 +220,7 @@ export interface MemoryStats {
  * console.log(memoryStats().live.activations);
  */
 export function memoryStats(): MemoryStats {
-  const s = native.memoryStats();
+  const s = backend.memoryStats();
   const live = {} as Record<CategoryName, number>;
   const peak = {} as Record<CategoryName, number>;
   CATEGORY_NAMES.forEach((name, i) => {
@@ -232,10 +232,10 @@ export function memoryStats(): MemoryStats {
 
 /** Starts peak tracking afresh from the current live bytes. */
 export function resetPeakMemory(): void {
-  native.resetPeak();
+  backend.resetPeak();
 }
 
 /** Returns cached free blocks to the OS. */
 export function emptyCache(): void {
-  native.emptyCache();
+  backend.emptyCache();
 }

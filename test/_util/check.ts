@@ -9,7 +9,7 @@
  */
 import assert from "node:assert/strict";
 import { randomInt } from "node:crypto";
-import { _native, tensor, withScope, type Tensor } from "../../src/index.js";
+import { backend, tensor, withScope, type Tensor } from "../../src/index.js";
 import { type Arr, arr, numGrad, unravel } from "./reference.js";
 
 // ---- tolerances ---------------------------------------------------------------------------------
@@ -219,30 +219,30 @@ export function assertClose(actual: Values, expected: Values, opts: CloseOptions
 
 // ---- kernel sets and threads ------------------------------------------------------------------------
 
-export type KernelSet = "generic" | "avx512";
+export type KernelSet = string;
 
-/** The kernel builds this CPU can run: always generic, plus avx512 where available. */
-export const KERNEL_SETS: KernelSet[] = _native.cpuInfo().avx512 ? ["generic", "avx512"] : ["generic"];
+/** The kernel builds this CPU can run (generic first, then avx2 and avx512 where available). */
+export const KERNEL_SETS: KernelSet[] = [...backend.info().kernelSets].reverse();
 
 /** Runs fn with the given kernel build, restoring the previous one. */
 export function withKernelSet<T>(ks: KernelSet, fn: () => T): T {
-  const prev = _native.cpuInfo().kernels;
-  _native.setKernelSet(ks);
+  const prev = backend.info().kernels;
+  backend.setKernelSet(ks);
   try {
     return fn();
   } finally {
-    _native.setKernelSet(prev);
+    backend.setKernelSet(prev);
   }
 }
 
 /** Runs fn with `n` pool threads, restoring the previous count. */
 export function withThreads<T>(n: number, fn: () => T): T {
-  const prev = _native.numThreads();
-  if (prev !== n) _native.setNumThreads(n);
+  const prev = backend.numThreads();
+  if (prev !== n) backend.setNumThreads(n);
   try {
     return fn();
   } finally {
-    if (prev !== n) _native.setNumThreads(prev);
+    if (prev !== n) backend.setNumThreads(prev);
   }
 }
 

@@ -36,8 +36,8 @@ const CASES: Array<[string, () => unknown, RegExp]> = [
   ["backward of a non-scalar", () => f([2, 2]).requiresGrad_().mul(2).backward(), /backward: .*scalar.*\[2, 2\]/],
   ["backward with a wrong gradient shape", () => f([2, 2]).requiresGrad_().mul(2).backward(f([4])), /backward: shape mismatch: \[2, 2\] vs \[4\]/],
   // dtypes
-  ["int32 into matmul", () => i32([1, 2]).matmul(f([2, 2])), /^matmul: expected a float32 tensor, got int32 with shape \[2\]/],
-  ["bfloat16 into exp", () => f([2]).to("bfloat16").exp(), /^exp: expected a float32 tensor, got bfloat16.*to\("float32"\)/],
+  ["int32 into matmul", () => i32([1, 2]).matmul(f([2, 2])), /^matmul: expected a floating tensor \(float32, bfloat16 or float16\), got int32 with shape \[2\]/],
+  ["int8 into exp", () => f([2]).to("int8").exp(), /^exp: expected a floating tensor.*got int8.*to\("float32"\)/],
   ["float targets into crossEntropy", () => F.crossEntropy(f([2, 3]), M.tensor([0, 1])), /^crossEntropy: targets must be int32 class indices, got float32/],
   ["float indices into embedding", () => F.embedding(M.tensor([0, 1]), f([4, 2])), /^embedding: indices must be int32, got float32/],
   ["1-D embedding table", () => F.embedding(i32([0]), f([4])), /^embedding: weight must be 2-D.*\[4\]/],
