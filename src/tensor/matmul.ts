@@ -11,6 +11,7 @@ import { Tensor } from "./tensor.js";
 import { broadcastShapes, broadcastStrides, numel } from "./shape.js";
 import { gradients as G } from "./gradients.js";
 import { checkFloat, contiguousCopy, squeeze, unsqueeze, promoteTypes, toDType } from "./ops.js";
+import { autocastDtype } from "./autocast.js";
 
 /** How a 2-D matrix view maps to BLAS: transposed flag and leading dimension, or null. */
 function blasLayout(rows: number, cols: number, rs: number, cs: number): { trans: boolean; ld: number } | null {
@@ -94,9 +95,11 @@ export function matmulRaw(a: Tensor, b: Tensor): Tensor {
 export function matmul(aIn: Tensor, bIn: Tensor): Tensor {
   checkFloat("matmul", aIn);
   checkFloat("matmul", bIn);
-  if (aIn.dtype !== bIn.dtype) {
-    // Mixed dtypes meet in the promoted one; the casts are recorded, so each gradient comes back in its operand's dtype.
-    const dt = promoteTypes(aIn.dtype, bIn.dtype);
+  const low = autocastDtype();
+  if (aIn.dtype !== bIn.dtype || (low !== null && aIn.dtype !== low)) {
+    // Under autocast both operands compute in the low dtype; otherwise mixed dtypes meet in the
+    // promoted one. The casts are recorded, so each gradient comes back in its operand's dtype.
+    const dt = low ?? promoteTypes(aIn.dtype, bIn.dtype);
     const a = aIn.dtype === dt ? aIn : toDType(aIn, dt);
     const b = bIn.dtype === dt ? bIn : toDType(bIn, dt);
     try {

@@ -16,6 +16,7 @@ import * as ops from "./ops.js";
 import { matmul } from "./matmul.js";
 import { normDim, numel, shapesEqual } from "./shape.js";
 import { nextRandomOffset } from "./random.js";
+import { autocastDtype } from "./autocast.js";
 
 function contig(t: Tensor): Tensor {
   return t.isContiguous ? t.alias() : ops.contiguousCopy(t);
@@ -162,6 +163,19 @@ export function rmsNorm(x: Tensor, normalizedShape: number | readonly number[], 
  * The gradient scatter-adds into a dense [V, C] tensor.
  */
 export function embedding(indices: Tensor, weight: Tensor): Tensor {
+  const low = autocastDtype();
+  if (low !== null && weight.dtype !== low) {
+    // Autocast: look the rows up in the weight's own dtype and cast just those rows (not the
+    // whole table); the recorded cast returns the gradient in the weight's dtype.
+    const rows = embeddingImpl(indices, weight);
+    const out = ops.toDType(rows, low);
+    rows.dispose();
+    return out;
+  }
+  return embeddingImpl(indices, weight);
+}
+
+function embeddingImpl(indices: Tensor, weight: Tensor): Tensor {
   if (indices.dtype !== "int32") {
     throw new ShapeError("embedding", `indices must be int32, got ${indices.dtype} (create them with dtype: "int32")`);
   }

@@ -179,7 +179,9 @@ export class Tensor implements Differentiable, BufferView {
   /** Sets requiresGrad in place (leaves only) and returns this. */
   requiresGrad_(flag = true): this {
     if (!this.isLeaf && !flag) throw new ValueError("requiresGrad_(false) is only allowed on leaf tensors; use detach()");
-    if (flag && this.dtype !== "float32") throw new ValueError(`requiresGrad_: only float32 tensors can require grad, this one is ${this.dtype}`);
+    if (flag && this.dtype !== "float32" && this.dtype !== "bfloat16" && this.dtype !== "float16") {
+      throw new ValueError(`requiresGrad_: only floating tensors (float32, bfloat16, float16) can require grad, this one is ${this.dtype}`);
+    }
     this.requiresGrad = flag;
     return this;
   }
