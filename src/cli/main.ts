@@ -14,6 +14,7 @@ import { register as evaluate } from "./eval.js";
 import { register as demo } from "./demo.js";
 import { register as serve } from "./serve.js";
 import { register as launch } from "./launch.js";
+import { register as env } from "./env.js";
 
 const program = new Command();
 program
@@ -22,7 +23,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, evaluate, serve, demo];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, evaluate, serve, demo, env];
 
 for (const register of registrations) register(program);
 
