@@ -21,6 +21,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   train: () => import("./train.js"),
   serve: () => import("./serve.js"),
   comm: () => import("./comm.js"),
+  precision: () => import("./precision.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

@@ -30,8 +30,8 @@ type AnyFn = (...args: unknown[]) => unknown;
 /** Wraps one addon kernel from its table entry. */
 function wrapKernel(name: KernelName): AnyFn {
   const spec = KERNELS[name];
-  const fn = (native as unknown as Record<string, AnyFn>)[name];
-  if (typeof fn !== "function") throw new Error(`megalith: the native addon has no kernel '${name}' (rebuild it: npm run build:native)`);
+  const addon = native as unknown as Record<string, AnyFn>;
+  if (typeof addon[name] !== "function") throw new Error(`megalith: the native addon has no kernel '${name}' (rebuild it: npm run build:native)`);
   const kinds = spec.args.map((a) => a[1] as string);
   const names = spec.args.map((a) => a[0] as string);
   const allowed = new Set<string>(spec.dtypes);
@@ -51,7 +51,8 @@ function wrapKernel(name: KernelName): AnyFn {
         out[i] = OP_CODES.DType[a as KernelDType];
       } else out[i] = a;
     }
-    return fn(...out);
+    // Looked up per call, so the profiler (backend/native/profile.ts) can wrap addon functions.
+    return addon[name]!(...out);
   };
 }
 

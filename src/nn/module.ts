@@ -13,7 +13,9 @@ export type Parameter = Tensor;
 
 /** Turns a tensor into a parameter in place: requiresGrad, "params" memory, not scope-tracked. */
 export function asParameter(t: Tensor, requiresGrad = true): Parameter {
-  if (t.dtype !== "float32") throw new ValueError(`parameter must be float32, got ${t.dtype}`);
+  if (t.dtype !== "float32" && t.dtype !== "bfloat16" && t.dtype !== "float16") {
+    throw new ValueError(`parameter must be a floating tensor (float32, bfloat16, float16), got ${t.dtype}`);
+  }
   t.storage.setCategory(Category.params);
   keep(t);
   t.requiresGrad = requiresGrad;
@@ -120,5 +122,25 @@ export class Module {
         p.copy_(src);
       }
     });
+  }
+
+  /**
+   * Converts every floating parameter to `dtype` in place (torch's `module.to(dtype)`): the
+   * parameter tensors keep their identity, so tied weights stay tied and references held
+   * elsewhere see the new data. Gradients are dropped. For serving in bfloat16; training keeps
+   * float32 parameters and uses a precision policy (autocast) instead.
+   * @example
+   * model.to("bfloat16");   // half the weight bytes per decoded token
+   */
+  to(dtype: "float32" | "bfloat16" | "float16"): this {
+    noGradScope(() => {
+      for (const p of this.parameters()) {
+        if (p.dtype === dtype) continue;
+        const c = p.to(dtype);
+        c.storage.setCategory(Category.params);
+        p.setData_(c);
+      }
+    });
+    return this;
   }
 }

@@ -384,6 +384,29 @@ export class Tensor implements Differentiable, BufferView {
   zero_(): this { ops.fillInPlace(this, 0); return this; }
   /** Copies `src` (broadcast to this shape, any dtype conversion from float32) into this tensor. */
   copy_(src: Tensor): this { ops.copyInPlace(this, src); return this; }
+
+  /**
+   * Makes this tensor hold `src`'s data, shape and dtype, keeping its identity (torch's
+   * `param.data = src`): how a module changes the dtype of its parameters in place. Takes
+   * ownership of `src`'s handle. Leaves only; the gradient, if any, is dropped.
+   */
+  setData_(src: Tensor): this {
+    if (!this.isLeaf) throw new ValueError("setData_: only leaf tensors (parameters) can be given new data");
+    const self = this as unknown as { storage: Storage; shape: readonly number[]; strides: readonly number[]; offset: number; dtype: DType };
+    finalizer.unregister(this);
+    this.storage.release();
+    src.storage.retain();
+    self.storage = src.storage;
+    self.shape = src.shape;
+    self.strides = src.strides;
+    self.offset = src.offset;
+    self.dtype = src.dtype;
+    finalizer.register(this, this.storage, this);
+    src.dispose();
+    this.grad?.dispose();
+    this.grad = null;
+    return this;
+  }
   /** this += alpha * other. */
   add_(other: Tensor, alpha = 1): this { ops.addInPlace(this, other, alpha); return this; }
   /** this *= s. */
