@@ -108,7 +108,30 @@ export function copyInPlace(dst: Tensor, src: Tensor): void {
   if (s !== src) s.dispose();
 }
 
+/**
+ * Whether t covers a dense block of its storage in some dimension order (a transpose or
+ * permutation of a contiguous tensor): then a cast can run over the block in memory order and
+ * keep t's strides (PyTorch's preserve_format), instead of copying into row-major first.
+ */
+function denseStrides(t: Tensor): boolean {
+  const dims = t.shape.map((_, i) => i).filter((i) => t.shape[i] !== 1).sort((a, b) => t.strides[a]! - t.strides[b]!);
+  let expect = 1;
+  for (const d of dims) {
+    if (t.strides[d] !== expect) return false;
+    expect *= t.shape[d]!;
+  }
+  return true;
+}
+
 function toDTypeRaw(t: Tensor, dtype: DType): Tensor {
+  if (!t.isContiguous && t.numel > 0 && denseStrides(t)) {
+    // Cast the block in memory order; the result has t's strides (the block starts at t.offset).
+    const flat = Tensor.empty([t.numel], dtype);
+    backend.cast(t.dtype, t, dtype, flat, t.numel);
+    const out = flat.view_(t.shape, t.strides.map((st, i) => (t.shape[i] === 1 ? 0 : st)), 0);
+    flat.dispose();
+    return out;
+  }
   return withContig(t, (c) => {
     const out = Tensor.empty(t.shape, dtype);
     backend.cast(t.dtype, c, dtype, out, t.numel);
