@@ -73,8 +73,8 @@ export class Tensor implements Differentiable {
     const base = this.storage.ptr;
     if (base === 0) {
       throw new ValueError(
-        `tensor ${this.name ?? `of shape ${fmtShape(this.shape)}`} has no data here: it is a ZeRO-3 sharded parameter, ` +
-          "gathered only inside its module's forward and backward (use the optimizer's withFullParams() to read it)",
+        `tensor ${this.name ?? `of shape ${fmtShape(this.shape)}`} has no data here: its storage is released ` +
+          "(a sharded parameter is materialised only while its module runs; read it inside withFullParams())",
       );
     }
     return base + this.offset * dtypeSize(this.dtype);
