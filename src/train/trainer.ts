@@ -357,7 +357,7 @@ export class Trainer {
         writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
         writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
       }
-    }, { step: this.step, kind: "gpt-train", dp: size, zero: c.parallel.zero }, {
+    }, { step: this.step, kind: "gpt-train", dp: size, parallel: this.parallel.applied }, {
       expectFiles: ["model.safetensors", "trainer_state.json", ...optimizerFileNames(optFiles)],
     });
     if (rank === 0) {
