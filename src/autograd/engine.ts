@@ -231,7 +231,7 @@ let backwardDepth = 0;
 
 /**
  * Whether a backward pass is running: code called from a gradient function, e.g. a block that
- * activation checkpointing replays. ZeRO-3 uses it to tell a replay from a forward.
+ * activation checkpointing replays. FSDP's units use it to tell a replay from a forward.
  */
 export function isBackwardRunning(): boolean {
   return backwardDepth > 0;

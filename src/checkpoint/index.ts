@@ -60,3 +60,16 @@ export {
   findLatestCheckpoint,
   pruneCheckpoints,
 } from "./atomic.js";
+export {
+  type FlatShardLayout,
+  type OptimizerFiles,
+  type SaveGroup,
+  OPTIMIZER_FILE,
+  SHARD_LAYOUT_FILE,
+  optimizerShardFile,
+  optimizerFileNames,
+  writeOptimizerFiles,
+  readOptimizerMoments,
+  unshard,
+  saveCheckpointCollective,
+} from "./optimizer_files.js";

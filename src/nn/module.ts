@@ -4,6 +4,13 @@
  * Submodules and parameters are registered explicitly (`this.param(...)`, `this.module(...)`),
  * so `namedParameters()` is deterministic and mirrors Hugging Face names when the model uses
  * them. Parameter memory is counted under the "params" category and survives scopes.
+ *
+ * Forward hooks (torch's register_forward_pre_hook / register_forward_hook) let code outside a
+ * model act around a module's forward without the model knowing: FSDP-style parameter sharding
+ * gathers a block's weights before it runs and releases them after. Models call
+ * `child.forward(x)` directly (there is no `__call__`), so the first hook registered on a module
+ * installs one dispatcher as that instance's `forward`, which runs the hooks around the class's
+ * method; a module without hooks is untouched.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
 import { Tensor, Category, keep, noGradScope } from "./_deps.js";
@@ -22,12 +29,85 @@ export function asParameter(t: Tensor, requiresGrad = true): Parameter {
   return t;
 }
 
+/** Runs before a module's forward, with its arguments. */
+export type ForwardPreHook = (module: Module, args: readonly unknown[]) => void;
+/** Runs after a module's forward returned; a value other than `undefined` replaces the output. */
+export type ForwardHook = (module: Module, args: readonly unknown[], output: unknown) => unknown;
+
+/** Options of `registerForwardHook()`. */
+export interface ForwardHookOptions {
+  /**
+   * Called instead of the hook when the forward itself throws, before the error propagates:
+   * undo what a pre-hook acquired. Default: nothing.
+   */
+  onError?: (module: Module, error: unknown) => void;
+}
+
+/** Removes a hook again. */
+export type RemoveHandle = () => void;
+
+interface Hooks {
+  pre: ForwardPreHook[];
+  post: Array<{ fn: ForwardHook; onError?: (module: Module, error: unknown) => void }>;
+}
+
 /** Base class for layers and models. */
 export class Module {
   /** Dropout and similar layers behave differently in training. */
   training = true;
   private readonly _params = new Map<string, Parameter>();
   private readonly _modules = new Map<string, Module>();
+  private _hooks: Hooks | null = null;
+
+  /**
+   * Registers `fn` to run before every forward of this module (pre-hooks run in registration order).
+   * @example
+   * const remove = block.registerForwardPreHook(() => gather(block));
+   */
+  registerForwardPreHook(fn: ForwardPreHook): RemoveHandle {
+    const hooks = this.installHooks();
+    hooks.pre.push(fn);
+    return () => { hooks.pre = hooks.pre.filter((h) => h !== fn); };
+  }
+
+  /**
+   * Registers `fn` to run after every forward of this module, in registration order; each may
+   * replace the output by returning a value.
+   * @example
+   * block.registerForwardHook((_m, _args, out) => release(block), { onError: () => release(block) });
+   */
+  registerForwardHook(fn: ForwardHook, opts: ForwardHookOptions = {}): RemoveHandle {
+    const hooks = this.installHooks();
+    const entry = { fn, ...(opts.onError ? { onError: opts.onError } : {}) };
+    hooks.post.push(entry);
+    return () => { hooks.post = hooks.post.filter((h) => h !== entry); };
+  }
+
+  /** Installs the dispatcher that runs hooks around this instance's forward (once). */
+  private installHooks(): Hooks {
+    if (this._hooks) return this._hooks;
+    const hooks: Hooks = { pre: [], post: [] };
+    this._hooks = hooks;
+    const self = this as unknown as { forward?: (...args: unknown[]) => unknown };
+    const inner = self.forward;
+    if (typeof inner !== "function") throw new ValueError(`${this.constructor.name} has no forward() to hook`);
+    self.forward = (...args: unknown[]): unknown => {
+      for (const h of hooks.pre) h(this, args);
+      let out: unknown;
+      try {
+        out = inner.apply(this, args);
+      } catch (e) {
+        for (const h of hooks.post) h.onError?.(this, e);
+        throw e;
+      }
+      for (const h of hooks.post) {
+        const r = h.fn(this, args, out);
+        if (r !== undefined) out = r;
+      }
+      return out;
+    };
+    return hooks;
+  }
 
   /** Registers (and returns) a parameter under `name`. */
   protected param(name: string, t: Tensor, requiresGrad = true): Parameter {

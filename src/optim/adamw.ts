@@ -5,9 +5,14 @@
  *
  * Weight decay applies only to tensors with >= 2 dims (matrices and embeddings), never to
  * biases and LayerNorm gains: nanoGPT's and Megatron's parameter groups.
+ *
+ * The math lives in `adamwUpdate()`, which updates any (param, grad, m, v) quadruple of equal
+ * length: whole parameters here, flat ranges of this rank's shards in parallel/'s ShardedAdamW.
+ * One kernel call, so a sharded run computes exactly the bits a single process computes.
  */
 import { ValueError } from "../core/errors.js";
 import { _native as native, zeros, withCategory, keep, type Tensor, reduceSumSq } from "./_deps.js";
+import type { AdamWState, GradNormResult, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
 
 export interface AdamWOptions {
   /** Learning rate. Default 1e-3. */
@@ -20,13 +25,63 @@ export interface AdamWOptions {
   weightDecay?: number;
 }
 
-/** Serializable optimizer state (moments are saved separately, as tensors). */
-export interface AdamWState {
-  step: number;
+/** The hyperparameters of one AdamW update, bias corrections included (see `adamwStepHyper`). */
+export interface AdamWHyper {
   lr: number;
-  betas: [number, number];
+  beta1: number;
+  beta2: number;
   eps: number;
+  /** Weight decay for this tensor (0 for biases and gains). */
   weightDecay: number;
+  /** 1 - beta1^step and 1 - beta2^step. */
+  biasCorrection1: number;
+  biasCorrection2: number;
+  /** Gradient multiplier (clipping). */
+  gradScale: number;
+}
+
+/** AdamW's hyperparameters with their defaults applied and checked. */
+export function resolveAdamWOptions(opts: AdamWOptions = {}): Required<AdamWOptions> {
+  const r = { lr: opts.lr ?? 1e-3, betas: opts.betas ?? [0.9, 0.999] as [number, number], eps: opts.eps ?? 1e-8, weightDecay: opts.weightDecay ?? 0.01 };
+  const [b1, b2] = r.betas;
+  if (!(r.lr >= 0)) throw new ValueError(`AdamW: lr must be >= 0, got ${r.lr}`);
+  if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1)) throw new ValueError(`AdamW: betas must be in [0, 1), got [${b1}, ${b2}]`);
+  if (!(r.eps >= 0)) throw new ValueError(`AdamW: eps must be >= 0, got ${r.eps}`);
+  if (!(r.weightDecay >= 0)) throw new ValueError(`AdamW: weightDecay must be >= 0, got ${r.weightDecay}`);
+  return r;
+}
+
+/**
+ * The hyperparameters of step number `step` (1-based) for a tensor of `ndim` dims.
+ * @example
+ * const h = adamwStepHyper(opt, opt.stepCount, p.ndim, clipCoef);
+ */
+export function adamwStepHyper(
+  o: { lr: number; betas: readonly [number, number]; eps: number; weightDecay: number }, step: number, ndim: number, gradScale = 1,
+): AdamWHyper {
+  const [b1, b2] = o.betas;
+  return {
+    lr: o.lr, beta1: b1, beta2: b2, eps: o.eps, weightDecay: ndim >= 2 ? o.weightDecay : 0,
+    biasCorrection1: 1 - b1 ** step, biasCorrection2: 1 - b2 ** step, gradScale,
+  };
+}
+
+/**
+ * One AdamW update in place: m and v from g (times gradScale), then the decayed parameter.
+ * p, g, m and v are contiguous float32 tensors (or views) with the same number of elements.
+ * @example
+ * adamwUpdate(p, p.grad!, m, v, adamwStepHyper(opt, 1, p.ndim));
+ */
+export function adamwUpdate(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamWHyper): void {
+  const n = p.numel;
+  for (const [name, t] of [["grad", g], ["m", m], ["v", v]] as const) {
+    if (t.numel !== n) throw new ValueError(`adamwUpdate: ${name} has ${t.numel} elements, the parameter ${n}`);
+  }
+  for (const t of [p, g, m, v]) {
+    if (t.dtype !== "float32" || !t.isContiguous) throw new ValueError(`adamwUpdate: expects contiguous float32 tensors, got ${t.dtype}${t.isContiguous ? "" : " (strided)"}`);
+  }
+  // The one native call of the optimizers (the Backend seam will take it over).
+  native.adamw(p.ptr, g.ptr, m.ptr, v.ptr, n, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.biasCorrection1, h.biasCorrection2, h.gradScale);
 }
 
 /**
@@ -34,7 +89,7 @@ export interface AdamWState {
  * const opt = new AdamW(model.parameters(), { lr: 6e-4, betas: [0.9, 0.95], weightDecay: 0.1 });
  * loss.backward(); opt.step(); opt.zeroGrad();
  */
-export class AdamW {
+export class AdamW implements Optimizer {
   readonly params: Tensor[];
   lr: number;
   readonly betas: [number, number];
@@ -47,15 +102,11 @@ export class AdamW {
 
   constructor(params: Tensor[], opts: AdamWOptions = {}) {
     this.params = params;
-    this.lr = opts.lr ?? 1e-3;
-    this.betas = opts.betas ?? [0.9, 0.999];
-    this.eps = opts.eps ?? 1e-8;
-    this.weightDecay = opts.weightDecay ?? 0.01;
-    const [b1, b2] = this.betas;
-    if (!(this.lr >= 0)) throw new ValueError(`AdamW: lr must be >= 0, got ${this.lr}`);
-    if (!(b1 >= 0 && b1 < 1 && b2 >= 0 && b2 < 1)) throw new ValueError(`AdamW: betas must be in [0, 1), got [${b1}, ${b2}]`);
-    if (!(this.eps >= 0)) throw new ValueError(`AdamW: eps must be >= 0, got ${this.eps}`);
-    if (!(this.weightDecay >= 0)) throw new ValueError(`AdamW: weightDecay must be >= 0, got ${this.weightDecay}`);
+    const r = resolveAdamWOptions(opts);
+    this.lr = r.lr;
+    this.betas = r.betas;
+    this.eps = r.eps;
+    this.weightDecay = r.weightDecay;
     for (const p of params) {
       if (p.dtype !== "float32" || !p.isContiguous) throw new ValueError(`AdamW: parameter ${p.name ?? ""} must be a contiguous float32 tensor`);
     }
@@ -71,17 +122,12 @@ export class AdamW {
    * One update of every parameter that has a gradient. `gradScale` multiplies gradients first
    * (e.g. the clipping coefficient); `lr` overrides the learning rate for this step.
    */
-  step(opts: { lr?: number; gradScale?: number } = {}): void {
+  step(opts: StepOptions = {}): void {
     if (opts.lr !== undefined) this.lr = opts.lr;
-    const gs = opts.gradScale ?? 1;
     this.stepCount++;
-    const [b1, b2] = this.betas;
-    const bc1 = 1 - b1 ** this.stepCount;
-    const bc2 = 1 - b2 ** this.stepCount;
     this.params.forEach((p, i) => {
       if (!p.grad) return;
-      const wd = p.ndim >= 2 ? this.weightDecay : 0;
-      native.adamw(p.ptr, p.grad.ptr, this.m[i]!.ptr, this.v[i]!.ptr, p.numel, this.lr, b1, b2, this.eps, wd, bc1, bc2, gs);
+      adamwUpdate(p, p.grad, this.m[i]!, this.v[i]!, adamwStepHyper(this, this.stepCount, p.ndim, opts.gradScale ?? 1));
     });
   }
 
@@ -90,8 +136,23 @@ export class AdamW {
     clearGrads(this.params);
   }
 
+  /** The global gradient norm (the gradients are whole here, and already averaged under DDP). */
+  gradNorm(maxNorm = Infinity): GradNormResult {
+    return gradNorm(this.params, maxNorm);
+  }
+
   state(): AdamWState {
     return adamwState(this);
+  }
+
+  /** Scalars and the moments, logical form (the tensors themselves, not copies). */
+  stateDict(): OptimizerStateDict {
+    return { state: this.state(), moments: { exp_avg: this.m, exp_avg_sq: this.v } };
+  }
+
+  loadStateDict(sd: OptimizerStateDict): void {
+    const mo = sd.moments;
+    this.loadState(sd.state, mo ? { m: momentsOf(mo, "exp_avg", this.m.length), v: momentsOf(mo, "exp_avg_sq", this.v.length) } : undefined);
   }
 
   loadState(s: AdamWState, moments?: { m: Tensor[]; v: Tensor[] }): void {
@@ -107,7 +168,14 @@ export class AdamW {
   }
 }
 
-/** Disposes and clears every parameter's gradient (shared by AdamW and ZeRO's sharded AdamW). */
+/** `moments[name]`, checked to hold one tensor per parameter (for loadStateDict implementations). */
+export function momentsOf(moments: Record<string, Tensor[]>, name: string, count: number): Tensor[] {
+  const ts = moments[name];
+  if (!ts || ts.length !== count) throw new ValueError(`optimizer state: expected ${count} "${name}" tensors, got ${ts?.length ?? "none"}`);
+  return ts;
+}
+
+/** Disposes and clears every parameter's gradient (shared by AdamW and the sharded AdamW). */
 export function clearGrads(params: readonly Tensor[]): void {
   for (const p of params) {
     p.grad?.dispose();
@@ -124,7 +192,7 @@ export function adamwState(o: { stepCount: number; lr: number; betas: readonly [
  * Global L2 norm of all gradients (float64 accumulation across tensors), and the clipping
  * coefficient min(1, maxNorm / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ computes it.
  */
-export function gradNorm(params: Tensor[], maxNorm = Infinity): { norm: number; clipCoef: number } {
+export function gradNorm(params: readonly Tensor[], maxNorm = Infinity): GradNormResult {
   let sq = 0;
   for (const p of params) if (p.grad) sq += reduceSumSq(p.grad);
   const norm = Math.sqrt(sq);

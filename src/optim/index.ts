@@ -1,3 +1,9 @@
-/** optim: AdamW (fused), learning-rate schedules, gradient clipping. */
-export { AdamW, gradNorm, clipCoefficient, clearGrads, adamwState, type AdamWOptions, type AdamWState } from "./adamw.js";
+/** optim: the Optimizer interface, AdamW (fused), learning-rate schedules, gradient clipping. */
+export {
+  type Optimizer, type OptimizerStateDict, type StepOptions, type GradNormResult, type AdamWState,
+} from "./optimizer.js";
+export {
+  AdamW, adamwUpdate, adamwStepHyper, resolveAdamWOptions, momentsOf, gradNorm, clipCoefficient, clearGrads, adamwState,
+  type AdamWOptions, type AdamWHyper,
+} from "./adamw.js";
 export { cosineLr, type CosineScheduleOptions } from "./schedule.js";

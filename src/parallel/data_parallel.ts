@@ -9,10 +9,14 @@
  * holds gradients: 4 bytes per parameter). On accumulation micro-steps nothing is reduced
  * until the last.
  * At group size 1 nothing is registered: the single-process path is unchanged.
+ *
+ * It is the data-parallel GradSync `parallelize()` applies when ZeRO is off: `beforeMicroStep`
+ * switches the hooks on for the last micro-step only, `afterBackward` of that step waits.
  */
-import { native } from "../backend/native/index.js";
 import { Tensor, withCategory, keep } from "../tensor/index.js";
 import { allReduceAsync, broadcast, type ProcessGroup, type Work } from "./collectives.js";
+import type { GradSync } from "./grad_sync.js";
+import { copyRange, zeroRange } from "./_views.js";
 
 export interface DataParallelOptions {
   /** Target bucket size in bytes. Default 25 MiB (PyTorch's). */
@@ -29,7 +33,12 @@ interface Bucket {
   pending: Work | null;
 }
 
-export class DataParallel {
+/**
+ * @example
+ * const ddp = new DataParallel(model.parameters(), mesh.group("dp"), { bucketBytes: 25 * 2 ** 20 });
+ * ddp.beforeMicroStep(true); loss.backward(); await ddp.afterBackward(true);  // .grad is averaged
+ */
+export class DataParallel implements GradSync {
   readonly group: ProcessGroup;
   private readonly buckets: Bucket[] = [];
   private readonly bucketOf = new Map<Tensor, Bucket>();
@@ -76,7 +85,7 @@ export class DataParallel {
     if (!b || !p.grad) return;
     const i = b.params.indexOf(p);
     const flat = this.flatOf(b);
-    native.copyStrided(4, p.grad.ptr, [1], flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
+    copyRange(flat, b.offsets[i]!, p.grad, 0, p.numel);
     if (++b.ready === b.params.length) {
       b.pending = allReduceAsync(flat, this.group, "avg");
       this.timings.launched++;
@@ -86,6 +95,16 @@ export class DataParallel {
   /** The bucket's flat buffer, allocated when its first gradient arrives (the caching allocator makes this cheap). */
   private flatOf(b: Bucket): Tensor {
     return (b.flat ??= withCategory("grads", () => keep(Tensor.empty([b.numel]))));
+  }
+
+  /** Reduce only on the last micro-step: earlier ones accumulate into `.grad` locally. */
+  beforeMicroStep(isLast: boolean): void {
+    this.syncEnabled = isLast;
+  }
+
+  /** After the last micro-step's backward: `synchronize()`. */
+  async afterBackward(isLast: boolean): Promise<void> {
+    if (isLast) await this.synchronize();
   }
 
   /** Waits for every bucket and writes the averaged gradients back into `.grad`. */
@@ -98,15 +117,15 @@ export class DataParallel {
         // Some parameter got no gradient this step (unused): reduce the bucket anyway so ranks agree.
         for (let i = 0; i < b.params.length; i++) {
           const p = b.params[i]!;
-          if (p.grad) native.copyStrided(4, p.grad.ptr, [1], flat.ptr + b.offsets[i]! * 4, [1], [p.numel]);
-          else native.fill(flat.ptr + b.offsets[i]! * 4, p.numel, 0, 0);
+          if (p.grad) copyRange(flat, b.offsets[i]!, p.grad, 0, p.numel);
+          else zeroRange(flat, b.offsets[i]!, p.numel);
         }
         b.pending = allReduceAsync(flat, this.group, "avg");
       }
       await b.pending.wait();
       this.timings.commMs += b.pending.seconds * 1000;
       b.params.forEach((p, i) => {
-        if (p.grad) native.copyStrided(4, flat.ptr + b.offsets[i]! * 4, [1], p.grad.ptr, [1], [p.numel]);
+        if (p.grad) copyRange(p.grad, 0, flat, b.offsets[i]!, p.numel);
       });
       flat.dispose();
       b.flat = null;

@@ -1,7 +1,8 @@
 /**
  * parallel: process groups and collectives over MPI (blocking and asynchronous), the device
- * mesh, data parallelism and ZeRO. Every primitive is the identity at group size 1, and a
- * single process never loads MPI.
+ * mesh, and the pieces `parallelize()` applies to a model from outside: DDP, ZeRO's sharded
+ * optimizer and FSDP's parameter-sharding units, all speaking GradSync to the train step. Every
+ * primitive is the identity at group size 1, and a single process never loads MPI.
  */
 export {
   worldGroup, splitGroup, setCommThreadNice, collectiveTimeoutS,
@@ -10,6 +11,12 @@ export {
   type ProcessGroup, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,
 } from "./collectives.js";
 export { DeviceMesh, MESH_AXES, type Axis } from "./mesh.js";
+export { type GradSync, noGradSync, composeGradSync } from "./grad_sync.js";
 export { DataParallel, type DataParallelOptions } from "./data_parallel.js";
-export { ZeroAdamW, unshard, type ZeroStage, type ZeroOptions, type ZeroLayout } from "./zero.js";
+export { FlatShards, type ShardUnit, type ShardPiece } from "./flat_shards.js";
+export { ShardedAdamW, type ShardedAdamWOptions, type ZeroStage } from "./sharded_optimizer.js";
+export { FullyShardedUnits, type FSDPOptions } from "./fsdp.js";
+export { parallelize, type ParallelizeConfig, type Parallelized } from "./parallelize.js";
+/** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
+export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
 export { underMpi, CommError } from "./_mpi_native.js";

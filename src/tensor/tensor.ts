@@ -74,8 +74,8 @@ export class Tensor implements Differentiable, BufferView {
     const b = this.storage.buffer;
     if (b === null) {
       throw new ValueError(
-        `tensor ${this.name ?? `of shape ${fmtShape(this.shape)}`} has no data here: it is a sharded parameter (ZeRO-3 / FSDP), ` +
-          "gathered only inside its module's forward and backward (use the optimizer's withFullParams() to read it)",
+        `tensor ${this.name ?? `of shape ${fmtShape(this.shape)}`} has no data here: its storage is released ` +
+          "(a sharded parameter is materialised only while its module runs; read it inside withFullParams())",
       );
     }
     return b;

@@ -1,6 +1,10 @@
 /**
- * The training loop: data -> forward -> backward (with accumulation) -> clip -> AdamW ->
+ * The training loop: data -> forward -> backward (with accumulation) -> clip -> optimizer ->
  * metrics -> eval -> checkpoint, resumable bit-exactly.
+ *
+ * The parallel layout is applied once, by `parallelize()`; the loop sees only its result: an
+ * Optimizer, a GradSync for accumulation, and `withFullParams` around code that reads or writes
+ * whole weights. It has no branch for DDP or any ZeRO stage.
  *
  * Each micro-step runs inside a tensor scope, so every activation and temporary of the step is
  * freed when it ends; parameters, gradients and optimizer state are kept. A step whose loss or
@@ -21,17 +25,17 @@ import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
 import { tensor, withScope, memoryStats, type Tensor } from "../tensor/index.js";
 import { noGrad } from "../autograd/index.js";
 import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js";
-import { AdamW, gradNorm, cosineLr } from "../optim/index.js";
+import { cosineLr, type AdamWState, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
 import {
-  writeCheckpointDir, findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, readSafetensors,
-  createCheckpointTempDir, commitCheckpointDir,
+  findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles,
+  optimizerFileNames, readOptimizerMoments, type OptimizerFiles, type SaveGroup, type TensorRecord,
 } from "../checkpoint/index.js";
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep } from "./config.js";
 import {
-  DataParallel, DeviceMesh, ZeroAdamW, allReduce, barrier, broadcast, collectiveTimeoutS, underMpi, unshard, worldGroup,
-  type ProcessGroup, type ZeroLayout, type ZeroStage,
+  DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
+  type Parallelized, type ProcessGroup, type ZeroStage,
 } from "../parallel/index.js";
 
 /** One line of metrics.jsonl. */
@@ -70,7 +74,7 @@ interface TrainerState {
   step: number;
   rng: { seed: number; offset: number };
   loader: TokenLoaderState;
-  optimizer: ReturnType<AdamW["state"]>;
+  optimizer: AdamWState;
   config: TrainConfig;
   tokens_seen: number;
 }
@@ -78,8 +82,10 @@ interface TrainerState {
 export class Trainer {
   readonly config: TrainConfig;
   model!: GPT;
-  /** AdamW, or ZeRO-1's sharded AdamW when parallel.zero = 1. */
-  optimizer!: AdamW | ZeroAdamW;
+  /** AdamW, or the sharded AdamW under ZeRO (whatever parallelize() built). */
+  optimizer!: Optimizer;
+  /** The model's parallel form: gradient sync, full-parameter access, the data-parallel group. */
+  parallel!: Parallelized;
   loader!: TokenLoader;
   dataDir!: string;
   tokenizer: Tokenizer | null = null;
@@ -87,9 +93,8 @@ export class Trainer {
   tokensSeen = 0;
   private readonly opts: Required<TrainerOptions>;
   private consecutiveNonFinite = 0;
-  /** The data-parallel group (a group of one in a single process) and its reducer. */
+  /** The data-parallel group (a group of one in a single process). */
   private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
-  private ddp: DataParallel | null = null;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -108,13 +113,14 @@ export class Trainer {
   async setup(): Promise<void> {
     const c = this.config;
     // Parallel layout: the world (mpirun) must match the config's axes.
+    if (!underMpi() && c.parallel.dp > 1) {
+      throw new ValueError(`parallel.dp=${c.parallel.dp} needs ${c.parallel.dp} ranks; start it with \`megalith launch -n ${c.parallel.dp} -- train ...\` (or mpirun -np ${c.parallel.dp})`);
+    }
+    const mesh = new DeviceMesh({ dp: c.parallel.dp });
+    this.dpGroup = mesh.group("dp");
     if (underMpi()) {
-      const mesh = new DeviceMesh({ dp: c.parallel.dp }, worldGroup());
-      this.dpGroup = mesh.group("dp");
       this.opts.rank = mesh.world.rank;
       this.opts.worldSize = this.dpGroup.size;
-    } else if (c.parallel.dp > 1) {
-      throw new ValueError(`parallel.dp=${c.parallel.dp} needs ${c.parallel.dp} ranks; start it with \`megalith launch -n ${c.parallel.dp} -- train ...\` (or mpirun -np ${c.parallel.dp})`);
     }
     mkdirSync(c.out_dir, { recursive: true });
     // Data: the built-in Brown corpus is prepared (and cached) on first use.
@@ -140,26 +146,19 @@ export class Trainer {
     manualSeed(c.train.seed);
     this.model = new GPT(
       { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias },
-      { seed: c.train.seed, activationCheckpointing: c.train.activation_checkpointing },
+      { seed: c.train.seed },
     );
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
-    const adam = { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay };
-    if (c.parallel.zero > 0) {
-      // FSDP-style units: one per transformer block, the embeddings and final norm in the root.
-      const zero = new ZeroAdamW(this.model.parameters(), this.dpGroup, adam, {
-        stage: c.parallel.zero as ZeroStage, units: this.model.h.map((b) => b.parameters()), prefetch: c.parallel.zero3_prefetch,
-      });
-      zero.shardModules(this.model, this.model.h);
-      this.optimizer = zero;
-    } else {
-      this.optimizer = new AdamW(this.model.parameters(), adam);
-    }
+    this.parallel = parallelize(this.model, mesh, {
+      zero: c.parallel.zero as 0 | ZeroStage, zero3Prefetch: c.parallel.zero3_prefetch, bucketBytes: c.parallel.bucket_mb * 2 ** 20,
+      activationCheckpointing: c.train.activation_checkpointing,
+      optimizer: { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay },
+    });
+    this.optimizer = this.parallel.optimizer;
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
     });
-    // ZeRO does its own reductions (reduce-scatter); plain data parallelism all-reduces.
-    this.ddp = this.dpGroup.size > 1 && c.parallel.zero === 0 ? new DataParallel(this.model.parameters(), this.dpGroup, { bucketBytes: c.parallel.bucket_mb * 2 ** 20 }) : null;
     const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
       `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
@@ -185,11 +184,10 @@ export class Trainer {
     const lr = this.lrAt(this.step);
     let lossSum = 0;
     this.model.train();
-    const zero = this.optimizer instanceof ZeroAdamW ? this.optimizer : null;
+    const { gradSync } = this.parallel;
     for (let micro = 0; micro < accum; micro++) {
-      // Reduce only on the last micro-step (ZeRO-2/3 reduce every micro-step: they keep no full gradients).
-      if (this.ddp) this.ddp.syncEnabled = micro === accum - 1;
-      if (zero) zero.syncEnabled = micro === accum - 1;
+      const isLast = micro === accum - 1;
+      gradSync.beforeMicroStep(isLast);
       const batch = this.loader.nextBatch();
       lossSum += withScope(() => {
         const B = batch.batchSize, T = batch.blockSize;
@@ -203,9 +201,8 @@ export class Trainer {
         scaled.backward();
         return value;
       });
-      await zero?.synchronize();
+      await gradSync.afterBackward(isLast);
     }
-    await this.ddp?.synchronize();
     // Gradients are complete here: this is when ZeRO's per-stage accounting applies.
     const memAtGrads = memoryStats();
     let loss = lossSum / accum;
@@ -217,7 +214,7 @@ export class Trainer {
       t.dispose();
     }
     const maxNorm = c.train.grad_clip > 0 ? c.train.grad_clip : Infinity;
-    const { norm, clipCoef } = zero ? zero.gradNorm(maxNorm) : gradNorm(this.optimizer.params, maxNorm);
+    const { norm, clipCoef } = await this.optimizer.gradNorm(maxNorm);
     const stepNumber = this.step;
     if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
       this.optimizer.zeroGrad();
@@ -314,12 +311,10 @@ export class Trainer {
     // Save first: nothing after the last step may cost the run.
     await this.saveCheckpoint();
     const finalDir = join(c.out_dir, "final");
-    // ZeRO-3 gathers the weights (a collective: every rank joins); rank 0 writes them.
-    const write = async () => {
+    // Sharded parameters are gathered for it (a collective: every rank joins); rank 0 writes them.
+    await this.parallel.withFullParams(async () => {
       if (this.isMain) await this.saveModel(finalDir);
-    };
-    if (this.optimizer instanceof ZeroAdamW) await this.optimizer.withFullParams(write);
-    else await write();
+    });
     this.logEval(metricsFile);
     this.say(`done: ${this.step} steps; final model in ${finalDir}`);
     return { finalLoss: last?.loss ?? NaN, finalDir };
@@ -340,129 +335,60 @@ export class Trainer {
   }
 
   /**
-   * Saves model, optimizer moments and trainer state as one atomic checkpoint directory.
-   * Without ZeRO rank 0 writes everything (moments unsharded). With ZeRO every rank writes its
-   * own shards (`optimizer-rank00001-of-00004.safetensors`) into a temp dir all ranks agree on,
-   * next to `zero_layout.json`, which says how to rebuild full tensors for any other layout;
-   * rank 0 writes the model (gathered, stage 3) and commits the manifest only after every rank
-   * has written.
+   * Saves model, optimizer state and trainer state as one atomic checkpoint directory, from
+   * every rank (one path for every layout): the optimizer's state dict says what to write. In
+   * the logical form (AdamW) rank 0 writes `optimizer.safetensors`; in the sharded form (ZeRO)
+   * every rank writes its own `optimizer-rank00001-of-00004.safetensors` next to
+   * `zero_layout.json`, so no rank holds full moments. Rank 0 writes the model (gathered where
+   * it is sharded) and commits the manifest once every rank has written.
    */
   async saveCheckpoint(): Promise<string> {
     const c = this.config;
     const dir = join(c.out_dir, checkpointDirName(this.step));
-    const opt = this.optimizer;
-    // Writing can take far longer than a collective should: give the barriers room.
-    const slow = { timeoutS: Math.max(collectiveTimeoutS(), 3600) };
-    if (!(opt instanceof ZeroAdamW)) {
-      try {
-        if (this.isMain) return await this.writeCheckpoint(dir, { m: opt.m, v: opt.v });
-        return dir;
-      } finally {
-        barrier(this.dpGroup, slow);
-      }
-    }
-    // Every rank derives the same temp dir from a number rank 0 draws.
-    const t = tensor([Math.floor(Math.random() * 2 ** 24)]);
-    broadcast(t, this.dpGroup, 0);
-    const token = `s${this.step}-${t.item()}`;
-    t.dispose();
-    const tmp = await createCheckpointTempDir(dir, { token });
     const { rank, size } = this.dpGroup;
-    const shardFile = (r: number) => `optimizer-rank${String(r).padStart(5, "0")}-of-${String(size).padStart(5, "0")}.safetensors`;
-    const rec = (x: Tensor) => ({ dtype: "F32" as const, shape: [...x.shape], data: new Uint8Array((x.data() as Float32Array).buffer) });
-    const shards = opt.localShards();
-    await writeSafetensors(join(tmp, shardFile(rank)), Object.fromEntries(Object.entries(shards).map(([k, x]) => [k, rec(x)])));
-    await opt.withFullParams(async () => {
-      if (!this.isMain) return;
-      await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
-    });
-    if (this.isMain) {
-      writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
-      writeFileSync(join(tmp, "zero_layout.json"), JSON.stringify(opt.layout(this.model.namedParameters().map(([n]) => n))) + "\n");
-      writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
-    }
-    barrier(this.dpGroup, slow);  // every rank's shard is on disk
-    try {
+    const names = this.model.namedParameters().map(([n]) => n);
+    const optFiles = optimizerFiles(this.optimizer.stateDict(), names);
+    await saveCheckpointCollective(dir, this.saveGroup(), async (tmp) => {
+      await this.parallel.withFullParams(async () => {
+        if (this.isMain) await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
+      });
+      await writeOptimizerFiles(tmp, optFiles, this.isMain);
       if (this.isMain) {
-        await commitCheckpointDir(tmp, dir, { step: this.step, kind: "gpt-train", zero: opt.stage, dp: size }, {
-          expectFiles: ["model.safetensors", "zero_layout.json", "trainer_state.json", ...Array.from({ length: size }, (_, r) => shardFile(r))],
-        });
-        await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
-        this.say(`checkpoint: ${dir} (ZeRO-${opt.stage} shards of ${size} ranks)`);
+        writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
+        writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
       }
-    } finally {
-      barrier(this.dpGroup, slow);  // committed before anyone goes on
+    }, { step: this.step, kind: "gpt-train", dp: size, parallel: this.parallel.applied }, {
+      expectFiles: ["model.safetensors", "trainer_state.json", ...optimizerFileNames(optFiles)],
+    });
+    if (rank === 0) {
+      await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+      this.say(`checkpoint: ${dir}${optFiles.kind === "sharded" ? ` (optimizer sharded over ${size} ranks)` : ""}`);
     }
     return dir;
+  }
+
+  /** The data-parallel group as the checkpoint writer sees it (barriers, rank 0's numbers). */
+  private saveGroup(): SaveGroup {
+    const g = this.dpGroup;
+    // Writing can take far longer than a collective should: give the barriers room.
+    const slow = { timeoutS: Math.max(collectiveTimeoutS(), 3600) };
+    return {
+      rank: g.rank, size: g.size,
+      barrier: () => barrier(g, slow),
+      agree: (values) => {
+        const t = tensor(values);
+        broadcast(t, g, 0);
+        const out = t.toArray() as number[];
+        t.dispose();
+        return out;
+      },
+    };
   }
 
   private trainerState(): TrainerState {
     return {
-      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.state(), config: this.config, tokens_seen: this.tokensSeen,
+      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.stateDict().state, config: this.config, tokens_seen: this.tokensSeen,
     };
-  }
-
-  private async writeCheckpoint(dir: string, moments: { m: Tensor[]; v: Tensor[] }): Promise<string> {
-    const c = this.config;
-    const state = this.trainerState();
-    await writeCheckpointDir(dir, async (tmp) => {
-      await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
-      writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
-      const records: Record<string, { dtype: "F32"; shape: number[]; data: Uint8Array }> = {};
-      const names = this.model.namedParameters().map(([n]) => n);
-      const rec = (t: Tensor) => ({ dtype: "F32" as const, shape: [...t.shape], data: new Uint8Array((t.data() as Float32Array).buffer) });
-      names.forEach((n, i) => {
-        records[`exp_avg.${n}`] = rec(moments.m[i]!);
-        records[`exp_avg_sq.${n}`] = rec(moments.v[i]!);
-      });
-      await writeSafetensors(join(tmp, "optimizer.safetensors"), records);
-      writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(state, null, 2) + "\n");
-    }, { step: this.step, kind: "gpt-train" });
-    await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
-    this.say(`checkpoint: ${dir}`);
-    return dir;
-  }
-
-  /**
-   * Full per-parameter moments from a checkpoint of any layout: `optimizer.safetensors`
-   * (unsharded), or every rank's ZeRO shards rebuilt with `zero_layout.json`.
-   */
-  private async readMoments(dir: string): Promise<{ m: Float32Array[]; v: Float32Array[] }> {
-    const names = this.model.namedParameters().map(([n]) => n);
-    const numels = this.model.parameters().map((p) => p.numel);
-    const f32 = (data: Uint8Array) => {
-      const copy = new Uint8Array(data.byteLength);
-      copy.set(data);
-      return new Float32Array(copy.buffer);
-    };
-    const pick = (src: Map<string, Float32Array>, prefix: string, file: string) => names.map((n, i) => {
-      const x = src.get(n);
-      if (!x) throw new ValueError(`${file}: missing ${prefix}${n}`);
-      if (x.length !== numels[i]) throw new ValueError(`${file}: ${prefix}${n} has ${x.length} elements, the model's parameter has ${numels[i]}`);
-      return x;
-    });
-    const layoutFile = join(dir, "zero_layout.json");
-    if (!existsSync(layoutFile)) {
-      const file = join(dir, "optimizer.safetensors");
-      const { tensors } = await readSafetensors(file);
-      const get = (prefix: string) => new Map(names.flatMap((n) => {
-        const r = tensors.get(`${prefix}${n}`);
-        return r ? [[n, f32(r.data)] as const] : [];
-      }));
-      return { m: pick(get("exp_avg."), "exp_avg.", file), v: pick(get("exp_avg_sq."), "exp_avg_sq.", file) };
-    }
-    const layout = JSON.parse(readFileSync(layoutFile, "utf8")) as ZeroLayout;
-    const m: Float32Array[] = [], v: Float32Array[] = [];
-    for (let r = 0; r < layout.size; r++) {
-      const file = join(dir, `optimizer-rank${String(r).padStart(5, "0")}-of-${String(layout.size).padStart(5, "0")}.safetensors`);
-      const { tensors } = await readSafetensors(file);
-      for (const [key, out] of [["exp_avg", m], ["exp_avg_sq", v]] as const) {
-        const t = tensors.get(key);
-        if (!t) throw new ValueError(`${file}: missing ${key}`);
-        out.push(f32(t.data));
-      }
-    }
-    return { m: pick(unshard(layout, m), "exp_avg.", layoutFile), v: pick(unshard(layout, v), "exp_avg_sq.", layoutFile) };
   }
 
   /** Restores model, optimizer, RNG, data position and step from the newest complete checkpoint. */
@@ -487,16 +413,15 @@ export class Trainer {
       return false;
     }
     const state = JSON.parse(readFileSync(join(latest.dir, "trainer_state.json"), "utf8")) as TrainerState;
-    const opt = this.optimizer;
-    if (opt instanceof ZeroAdamW) await opt.withFullParams(() => loadGPTWeights(this.model, latest.dir), { writeBack: true });
-    else await loadGPTWeights(this.model, latest.dir);
-    const moments = await this.readMoments(latest.dir);
+    // Sharded parameters take what was loaded into the gathered ones as their new shards.
+    await this.parallel.withFullParams(() => loadGPTWeights(this.model, latest.dir), { writeBack: true });
+    // Moments come back logical whatever layout saved them; each optimizer keeps what it holds.
+    const params = this.model.namedParameters();
+    const stored = await readOptimizerMoments(latest.dir, params.map(([n]) => n), params.map(([, p]) => p.numel));
     noGrad(() => {
-      const shapes = this.model.parameters().map((p) => p.shape);
-      const m = moments.m.map((x, i) => tensor(x, { shape: shapes[i]! }));
-      const v = moments.v.map((x, i) => tensor(x, { shape: shapes[i]! }));
-      opt.loadState(state.optimizer, { m, v });
-      for (const t of [...m, ...v]) t.dispose();
+      const moments = Object.fromEntries(Object.entries(stored).map(([k, xs]) => [k, xs.map((x, i) => tensor(x, { shape: params[i]![1].shape }))]));
+      this.optimizer.loadStateDict({ state: state.optimizer, moments });
+      for (const ts of Object.values(moments)) for (const t of ts) t.dispose();
     });
     this.loader.restore(state.loader);
     setRngState(state.rng);
@@ -505,4 +430,24 @@ export class Trainer {
     this.say(`resume: continuing from ${latest.dir} (step ${this.step})`);
     return true;
   }
+}
+
+/** A float32 tensor's bytes as a safetensors record (a copy). */
+function toRecord(t: Tensor): TensorRecord {
+  return { dtype: "F32", shape: [...t.shape], data: new Uint8Array((t.data() as Float32Array).buffer) };
+}
+
+/** An optimizer state dict as checkpoint records, parameters named as in the model. */
+function optimizerFiles(sd: OptimizerStateDict, names: readonly string[]): OptimizerFiles {
+  if (sd.shard) {
+    const { rank, size, layout, tensors } = sd.shard;
+    return {
+      kind: "sharded", rank, size,
+      layout: { ...layout, units: layout.units.map((u) => ({ ...u, params: u.params.map((i) => names[i]!) })) },
+      shard: Object.fromEntries(Object.entries(tensors).map(([k, t]) => [k, toRecord(t)])),
+    };
+  }
+  const moments: Record<string, Record<string, TensorRecord>> = {};
+  for (const [k, ts] of Object.entries(sd.moments ?? {})) moments[k] = Object.fromEntries(ts.map((t, i) => [names[i]!, toRecord(t)]));
+  return { kind: "logical", moments };
 }

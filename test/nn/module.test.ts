@@ -138,3 +138,31 @@ test("`Linear`, `Embedding`, `LayerNorm`, `RMSNorm` layers match the reference f
   assert.deepEqual(new Linear(200, 100, { seed: s }).weight.data(), wd, "same seed, same init");
   assert.deepEqual(Array.from(big.bias!.data()), new Array(100).fill(0));
 });
+
+test("`registerForwardPreHook()` / `registerForwardHook()` run around a directly called forward, may replace its output, report errors, and are removable", () => {
+  class Twice extends Module {
+    fail = false;
+    forward(x: Tensor): Tensor {
+      if (this.fail) throw new Error("boom");
+      return x.mul(2);
+    }
+  }
+  const m = new Twice();
+  const log: string[] = [];
+  const removePre = m.registerForwardPreHook((mod, args) => log.push(`pre ${mod === m} ${(args[0] as Tensor).item()}`));
+  const removePost = m.registerForwardHook((_mod, _args, out) => {
+    log.push(`post ${(out as Tensor).item()}`);
+    return (out as Tensor).add(1);
+  }, { onError: (_mod, e) => log.push(`error ${(e as Error).message}`) });
+  const y = m.forward(M.tensor([3]));
+  assert.equal(y.item(), 7, "the forward hook's return value replaces the output");
+  assert.deepEqual(log, ["pre true 3", "post 6"]);
+  m.fail = true;
+  assert.throws(() => m.forward(M.tensor([1])), /boom/);
+  assert.deepEqual(log.slice(2), ["pre true 1", "error boom"]);
+  m.fail = false;
+  removePre();
+  removePost();
+  assert.equal(m.forward(M.tensor([3])).item(), 6, "removed hooks no longer run");
+  assert.equal(log.length, 4);
+});

@@ -4,19 +4,21 @@
 // the losses, a checksum of the final (gathered) parameters, the gather counters, and the
 // largest parameter memory seen during the steps.
 import { GPT, tensor, randint, withScope, memoryStats, noGrad } from "../../../src/index.js";
-import { worldGroup, allReduce, ZeroAdamW } from "../../../src/parallel/index.js";
+import { worldGroup, allReduce, parallelize, DeviceMesh } from "../../../src/parallel/index.js";
 
 const prefetch = process.argv[2] !== "no-prefetch";
 const activationCheckpointing = process.argv[3] === "ckpt";
 const world = worldGroup();
 const model = new GPT({ nLayer: 3, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 300 }, { seed: 9, activationCheckpointing });
 model.train();
-const zero = new ZeroAdamW(model.parameters(), world, { lr: 3e-3, weightDecay: 0.1 }, { stage: 3, units: model.h.map((b) => b.parameters()), prefetch });
-zero.shardModules(model, model.h);
+const { optimizer, gradSync, withFullParams, fsdp } = parallelize(model, new DeviceMesh({ dp: world.size }, world), {
+  zero: 3, zero3Prefetch: prefetch, optimizer: { lr: 3e-3, weightDecay: 0.1 },
+});
 
 const losses: number[] = [];
 let peakParams = 0;
 for (let step = 0; step < 4; step++) {
+  gradSync.beforeMicroStep(true);
   const loss = withScope(() => {
     // Each rank its own batch, the same in every run.
     const x = randint(0, 300, [2, 16], { seed: 1000 * step + world.rank, dtype: "int32" });
@@ -26,30 +28,30 @@ for (let step = 0; step < 4; step++) {
     loss!.backward();
     return loss!.item();
   });
-  await zero.synchronize();
+  await gradSync.afterBackward(true);
   const t = tensor([loss]);
   allReduce(t, world, "avg");
   losses.push(t.item());
   t.dispose();
-  const { clipCoef } = zero.gradNorm(1.0);
-  zero.step({ gradScale: clipCoef });
-  zero.zeroGrad();
+  const { clipCoef } = await optimizer.gradNorm(1.0);
+  optimizer.step({ gradScale: clipCoef });
+  optimizer.zeroGrad();
 }
 // An evaluation forward (no gradients) prefetches too, and leaves nothing gathered.
 const evalLoss = noGrad(() => withScope(() => {
   const x = randint(0, 300, [2, 16], { seed: 77, dtype: "int32" });
   return model.forward(x, x).loss!.item();
 }));
-await zero.synchronize();
+await gradSync.afterBackward(true);
 let sum = 0, sumSq = 0;
-await zero.withFullParams(() => {
+await withFullParams(() => {
   for (const p of model.parameters()) for (const v of p.data()) { sum += v; sumSq += v * v; }
 });
 const live = memoryStats().live.params;
 if (world.rank === 0) {
   const blockBytes = model.h[0]!.parameters().reduce((n, p) => n + p.numel * 4, 0);
   process.stdout.write(JSON.stringify({
-    losses, evalLoss, sum, sumSq, prefetched: zero.timings.prefetched, onDemand: zero.timings.gatheredOnDemand,
-    peakParams, liveParams: live, shardBytes: zero.shardSize * 4, blockBytes, layers: model.h.length, steps: losses.length,
+    losses, evalLoss, sum, sumSq, prefetched: fsdp!.timings.prefetched, onDemand: fsdp!.timings.gatheredOnDemand,
+    peakParams, liveParams: live, shardBytes: fsdp!.shards.shardSize * 4, blockBytes, layers: model.h.length, steps: losses.length,
   }) + "\n");
 }
