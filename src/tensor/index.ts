@@ -21,3 +21,5 @@ export {
   softmax, logSoftmax, layerNorm, rmsNorm, embedding, crossEntropy, dropout, scaledDotProductAttention,
   type CrossEntropyOptions, type AttentionOptions, type DropoutOptions,
 } from "./nn_ops.js";
+export { kvCacheWrite, pagedAttention } from "./paged_ops.js";
+export { quantizeInt8Rowwise, matmulInt8 } from "./quant_ops.js";

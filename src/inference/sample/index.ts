@@ -11,6 +11,11 @@
  * dense vector), so speculative decoding can compare the target's and the draft's
  * distributions under exactly the transforms sampleNext applies, and draw with drawToken /
  * sampleFromProbs from the same seeded stream.
+ *
+ * This is the one sampler: the server engine, the draft model and `generate()` (`megalith
+ * sample`, through models/gpt's `sampleToken`) all draw here, so a seed gives the same text
+ * everywhere. A draw is the inverse CDF over the candidates in descending-probability order
+ * (ties by id), whether or not top-k/top-p cut them.
  */
 import { ValueError } from "../../core/errors.js";
 import { native, RandomKind } from "../../backend/native/index.js";
@@ -92,7 +97,10 @@ function logSoftmax(x: Float32Array): Float64Array {
 export interface TokenDistribution {
   /** Vocabulary size of the logits it came from. */
   vocabSize: number;
-  /** Candidate ids in draw order; null = every id in id order (plain temperature sampling). */
+  /**
+   * Candidate ids in draw order; null = every id of the vocabulary (plain temperature
+   * sampling), drawn in descending-weight order without materialising the sort (drawToken).
+   */
   ids: Int32Array | null;
   /** Unnormalised probability of each candidate (aligned with ids, or indexed by id when ids is null). */
   weights: Float64Array;
@@ -130,7 +138,7 @@ export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, pro
     return { vocabSize: V, ids: Int32Array.of(token), weights: Float64Array.of(1), total: 1 };
   }
   if ((p.topK <= 0 || p.topK >= V) && p.topP === 1 && p.minP === 0) {
-    // Plain temperature sampling: every id, in id order, no sort.
+    // Plain temperature sampling: every id; drawToken finds the drawn rank without a full sort.
     let m = -Infinity;
     for (const v of logits) if (v > m) m = v;
     const weights = new Float64Array(V);
@@ -166,16 +174,66 @@ export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, pro
   return { vocabSize: V, ids: Int32Array.from(ids), weights: Float64Array.from(probs), total };
 }
 
-/** The token at uniform draw `u` in [0, 1) of a distribution (inverse CDF in its draw order). */
+/**
+ * The token at uniform draw `u` in [0, 1) of a distribution: the inverse CDF over its
+ * candidates in draw order (descending probability, ties by id).
+ */
 export function drawToken(d: TokenDistribution, u: number): number {
+  if (!d.ids) return drawDescending(d.weights, d.total, u);
   const n = d.weights.length;
-  const id = (j: number) => (d.ids ? d.ids[j]! : j);
   let r = u * d.total;
   for (let j = 0; j < n; j++) {
     r -= d.weights[j]!;
-    if (r < 0) return id(j);
+    if (r < 0) return d.ids[j]!;
   }
-  return id(n - 1);
+  return d.ids[n - 1]!;
+}
+
+/**
+ * The inverse-CDF draw over every id in descending-weight order (ties: lower id first), the
+ * walk of a full sort, in expected O(V) instead of O(V log V): quickselect-style partitions
+ * narrow the range that holds the drawn rank, and only the last small range is sorted. (It
+ * sums a partition before subtracting it, so a draw exactly on a boundary may round the
+ * other way than the one-by-one walk; u is a float32 draw, so this is of no consequence.)
+ */
+function drawDescending(w: Float64Array, total: number, u: number): number {
+  const V = w.length;
+  const ids = new Int32Array(V);
+  for (let i = 0; i < V; i++) ids[i] = i;
+  const ahead = (a: number, b: number) => w[a]! > w[b]! || (w[a] === w[b] && a < b);  // a is drawn before b
+  let lo = 0, hi = V, r = u * total;
+  while (hi - lo > 64) {
+    const a = ids[lo]!, b = ids[(lo + hi) >> 1]!, c = ids[hi - 1]!;
+    const pivot = ahead(a, b) ? (ahead(b, c) ? b : ahead(a, c) ? c : a) : (ahead(a, c) ? a : ahead(b, c) ? c : b);  // median of three
+    let i = lo, sum = 0;
+    for (let j = lo; j < hi; j++) {
+      const x = ids[j]!;
+      if (ahead(x, pivot)) {
+        ids[j] = ids[i]!;
+        ids[i++] = x;
+        sum += w[x]!;
+      }
+    }
+    // [lo, i) are drawn before the pivot, [i, hi) is the pivot and those after it.
+    if (r < sum) {
+      hi = i;
+      continue;
+    }
+    r -= sum;
+    if (r < w[pivot]!) return pivot;
+    r -= w[pivot]!;
+    const at = ids.indexOf(pivot, i);
+    ids[at] = ids[i]!;
+    ids[i] = pivot;
+    lo = i + 1;
+    if (lo >= hi) return pivot;  // past the end by rounding: the last candidate
+  }
+  const rest = Array.from(ids.subarray(lo, hi)).sort((x, y) => (ahead(x, y) ? -1 : 1));
+  for (const id of rest) {
+    r -= w[id]!;
+    if (r < 0) return id;
+  }
+  return rest[rest.length - 1]!;
 }
 
 /** A distribution as a dense, normalised probability vector over the vocabulary. */
