@@ -3,7 +3,7 @@
 // with int8 weights, the same logits as the int8 full forward.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { GPT, tensor, noGrad } from "../../src/index.js";
+import { GPT, tensor, noGrad, randn } from "../../src/index.js";
 import { ModelRunner, type RunnerBatch } from "../../src/inference/runner/index.js";
 import { quantizeModelInt8, dequantizeModel } from "../../src/inference/quant/index.js";
 import { Int8Linear } from "../../src/nn/index.js";
@@ -93,4 +93,24 @@ test("`ModelRunner.execute()` with int8 projections and LM head matches the int8
   }
   runner.dispose();
   dequantizeModel(model);
+});
+
+test("`ModelRunner.copyBlocks()` copies whole blocks of every layer's k and v pool, leaving the rest", () => {
+  const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 8, blockSize: 16, vocabSize: 11 }, { seed: 1 });
+  const blockSize = 4, numBlocks = 6;
+  const runner = new ModelRunner(model, { numBlocks, blockSize });
+  const pools = [...runner.kCache, ...runner.vCache];
+  noGrad(() => pools.forEach((p, i) => p.copy_(randn(p.shape, { seed: 40 + i }))));
+  const before = pools.map((p) => p.data() as Float32Array);
+  runner.copyBlocks([[1, 4], [5, 0]]);
+  const row = blockSize * 8;  // floats per block: blockSize x H x D
+  pools.forEach((p, i) => {
+    const after = p.data() as Float32Array;
+    for (let b = 0; b < numBlocks; b++) {
+      const src = b === 4 ? 1 : b === 0 ? 5 : b;
+      assert.deepEqual(after.subarray(b * row, (b + 1) * row), before[i]!.subarray(src * row, (src + 1) * row), `pool ${i} block ${b}`);
+    }
+  });
+  assert.throws(() => runner.copyBlocks([[1, 6]]), /copyBlocks: block 6 outside the pool of 6 blocks/);
+  runner.dispose();
 });
