@@ -7,7 +7,12 @@
  * Parameter names follow Hugging Face's GPT2Model (`wte.weight`, `h.0.attn.c_attn.weight`...),
  * so a state dict maps one-to-one onto HF checkpoints; the only difference is that our linear
  * weights are [out, in] (PyTorch nn.Linear) where HF's Conv1D stores [in, out] (see weights.ts).
- * The model knows nothing about parallelism.
+ * The model knows nothing about parallelism or precision.
+ *
+ * The forward is written once. Training, KV-cache generation and paged serving differ only in
+ * the attention context passed down to every block (nn/attention.ts); int8 serving swaps
+ * modules (Int8Linear for the projections, a head module for the tied LM head) and runs this
+ * same code. In the paged context, T is N, the tokens of a ragged batch, fed as (1, N).
  */
 import { ValueError, fmtShape } from "../../core/errors.js";
 import {
