@@ -22,9 +22,12 @@ function sortedDraw(logits: Float32Array, temperature: number, u: number): numbe
 
 test("`drawToken()` on a plain temperature distribution equals the full-sort walk", () => {
   const seed = Date.now() % 100000;
-  for (const V of [5, 64, 65, 1000, 4099]) {
-    // Logits with many exact ties (rounded to 0.25) so the id tie-break is exercised.
-    const logits = Float32Array.from({ length: V }, (_, i) => Math.round(4 * 3 * Math.sin(i * 12.9898 + seed)) / 4);
+  // Spread logits with many exact ties (rounded to 0.25) so the id tie-break is exercised, and
+  // nearly flat ones (a 0.01-wide range) so one weight bucket holds thousands of ids.
+  const spread = (i: number) => Math.round(4 * 3 * Math.sin(i * 12.9898 + seed)) / 4;
+  const flat = (i: number) => Math.round(1e4 * 0.01 * Math.sin(i * 12.9898 + seed)) / 1e4;
+  for (const [V, f] of [[5, spread], [64, spread], [65, spread], [1000, spread], [4099, spread], [3000, flat], [20011, flat]] as const) {
+    const logits = Float32Array.from({ length: V }, (_, i) => f(i));
     const params: SamplingParams = { ...DEFAULT_SAMPLING, temperature: 0.7 };
     const d = tokenDistribution(logits, params, [], []);
     assert.equal(d.ids, null, "the plain path keeps no sorted candidate list");
