@@ -140,6 +140,9 @@ async function decodeBench(quick: boolean) {
   const cfg = quick ? { nLayer: 6, nHead: 6, nEmbd: 384, blockSize: 512, vocabSize: 50304 } : { nLayer: 12, nHead: 12, nEmbd: 768, blockSize: 1024, vocabSize: 50304 };
   const model = new GPT(cfg, { seed: 0 });
   const runs = quick ? 2 : 3;
+  // Memory-bandwidth limit: every weight is read once per token (the tied LM head included).
+  // Counted before quantizing: the swap takes the projection weights out of the parameters.
+  const weightBytes = model.numParameters() * 4;
   const fp32 = await decodeTokensPerS(model, runs);
   // int8: the four projections of every block; embeddings and the tied LM head stay float32.
   const q = quantizeModelInt8(model);
@@ -147,8 +150,6 @@ async function decodeBench(quick: boolean) {
   // ... and the tied LM head too (the largest single read: 154 MB of the 498).
   const qh = quantizeModelInt8(model, { lmHead: true });
   const int8Head = await decodeTokensPerS(model, runs);
-  // Memory-bandwidth limit: every weight is read once per token (the tied LM head included).
-  const weightBytes = model.numParameters() * 4;
   const weightBytesInt8 = weightBytes - q.bytesFloat32 + q.bytesInt8;
   const weightBytesInt8Head = weightBytes - qh.bytesFloat32 + qh.bytesInt8;
   const n = 3 << 23;
@@ -162,7 +163,7 @@ async function decodeBench(quick: boolean) {
   const copyGBs = (2 * n * 4) / best / 1e9;
   const py = JSON.parse(execFileSync("/usr/bin/python3", ["scripts/torch_ref/bench_decode.py",
     ...[cfg.nLayer, cfg.nHead, cfg.nEmbd, cfg.blockSize, cfg.vocabSize, 32, DECODE_TOKENS, native.numThreads()].map(String)], { encoding: "utf8" })) as { tokens_per_s: number };
-  const params = `${(model.numParameters() / 1e6).toFixed(0)}M params`;
+  const params = `${(weightBytes / 4 / 1e6).toFixed(0)}M params`;
   return ([["float32", fp32, weightBytes], ["int8 projections", int8, weightBytesInt8], ["int8 projections + LM head", int8Head, weightBytesInt8Head]] as const).map(([kind, tps, bytes]) => {
     const limit = (copyGBs * 1e9) / bytes;
     return {

@@ -4,5 +4,7 @@ export * from "./scheduler/index.js";
 export { ModelRunner, type RunnerBatch, type ModelRunnerOptions } from "./runner/index.js";
 export { sampleNext, validateSampling, DEFAULT_SAMPLING, type SamplingParams, type SampleResult } from "./sample/index.js";
 export * from "./engine/index.js";
-export { quantizeModelInt8, quantizeLinear, quantizedForward, QuantizedLinear } from "./quant/index.js";
+export {
+  quantizeModelInt8, dequantizeModel, quantizeLinear, isQuantizedInt8, QuantizedLinear, type QuantizationSummary, type QuantizeOptions,
+} from "./quant/index.js";
 export { perplexity, readSplitTokens, type PerplexityOptions, type PerplexityResult } from "./eval/index.js";

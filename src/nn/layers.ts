@@ -10,8 +10,18 @@ export interface InitOptions {
   std?: number;
 }
 
+/**
+ * A module mapping (..., in) -> (..., out): a Linear, or a stand-in swapped in for one
+ * (Int8Linear). Models type their projections with it so a module swap needs no model change.
+ */
+export interface Projection extends Module {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  forward(x: Tensor): Tensor;
+}
+
 /** y = x W^T + b, W [out, in] (PyTorch layout). */
-export class Linear extends Module {
+export class Linear extends Module implements Projection {
   readonly weight: Parameter;
   readonly bias: Parameter | null;
   constructor(readonly inFeatures: number, readonly outFeatures: number, opts: InitOptions & { bias?: boolean } = {}) {

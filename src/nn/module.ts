@@ -125,6 +125,33 @@ export class Module {
     return m;
   }
 
+  /**
+   * Registers, replaces (same name) or removes (null) the submodule `name`, like PyTorch's
+   * `setattr(module, name, child)`: a field of that name holding the old child is updated
+   * too, so `block.attn.c_attn` and `namedParameters()` stay in agreement. This is how a
+   * module swap (Int8Linear for Linear) changes a model without the model knowing.
+   * @example
+   * block.attn.setModule("c_attn", Int8Linear.fromLinear(block.attn.c_attn as Linear));
+   */
+  setModule(name: string, m: Module | null): void {
+    const old = this._modules.get(name) ?? null;
+    if (m) this._modules.set(name, m);
+    else this._modules.delete(name);
+    const self = this as unknown as Record<string, unknown>;
+    if (Object.prototype.hasOwnProperty.call(this, name) && (self[name] === old || self[name] === null)) self[name] = m;
+  }
+
+  /** The submodule at a dotted path (`"h.0.attn.c_attn"`); "" is this module. */
+  getSubmodule(path: string): Module {
+    if (path === "") return this;
+    // Names may contain dots themselves (GPT's "h.0"): try the longest registered prefix first.
+    for (let end = path.length; end > 0; end = path.lastIndexOf(".", end - 1)) {
+      const child = this._modules.get(path.slice(0, end));
+      if (child) return end === path.length ? child : child.getSubmodule(path.slice(end + 1));
+    }
+    throw new ValueError(`getSubmodule: no submodule at '${path}' (children: ${JSON.stringify([...this._modules.keys()])})`);
+  }
+
   /** Replaces a registered parameter's tensor (weight tying, loading). */
   protected setParam(name: string, t: Parameter): void {
     if (!this._params.has(name)) throw new ValueError(`no parameter named ${name}`);

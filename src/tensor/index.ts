@@ -22,3 +22,5 @@ export {
   type CrossEntropyOptions, type AttentionOptions, type DropoutOptions,
 } from "./nn_ops.js";
 export { withAutocast, autocastDtype } from "./autocast.js";
+export { kvCacheWrite, pagedAttention } from "./paged_ops.js";
+export { quantizeInt8Rowwise, matmulInt8 } from "./quant_ops.js";

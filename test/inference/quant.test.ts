@@ -1,14 +1,12 @@
 // Int8 weight-only quantization: the rowwise quantizer's round-trip error, the native int8
-// matmul (both kernel builds) against a float64 reference, and a tiny GPT's logits with int8
-// projections against float32 (perplexity: test/inference/perplexity.test.ts).
+// matmul (both kernel builds) against a float64 reference, and a tiny GPT's logits with its
+// projections swapped for Int8Linear against float32 (perplexity: test/inference/perplexity.test.ts).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GPT, tensor, randn, noGrad } from "../../src/index.js";
 import { native } from "../../src/backend/native/index.js";
-import { Linear } from "../../src/nn/index.js";
-import {
-  quantizeLinear, quantizeModelInt8, dequantizeModel, quantized, quantizedForward, gptLogits, quantizedLmHead, QuantizedLinear,
-} from "../../src/inference/quant/index.js";
+import { Linear, Int8Linear } from "../../src/nn/index.js";
+import { quantizeLinear, quantizeModelInt8, dequantizeModel, isQuantizedInt8 } from "../../src/inference/quant/index.js";
 
 const seed = Date.now() % 100000;
 
@@ -91,7 +89,7 @@ for (const kernels of ["avx512", "generic"] as const) {
   });
 }
 
-test("`QuantizedLinear.forward()` keeps leading dims and reads strided inputs", () => {
+test("`Int8Linear.forward()` keeps leading dims and reads strided inputs", () => {
   const ql = quantizeLinear(randomLinear(33, 20));
   const x = randn([2, 33, 5]).transpose(1, 2);                                  // (2, 5, 33) strided
   const y = ql.forward(x);
@@ -99,7 +97,7 @@ test("`QuantizedLinear.forward()` keeps leading dims and reads strided inputs", 
   const ref = noGrad(() => x.contiguous().matmul(ql.dequantize().t()).add(ql.bias!));
   const a = y.data() as Float32Array, r = ref.data() as Float32Array;
   for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - r[i]!) <= 1e-5, `element ${i}: ${a[i]} vs ${r[i]}`);
-  assert.throws(() => ql.forward(randn([4, 32])), /QuantizedLinear.forward: x must be float32 \(\.\.\., 33\)/);
+  assert.throws(() => ql.forward(randn([4, 32])), /Int8Linear.forward: x must be float32 \(\.\.\., 33\)/);
   ql.dispose();
 });
 
@@ -112,47 +110,53 @@ function maxRel(a: Float32Array, b: Float32Array): number {
   return num / den;
 }
 
-test("`quantizeModelInt8()`: int8 logits are close to float32", () => {
+test("`quantizeModelInt8()` swaps Int8Linear in for the projections: int8 logits are close to float32", () => {
   const model = new GPT({ nLayer: 2, nHead: 4, nEmbd: 64, blockSize: 32, vocabSize: 101 }, { seed });
   model.eval();
   const tokens = Array.from({ length: 32 }, (_, i) => (i % 7 === 3 ? (i * 31) % 101 : (i * 13) % 17));
   const idx = tensor(Int32Array.from(tokens), { shape: [1, 32], dtype: "int32" });
-
-  // The quant forward loop with float32 projections is GPT.forward.
-  const ref = noGrad(() => model.forward(idx).logits.data() as Float32Array);
-  const fp32 = gptLogits(model, idx, { quantized: false }).data() as Float32Array;
-  assert.ok(maxRel(fp32, ref) < 1e-5, `gptLogits(fp32) vs GPT.forward: ${maxRel(fp32, ref)}`);
+  const logits = () => noGrad(() => model.forward(idx).logits.data() as Float32Array);
+  const ref = logits();
+  const names = model.namedParameters().map(([n]) => n);
+  assert.equal(isQuantizedInt8(model), false);
 
   const summary = quantizeModelInt8(model);
   assert.equal(summary.linears, 8);
   // 1 byte per weight + a 4-byte scale per row of 64 (C = 64 here; 768 in GPT-2: ~3.98x).
   assert.ok(summary.bytesInt8 < summary.bytesFloat32 / 3.5, `int8 bytes ${summary.bytesInt8} vs fp32 ${summary.bytesFloat32}`);
-  assert.ok(quantized(model.h[1]!.mlp.c_proj) instanceof QuantizedLinear);
-  assert.equal(quantized(model.h[0]!.ln_1 as unknown as Linear), undefined);
+  assert.ok(isQuantizedInt8(model));
+  assert.ok(model.h[1]!.mlp.c_proj instanceof Int8Linear);
+  assert.ok(model.getSubmodule("h.0.attn.c_attn") === model.h[0]!.attn.c_attn, "the field and the module tree agree");
+  // The state dict keeps its names, less the four float weights per block (the biases are shared).
+  const after = model.namedParameters().map(([n]) => n);
+  assert.deepEqual(after, names.filter((n) => !/^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$/.test(n)));
+  assert.throws(() => model.forward(idx), /int8 layers are forward-only/);
 
-  const int8 = gptLogits(model, idx).data() as Float32Array;
+  const int8 = logits();
   const e = maxRel(int8, ref);
   assert.ok(e < 5e-2, `int8 logits relative error ${e} (seed ${seed})`);
   assert.ok(e > 0, "int8 path must actually differ from float32");
 
   // The LM head too: one more int8 matrix, the tied wte read as [V, C].
-  assert.equal(quantizedLmHead(model), undefined);
+  assert.equal(model.lm_head, null);
   const withHead = quantizeModelInt8(model, { lmHead: true });
   assert.ok(withHead.lmHead && withHead.linears === 8);
   assert.equal(withHead.bytesFloat32, summary.bytesFloat32 + 4 * 101 * 64);
   assert.equal(withHead.bytesInt8, summary.bytesInt8 + 101 * 64 + 4 * 101);
-  const head = quantizedLmHead(model)!;
+  const head = model.lm_head!;
+  assert.ok(head instanceof Int8Linear);
   const deqHead = head.dequantize().data() as Float32Array, wte = model.wte.weight.data() as Float32Array;
   for (let i = 0; i < wte.length; i++) assert.ok(Math.abs(deqHead[i]! - wte[i]!) <= (head.scales.data() as Float32Array)[Math.floor(i / 64)]! / 2 + 1e-7);
-  const int8Head = gptLogits(model, idx).data() as Float32Array;
+  const int8Head = logits();
   const eh = maxRel(int8Head, ref);
   assert.ok(eh < 5e-2 && maxRel(int8Head, int8) > 0, `int8 logits with an int8 head: relative error ${eh} (seed ${seed})`);
 
-  // quantizedForward falls back to float32 after dequantizeModel.
+  // dequantizeModel puts the float Linears and the tied head back: float32 logits again, exactly.
   dequantizeModel(model);
-  assert.equal(quantizedLmHead(model), undefined);
+  assert.equal(model.lm_head, null);
+  assert.ok(model.h[0]!.attn.c_attn instanceof Linear && !isQuantizedInt8(model));
+  assert.deepEqual(model.namedParameters().map(([n]) => n), names);
+  assert.deepEqual(logits(), ref);
   const x = randn([3, 64]);
-  const a = quantizedForward(model.h[0]!.attn.c_attn, x).data() as Float32Array;
-  const b = noGrad(() => model.h[0]!.attn.c_attn.forward(x).data() as Float32Array);
-  assert.deepEqual(a, b);
+  assert.ok(noGrad(() => model.h[0]!.attn.c_attn.forward(x)).shape.join() === "3,192");
 });

@@ -3,9 +3,10 @@
 // with int8 weights, the same logits as the int8 full forward.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { GPT, tensor, noGrad } from "../../src/index.js";
+import { GPT, tensor, noGrad, randn } from "../../src/index.js";
 import { ModelRunner, type RunnerBatch } from "../../src/inference/runner/index.js";
-import { quantizeModelInt8, quantizedLmHead, dequantizeModel, gptLogits } from "../../src/inference/quant/index.js";
+import { quantizeModelInt8, dequantizeModel } from "../../src/inference/quant/index.js";
+import { Int8Linear } from "../../src/nn/index.js";
 
 function fullLogits(model: GPT, ids: number[]): Float32Array {
   return noGrad(() => {
@@ -65,11 +66,11 @@ test("`ModelRunner.execute()` matches GPT.forward across prefill chunks and deco
   runner.dispose();
 });
 
-test("`ModelRunner.execute()` with int8 projections and LM head matches the int8 full forward (gptLogits)", () => {
+test("`ModelRunner.execute()` with int8 projections and LM head matches the int8 model's dense forward", () => {
   const seed = Date.now() % 100000;
   const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 32, vocabSize: 97 }, { seed });
   const summary = quantizeModelInt8(model, { lmHead: true });
-  assert.ok(summary.lmHead && quantizedLmHead(model) !== undefined);
+  assert.ok(summary.lmHead && model.lm_head instanceof Int8Linear);
   const blockSize = 4;
   const runner = new ModelRunner(model, { numBlocks: 8, blockSize });
   const table = [5, 1, 6, 2, 7, 0, 3, 4];
@@ -86,10 +87,30 @@ test("`ModelRunner.execute()` with int8 projections and LM head matches the int8
   for (const [from, to] of [[0, 6], [6, 7], [7, 8], [8, 9]] as const) {
     const got = run(from, to);
     const idx = tensor(Int32Array.from(ids.slice(0, to)), { shape: [1, to], dtype: "int32" });
-    const ref = gptLogits(model, idx).select(1, to - 1).data() as Float32Array;
+    const ref = noGrad(() => model.forward(idx).logits.select(1, to - 1).data() as Float32Array);
     const e = maxRel(got, ref);
-    assert.ok(e < 1e-5, `after ${to} tokens: relative error ${e} against gptLogits (seed ${seed})`);
+    assert.ok(e < 1e-5, `after ${to} tokens: relative error ${e} against the dense int8 forward (seed ${seed})`);
   }
   runner.dispose();
   dequantizeModel(model);
+});
+
+test("`ModelRunner.copyBlocks()` copies whole blocks of every layer's k and v pool, leaving the rest", () => {
+  const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 8, blockSize: 16, vocabSize: 11 }, { seed: 1 });
+  const blockSize = 4, numBlocks = 6;
+  const runner = new ModelRunner(model, { numBlocks, blockSize });
+  const pools = [...runner.kCache, ...runner.vCache];
+  noGrad(() => pools.forEach((p, i) => p.copy_(randn(p.shape, { seed: 40 + i }))));
+  const before = pools.map((p) => p.data() as Float32Array);
+  runner.copyBlocks([[1, 4], [5, 0]]);
+  const row = blockSize * 8;  // floats per block: blockSize x H x D
+  pools.forEach((p, i) => {
+    const after = p.data() as Float32Array;
+    for (let b = 0; b < numBlocks; b++) {
+      const src = b === 4 ? 1 : b === 0 ? 5 : b;
+      assert.deepEqual(after.subarray(b * row, (b + 1) * row), before[i]!.subarray(src * row, (src + 1) * row), `pool ${i} block ${b}`);
+    }
+  });
+  assert.throws(() => runner.copyBlocks([[1, 6]]), /copyBlocks: block 6 outside the pool of 6 blocks/);
+  runner.dispose();
 });

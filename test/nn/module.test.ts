@@ -166,3 +166,24 @@ test("`registerForwardPreHook()` / `registerForwardHook()` run around a directly
   assert.equal(m.forward(M.tensor([3])).item(), 6, "removed hooks no longer run");
   assert.equal(log.length, 4);
 });
+
+test("`Module.setModule()` swaps, adds and removes a child, keeping the field and namedParameters in agreement", () => {
+  class Outer extends Module {
+    readonly inner = this.module("h.0", new MLP());
+    extra: Module | null = null;
+  }
+  const m = new Outer();
+  assert.equal(m.getSubmodule("h.0.fc1"), m.inner.fc1);
+  const swapped = new Linear(6, 8, { seed: seed + 9, bias: false });
+  m.inner.setModule("fc1", swapped);
+  assert.equal(m.inner.fc1, swapped, "the field follows the swap");
+  assert.equal(m.getSubmodule("h.0.fc1"), swapped);
+  assert.deepEqual(m.namedParameters().map(([n]) => n), ["h.0.scale", "h.0.fc1.weight", "h.0.fc2.weight"], "own parameters first, the swapped child in its old place");
+  m.setModule("extra", new LayerNorm(6));
+  assert.ok(m.extra instanceof LayerNorm);
+  assert.deepEqual(m.namedParameters().slice(-2).map(([n]) => n), ["extra.weight", "extra.bias"]);
+  m.setModule("extra", null);
+  assert.equal(m.extra, null);
+  assert.equal(m.namedParameters().length, 3);
+  assert.throws(() => m.getSubmodule("h.0.nope"), /getSubmodule: no submodule at 'nope'/);
+});

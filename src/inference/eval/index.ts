@@ -10,17 +10,17 @@
  * compute. Every token after the first is scored exactly once, so the result is
  * exp(sum NLL / (tokens - 1)) whatever the stride.
  *
- * Float32 uses the model's own `GPT.forward` (the reference); int8 runs the same computation
- * through `gptLogits`, which routes the four projections of every block through the int8
- * kernel. Windows of equal length are batched; each batch runs in its own `withScope` under
- * `noGrad`, so memory stays at one batch of logits.
+ * The model is scored as it is, through its own `GPT.forward`: after `quantizeModelInt8` its
+ * projections are Int8Linear modules, so the same forward is the int8 one. Windows of equal
+ * length are batched; each batch runs in its own `withScope` under `noGrad`, so memory stays
+ * at one batch of logits.
  */
 import { join } from "node:path";
 import { ValueError } from "../../core/errors.js";
 import { tensor, withScope, crossEntropy } from "../../tensor/index.js";
 import { noGrad } from "../../autograd/index.js";
 import { readMeta, readShard, type Split } from "../../data/index.js";
-import { gptLogits, projectionLinears, quantized } from "../quant/index.js";
+import { isQuantizedInt8 } from "../quant/index.js";
 import type { GPT } from "../../models/index.js";
 
 /** Options of `perplexity`. */
@@ -29,7 +29,11 @@ export interface PerplexityOptions {
   blockSize?: number;
   /** Tokens between window starts, 1..blockSize. Default: blockSize (no overlap). */
   stride?: number;
-  /** Score with the int8 projections (the model must have been through `quantizeModelInt8`). Default false. */
+  /**
+   * Require the int8 projections: throws unless the model went through `quantizeModelInt8`
+   * (a guard against scoring the float model by mistake). The model is scored as it is either
+   * way. Default false.
+   */
   quantized?: boolean;
   /** Windows per forward pass. Default: as many as keep one batch of logits under 128 MiB (at least 1). */
   batchSize?: number;
@@ -86,7 +90,7 @@ export function perplexity(model: GPT, tokens: ArrayLike<number>, opts: Perplexi
   }
   if (tokens.length < 2) throw new ValueError(`perplexity: need at least 2 tokens, got ${tokens.length}`);
   const quant = opts.quantized ?? false;
-  if (quant && !projectionLinears(model).every((l) => quantized(l) !== undefined)) {
+  if (quant && !isQuantizedInt8(model)) {
     throw new ValueError("perplexity: quantized: true needs quantizeModelInt8(model) first");
   }
   const V = c.vocabSize;
@@ -117,7 +121,7 @@ export function perplexity(model: GPT, tokens: ArrayLike<number>, opts: Perplexi
       });
       nll += noGrad(() => withScope(() => {
         const idx = tensor(x, { shape: [B, T], dtype: "int32" });
-        const logits = quant ? gptLogits(model, idx) : model.forward(idx).logits;     // (B, T, V)
+        const logits = model.forward(idx).logits;                                      // (B, T, V)
         return crossEntropy(logits.view([B * T, V]), tensor(y, { dtype: "int32" }), { reduction: "sum", ignoreIndex: -100 }).item();
       }));
       w = e;

@@ -1,11 +1,13 @@
 /**
- * Int8 weight-only quantization for serving (`--quantize int8`).
+ * Int8 weight-only quantization for serving (`--quantize int8`), as a module swap.
  *
- * Each Linear weight W [out, in] becomes int8 q [out, in] plus one float32 scale per output
- * channel (symmetric absmax: scale = max|W[n, :]| / 127, q = round(W / scale)); activations,
- * biases and accumulation stay float32. The native kernel (native/src/kernels_quant.cc)
- * computes y = (x @ q^T) * scales + bias without materialising W, so decode (one row of x per
- * sequence) reads a quarter of the weight bytes it reads in float32.
+ * Each projection Linear W [out, in] is replaced in the model's module tree by an Int8Linear
+ * (nn/int8_linear.ts): int8 codes q [out, in] plus one float32 scale per output channel
+ * (symmetric absmax: scale = max|W[n, :]| / 127, q = round(W / scale)); activations, biases
+ * and accumulation stay float32. The kernel computes y = (x @ q^T) * scales + bias without
+ * materialising W, so decode (one row of x per sequence) reads a quarter of the weight bytes
+ * it reads in float32. The model's forward is unchanged: `GPT.forward`, the KV-cache path
+ * and the paged runner all run whatever modules the model holds.
  *
  * What is quantized: the four projections of every block (attn.c_attn, attn.c_proj,
  * mlp.c_fc, mlp.c_proj), i.e. all of the per-layer matmul weights. By default the token and
@@ -13,153 +15,40 @@
  * see, so that is where int8 error would be most visible. But the head is the largest single
  * read of a decode step (GPT-2: 768 x 50257 floats, 154 MB, against 340 MB for all twelve
  * blocks), so with the blocks in int8 it is about 60% of the bytes per token; `lmHead: true`
- * adds an int8 copy of the tied `wte` (read as [V, C] rows, one scale per vocabulary entry)
- * for the head only. The embedding keeps reading the float32 rows, so this costs V * C bytes
- * of extra memory. `npm run bench -- serve` reports the perplexity of both settings.
- * LayerNorms are tiny and stay float32.
+ * sets an int8 copy of the tied `wte` (read as [V, C] rows, one scale per vocabulary entry)
+ * as the model's head (`GPT.setLmHead`). The embedding keeps reading the float32 rows, so
+ * this costs V * C bytes of extra memory. `npm run bench -- serve` reports the perplexity of
+ * both settings. LayerNorms are tiny and stay float32.
  *
- * How a forward pass uses it: the model's Linear modules are left untouched (training code
- * and `GPT.forward` keep running float32). `quantizeModelInt8` records, in a WeakMap, the
- * QuantizedLinear for each projection (and, with `lmHead`, one for the model's head); a
- * forward loop that wants int8 calls `quantizedForward(linear, x)` instead of
- * `linear.forward(x)` and `lmHeadForward(model, h)` instead of `h @ wte^T`, which fall back to
- * float32 when nothing is registered. Inference only: no autograd graph is recorded.
+ * The float32 Linears are kept by their Int8Linear (`source`), so `dequantizeModel` restores
+ * the float model exactly; a quantized model is inference-only (Int8Linear has no backward).
  */
-import { ValueError, fmtShape } from "../../core/errors.js";
-import { native } from "../../backend/native/index.js";
-import {
-  Tensor, tensor, withCategory, keep, embedding, layerNorm, scaledDotProductAttention, gelu,
-} from "../../tensor/index.js";
-import { noGrad } from "../../autograd/index.js";
-import type { Linear } from "../../nn/index.js";
+import { ValueError } from "../../core/errors.js";
+import { dtypeSize } from "../../tensor/index.js";
+import { Linear, Int8Linear, type Module } from "../../nn/index.js";
 import type { GPT } from "../../models/index.js";
 
 /**
- * A Linear whose weight is stored as per-output-channel int8. Forward-only.
+ * The int8 stand-in for a Linear (per-output-channel codes + scales; the bias is shared). The
+ * codes survive any enclosing `withScope` and count as parameter memory; `linear` is unchanged.
  * @example
- * const ql = quantizeLinear(block.mlp.c_fc);
- * const y = ql.forward(x);    // x (..., in) float32 -> y (..., out) float32
+ * const q = quantizeLinear(model.h[0]!.mlp.c_fc as Linear);
  */
-export class QuantizedLinear {
-  /** int8 [out, in] weight codes. */
-  readonly q: Tensor;
-  /** float32 [out] per-output-channel scales: W[n, :] ~= scales[n] * q[n, :]. */
-  readonly scales: Tensor;
-  /** float32 [out], shared with the source Linear (not copied); null if it has none. */
-  readonly bias: Tensor | null;
-  readonly inFeatures: number;
-  readonly outFeatures: number;
-
-  constructor(q: Tensor, scales: Tensor, bias: Tensor | null) {
-    if (q.dtype !== "int8" || q.ndim !== 2) throw new ValueError(`QuantizedLinear: q must be an int8 [out, in] tensor, got ${q.dtype} ${fmtShape(q.shape)}`);
-    const [out, inF] = q.shape as [number, number];
-    if (scales.dtype !== "float32" || scales.ndim !== 1 || scales.shape[0] !== out) {
-      throw new ValueError(`QuantizedLinear: scales must be float32 [${out}], got ${scales.dtype} ${fmtShape(scales.shape)}`);
-    }
-    if (bias && (bias.dtype !== "float32" || bias.ndim !== 1 || bias.shape[0] !== out || !bias.isContiguous)) {
-      throw new ValueError(`QuantizedLinear: bias must be a contiguous float32 [${out}], got ${bias.dtype} ${fmtShape(bias.shape)}`);
-    }
-    this.q = q;
-    this.scales = scales;
-    this.bias = bias;
-    this.inFeatures = inF;
-    this.outFeatures = out;
-  }
-
-  /** x (..., in) float32 -> (..., out) float32 = x @ (scales * q)^T + bias. */
-  forward(x: Tensor): Tensor {
-    const K = this.inFeatures, N = this.outFeatures;
-    if (x.dtype !== "float32" || x.ndim < 1 || x.shape[x.ndim - 1] !== K) {
-      throw new ValueError(`QuantizedLinear.forward: x must be float32 (..., ${K}), got ${x.dtype} ${fmtShape(x.shape)}`);
-    }
-    const M = x.numel / K;
-    const y = Tensor.empty([...x.shape.slice(0, -1), N]);
-    const xc = x.contiguous();
-    native.matmulInt8(xc.ptr, this.q.ptr, this.scales.ptr, this.bias ? this.bias.ptr : null, y.ptr, M, N, K);
-    xc.dispose();
-    return y;
-  }
-
-  /** The float32 weight the int8 codes stand for, scales[n] * q[n, k] (for checks and debugging). */
-  dequantize(): Tensor {
-    return this.q.float().mul(this.scales.view([this.outFeatures, 1]));
-  }
-
-  /** Bytes of the quantized weight (codes + scales; the bias is shared). */
-  get nbytes(): number {
-    return this.q.numel + 4 * this.scales.numel;
-  }
-
-  /** Frees the codes and scales (the bias belongs to the source Linear). */
-  dispose(): void {
-    this.q.dispose();
-    this.scales.dispose();
-  }
+export function quantizeLinear(linear: Linear): Int8Linear {
+  return Int8Linear.fromLinear(linear);
 }
 
-/**
- * Quantizes a Linear's weight per output channel. The result is kept out of any enclosing
- * `withScope` and counted as parameter memory; the Linear itself is not modified.
- * @example
- * const ql = quantizeLinear(model.h[0]!.attn.c_attn);
- */
-export function quantizeLinear(linear: Linear): QuantizedLinear {
-  return quantizeWeight(linear.weight, linear.bias, "quantizeLinear");
+/** @deprecated The int8 linear layer is `Int8Linear` (nn); this alias keeps older imports working. */
+export const QuantizedLinear = Int8Linear;
+
+/** The dotted module paths `quantizeModelInt8` swaps: the four projections of every block. */
+export function projectionPaths(model: GPT): string[] {
+  return model.h.flatMap((_, i) => ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"].map((p) => `h.${i}.${p}`));
 }
 
-function quantizeWeight(w: Tensor, bias: Tensor | null, what: string): QuantizedLinear {
-  if (w.dtype !== "float32" || w.ndim !== 2) throw new ValueError(`${what}: weight must be float32 [out, in], got ${w.dtype} ${fmtShape(w.shape)}`);
-  const [out, inF] = w.shape as [number, number];
-  return withCategory("params", () => {
-    const wc = w.contiguous();
-    const q = keep(Tensor.empty([out, inF], "int8"));
-    const scales = keep(Tensor.empty([out]));
-    native.quantInt8Rowwise(wc.ptr, q.ptr, scales.ptr, out, inF);
-    wc.dispose();
-    return new QuantizedLinear(q, scales, bias);
-  });
-}
-
-// Linear -> its int8 stand-in. A WeakMap so a model that is dropped takes its entries with it.
-const registry = new WeakMap<Linear, QuantizedLinear>();
-
-/** The QuantizedLinear registered for `linear` by `quantizeModelInt8`, if any. */
-export function quantized(linear: Linear): QuantizedLinear | undefined {
-  return registry.get(linear);
-}
-
-/**
- * `linear.forward(x)`, through the int8 kernel when `linear` has been quantized.
- * @example
- * const qkv = quantizedForward(block.attn.c_attn, h);   // (N, 3C)
- */
-export function quantizedForward(linear: Linear, x: Tensor): Tensor {
-  const ql = registry.get(linear);
-  return ql ? ql.forward(x) : linear.forward(x);
-}
-
-// GPT -> the int8 stand-in for its LM head (x @ wte^T), when quantized with lmHead: true.
-const heads = new WeakMap<GPT, QuantizedLinear>();
-
-/** The int8 LM head registered for `model` by `quantizeModelInt8(model, { lmHead: true })`, if any. */
-export function quantizedLmHead(model: GPT): QuantizedLinear | undefined {
-  return heads.get(model);
-}
-
-/**
- * The LM head, h (..., C) -> logits (..., V) = h @ wte^T, through the int8 kernel when the
- * model's head has been quantized.
- * @example
- * const logits = lmHeadForward(model, hf);   // (S, V)
- */
-export function lmHeadForward(model: GPT, h: Tensor): Tensor {
-  const ql = heads.get(model);
-  return ql ? ql.forward(h) : h.matmul(model.wte.weight.t());
-}
-
-/** The four projection Linears of every block, the ones `quantizeModelInt8` replaces. */
-export function projectionLinears(model: GPT): Linear[] {
-  return model.h.flatMap((b) => [b.attn.c_attn, b.attn.c_proj, b.mlp.c_fc, b.mlp.c_proj]);
+/** Whether every block projection of `model` is int8 (it went through `quantizeModelInt8`). */
+export function isQuantizedInt8(model: GPT): boolean {
+  return projectionPaths(model).every((p) => model.getSubmodule(p) instanceof Int8Linear);
 }
 
 /** What `quantizeModelInt8` did. */
@@ -180,78 +69,58 @@ export interface QuantizeOptions {
   lmHead?: boolean;
 }
 
+/** Splits "h.0.attn.c_attn" into the parent module and the child's name. */
+function parentOf(model: GPT, path: string): { parent: Module; name: string } {
+  const dot = path.lastIndexOf(".");
+  return { parent: model.getSubmodule(path.slice(0, dot)), name: path.slice(dot + 1) };
+}
+
+const FLOAT32_BYTES = dtypeSize("float32");  // the float32 weights being replaced, for the summary
+
 /**
- * Registers an int8 QuantizedLinear for the four projections of every block (idempotent:
- * already-quantized Linears are skipped). Embeddings and the (tied) LM head stay float32;
- * see the file comment for why. The float32 weights stay in the model.
+ * Swaps an Int8Linear in for the four projections of every block (idempotent: projections
+ * already int8 are kept and counted). Embeddings stay float32, and so does the tied LM head
+ * unless `lmHead: true`; see the file comment for why.
  * @example
- * quantizeModelInt8(model);
- * const y = quantizedForward(model.h[0]!.mlp.c_fc, x);   // int8 path
+ * const s = quantizeModelInt8(model, { lmHead: true });
+ * console.log(`${s.linears} projections: ${s.bytesFloat32} -> ${s.bytesInt8} bytes`);
+ * const { logits } = noGrad(() => model.forward(idx));   // the int8 forward
  */
 export function quantizeModelInt8(model: GPT, opts: QuantizeOptions = {}): QuantizationSummary {
   const summary: QuantizationSummary = { linears: 0, bytesFloat32: 0, bytesInt8: 0, lmHead: false };
-  for (const lin of projectionLinears(model)) {
-    let ql = registry.get(lin);
-    if (!ql) {
-      ql = quantizeLinear(lin);
-      registry.set(lin, ql);
+  for (const path of projectionPaths(model)) {
+    const { parent, name } = parentOf(model, path);
+    let m = parent.getSubmodule(name);
+    if (m instanceof Linear) {
+      m = Int8Linear.fromLinear(m);
+      parent.setModule(name, m);
     }
+    if (!(m instanceof Int8Linear)) throw new ValueError(`quantizeModelInt8: ${path} is neither a Linear nor an Int8Linear`);
     summary.linears++;
-    summary.bytesFloat32 += 4 * lin.weight.numel;
-    summary.bytesInt8 += ql.nbytes;
+    summary.bytesFloat32 += FLOAT32_BYTES * m.q.numel;
+    summary.bytesInt8 += m.nbytes;
   }
-  if (opts.lmHead && !heads.has(model)) heads.set(model, quantizeWeight(model.wte.weight, null, "quantizeModelInt8 (LM head)"));
-  const head = heads.get(model);
-  if (head) {
+  if (opts.lmHead && !(model.lm_head instanceof Int8Linear)) model.setLmHead(Int8Linear.fromWeight(model.wte.weight));
+  if (model.lm_head instanceof Int8Linear) {
     summary.lmHead = true;
-    summary.bytesFloat32 += 4 * model.wte.weight.numel;
-    summary.bytesInt8 += head.nbytes;
+    summary.bytesFloat32 += FLOAT32_BYTES * model.lm_head.q.numel;
+    summary.bytesInt8 += model.lm_head.nbytes;
   }
   return summary;
 }
 
-/** Unregisters and frees the int8 projections (and head) of `model` (it runs float32 again). */
+/** Puts the float32 Linears back and the tied head, freeing the int8 codes (the model runs float32 again). */
 export function dequantizeModel(model: GPT): void {
-  for (const lin of projectionLinears(model)) {
-    registry.get(lin)?.dispose();
-    registry.delete(lin);
+  for (const path of projectionPaths(model)) {
+    const { parent, name } = parentOf(model, path);
+    const m = parent.getSubmodule(name);
+    if (!(m instanceof Int8Linear)) continue;
+    if (!m.source) throw new ValueError(`dequantizeModel: ${path} was not quantized from a Linear; nothing to restore`);
+    parent.setModule(name, m.source);
+    m.dispose();
   }
-  heads.get(model)?.dispose();
-  heads.delete(model);
-}
-
-/** Options of `gptLogits`. */
-export interface QuantForwardOptions {
-  /** Use the registered int8 projections and head (true) or the float32 weights (false). Default true. */
-  quantized?: boolean;
-}
-
-/**
- * GPT forward (B, T) int32 -> (B, T, V) logits with the projections routed through
- * `quantizedForward`; the same computation as `GPT.forward` in eval mode (no dropout, no KV
- * cache). Used for quality checks of the int8 model (inference/eval's `perplexity`); the serving
- * runner has its own paged loop.
- */
-export function gptLogits(model: GPT, idx: Tensor, opts: QuantForwardOptions = {}): Tensor {
-  const useQ = opts.quantized ?? true;
-  const proj = (lin: Linear, x: Tensor) => (useQ ? quantizedForward(lin, x) : lin.forward(x));
-  if (idx.dtype !== "int32" || idx.ndim !== 2) throw new ValueError(`gptLogits: idx must be int32 (B, T), got ${idx.dtype} ${fmtShape(idx.shape)}`);
-  const c = model.config;
-  const [B, T] = idx.shape as [number, number];
-  if (T > c.blockSize) throw new ValueError(`gptLogits: sequence length ${T} exceeds the model's context of ${c.blockSize}`);
-  const C = c.nEmbd, H = c.nHead, D = C / H;
-  return noGrad(() => {
-    const pos = tensor(Int32Array.from({ length: T }, (_, i) => i), { dtype: "int32" });
-    let x = embedding(idx, model.wte.weight).add(embedding(pos, model.wpe.weight));   // (B, T, C)
-    for (const block of model.h) {
-      const qkv = proj(block.attn.c_attn, block.ln_1.forward(x));                     // (B, T, 3C)
-      const [q, k, v] = qkv.split(C, -1).map((t) => t.view([B, T, H, D]).transpose(1, 2));   // 3 x (B, H, T, D)
-      const y = scaledDotProductAttention(q!, k!, v!, { isCausal: true });           // (B, H, T, D)
-      x = x.add(proj(block.attn.c_proj, y.transpose(1, 2).reshape([B, T, C])));       // (B, T, C)
-      const hid = gelu(proj(block.mlp.c_fc, block.ln_2.forward(x)), "tanh");          // (B, T, 4C)
-      x = x.add(proj(block.mlp.c_proj, hid));                                         // (B, T, C)
-    }
-    const hf = layerNorm(x, [C], model.ln_f.weight, model.ln_f.bias, c.layerNormEpsilon);
-    return useQ ? lmHeadForward(model, hf) : hf.matmul(model.wte.weight.t());       // (B, T, V)
-  });
+  if (model.lm_head instanceof Int8Linear) {
+    model.lm_head.dispose();
+    model.setLmHead(null);
+  }
 }

@@ -4,15 +4,15 @@
  * sample a token.
  *
  * The KV pool of each layer is one [num_blocks * block_size, H, D] float32 tensor per k and v
- * (counted under the "kvCache" memory category). The runner reads the model's weights but runs
- * its own forward: attention goes through the native paged-attention kernel, and the LM head
- * is applied to the sampled rows only.
+ * (counted under the "kvCache" memory category). A batch runs through the model's own
+ * `GPT.forward` with a paged attention context (nn/attention.ts): the N tokens are fed as
+ * idx (1, N), and `logitsRows` makes the model apply its LM head to the sampled rows only.
+ * Whatever modules the model holds (Int8Linear after quantizeModelInt8) are what runs.
  */
 import { ValueError } from "../../core/errors.js";
-import { native } from "../../backend/native/index.js";
-import { Tensor, tensor, zeros, withScope, withCategory, keep, embedding, layerNorm, gelu } from "../../tensor/index.js";
-import { quantizedForward, lmHeadForward } from "../quant/index.js";
+import { Tensor, tensor, zeros, withScope, withCategory, keep, dtypeSize } from "../../tensor/index.js";
 import { noGrad } from "../../autograd/index.js";
+import type { PagedContext } from "../../nn/index.js";
 import type { GPT } from "../../models/index.js";
 
 /** One ragged batch: every array is per scheduled token unless noted. */
@@ -45,8 +45,6 @@ export class ModelRunner {
   readonly blockSize: number;
   readonly kCache: Tensor[] = [];
   readonly vCache: Tensor[] = [];
-  private readonly H: number;
-  private readonly D: number;
 
   constructor(model: GPT, opts: ModelRunnerOptions) {
     this.model = model;
@@ -54,12 +52,11 @@ export class ModelRunner {
     this.blockSize = opts.blockSize ?? 16;
     if (!Number.isInteger(this.numBlocks) || this.numBlocks < 1) throw new ValueError(`ModelRunner: numBlocks must be a positive integer, got ${this.numBlocks}`);
     const c = model.config;
-    this.H = c.nHead;
-    this.D = c.nEmbd / c.nHead;
+    const H = c.nHead, D = c.nEmbd / c.nHead;
     withCategory("kvCache", () => {
       for (let l = 0; l < c.nLayer; l++) {
-        this.kCache.push(keep(zeros([this.numBlocks * this.blockSize, this.H, this.D])));
-        this.vCache.push(keep(zeros([this.numBlocks * this.blockSize, this.H, this.D])));
+        this.kCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D])));       // (slots, H, D)
+        this.vCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D])));
       }
     });
     model.eval();
@@ -68,16 +65,19 @@ export class ModelRunner {
   /** Bytes of one KV block across all layers (k and v). */
   static bytesPerBlock(model: GPT, blockSize = 16): number {
     const c = model.config;
-    return 2 * c.nLayer * c.nEmbd * blockSize * 4;
+    return 2 * c.nLayer * c.nEmbd * blockSize * dtypeSize("float32");  // the pools are float32
   }
 
   /** Copies whole blocks (copy-on-write for forked sequences): pairs of [src, dst] block ids. */
   copyBlocks(pairs: ReadonlyArray<readonly [number, number]>): void {
-    const row = this.blockSize * this.H * this.D;
+    const bs = this.blockSize;
     for (const [src, dst] of pairs) {
-      for (const pool of [...this.kCache, ...this.vCache]) {
-        native.copyStrided(4, pool.ptr + src * row * 4, [1], pool.ptr + dst * row * 4, [1], [row]);
+      for (const b of [src, dst]) {
+        if (!Number.isInteger(b) || b < 0 || b >= this.numBlocks) throw new ValueError(`ModelRunner.copyBlocks: block ${b} outside the pool of ${this.numBlocks} blocks`);
       }
+      noGrad(() => withScope(() => {
+        for (const pool of [...this.kCache, ...this.vCache]) pool.narrow(0, dst * bs, bs).copy_(pool.narrow(0, src * bs, bs));   // (blockSize, H, D)
+      }));
     }
   }
 
@@ -87,36 +87,28 @@ export class ModelRunner {
     if (b.positions.length !== n || b.seqIndex.length !== n || b.slotMapping.length !== n) {
       throw new ValueError(`ModelRunner.execute: tokens (${n}), positions (${b.positions.length}), seqIndex (${b.seqIndex.length}) and slotMapping (${b.slotMapping.length}) must have equal lengths`);
     }
-    const m = this.model;
-    const c = m.config;
+    const c = this.model.config;
     for (const p of b.positions) if (p < 0 || p >= c.blockSize) throw new ValueError(`ModelRunner.execute: position ${p} outside the model's context of ${c.blockSize}`);
     const cap = this.numBlocks * this.blockSize;
     for (const s of b.slotMapping) if (s < 0 || s >= cap) throw new ValueError(`ModelRunner.execute: slot ${s} outside the KV pool of ${cap} slots`);
+    if (b.blockTables.length % b.maxBlocks !== 0) {
+      throw new ValueError(`ModelRunner.execute: blockTables has ${b.blockTables.length} entries, not a multiple of maxBlocks = ${b.maxBlocks}`);
+    }
+    for (const r of b.sampleRows) if (!Number.isInteger(r) || r < 0 || r >= n) throw new ValueError(`ModelRunner.execute: sample row ${r} outside the batch of ${n} tokens`);
     return noGrad(() => withScope(() => {
-      const C = c.nEmbd, H = this.H, D = this.D;
-      const tok = tensor(b.tokens, { dtype: "int32" });
-      const pos = tensor(b.positions, { dtype: "int32" });
-      const seq = tensor(b.seqIndex, { dtype: "int32" });
-      const slots = tensor(b.slotMapping, { dtype: "int32" });
-      const tables = tensor(b.blockTables, { dtype: "int32" });
-      let x = embedding(tok, m.wte.weight).add(embedding(pos, m.wpe.weight));       // (N, C)
-      m.h.forEach((block, l) => {
-        const h = block.ln_1.forward(x);
-        const qkv = quantizedForward(block.attn.c_attn, h);                          // (N, 3C)
-        const [q, k, v] = qkv.split(C, -1).map((t) => t.contiguous());               // 3 x (N, C)
-        native.kvCacheWrite(this.kCache[l]!.ptr, this.vCache[l]!.ptr, k!.ptr, v!.ptr, slots.ptr, n, C);
-        const att = Tensor.empty([n, C]);
-        native.pagedAttention(q!.ptr, this.kCache[l]!.ptr, this.vCache[l]!.ptr, tables.ptr, b.maxBlocks, this.blockSize,
-          seq.ptr, pos.ptr, att.ptr, n, H, D, 1 / Math.sqrt(D));
-        x = x.add(quantizedForward(block.attn.c_proj, att));
-        // The MLP by hand so int8 projections (when registered) replace the float ones.
-        const fc = gelu(quantizedForward(block.mlp.c_fc, block.ln_2.forward(x)), "tanh");
-        x = x.add(quantizedForward(block.mlp.c_proj, fc));                           // (N, C)
-      });
-      const rows = tensor(Int32Array.from(b.sampleRows), { dtype: "int32" });
-      const sel = embedding(rows, x);                                                // (S, C) gather
-      const hf = layerNorm(sel, [C], m.ln_f.weight, m.ln_f.bias, c.layerNormEpsilon);
-      const logits = lmHeadForward(m, hf);                                           // (S, V)
+      const ctx: PagedContext = {
+        kind: "paged",
+        kCache: this.kCache,
+        vCache: this.vCache,
+        blockSize: this.blockSize,
+        blockTables: tensor(b.blockTables, { shape: [b.blockTables.length / b.maxBlocks, b.maxBlocks], dtype: "int32" }),
+        slotMapping: tensor(b.slotMapping, { dtype: "int32" }),
+        positions: tensor(b.positions, { dtype: "int32" }),
+        seqIndex: tensor(b.seqIndex, { dtype: "int32" }),
+        logitsRows: tensor(Int32Array.from(b.sampleRows), { dtype: "int32" }),
+      };
+      const idx = tensor(b.tokens, { shape: [1, n], dtype: "int32" });        // (1, N): the ragged batch as one row
+      const { logits } = this.model.forward(idx, null, ctx);                    // (S, V)
       return logits.data() as Float32Array;
     }));
   }

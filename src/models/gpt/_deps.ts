@@ -1,4 +1,7 @@
 // Lower layers the GPT model builds on.
-export { Tensor, normal, zeros, ones, cat, tensor, withScope, rand } from "../../tensor/index.js";
+export { Tensor, normal, zeros, ones, tensor, withScope, rand } from "../../tensor/index.js";
 export { checkpoint, noGrad } from "../../autograd/index.js";
-export { F, Module, Linear, Embedding, LayerNorm } from "../../nn/index.js";
+export {
+  F, Module, Linear, Embedding, LayerNorm, causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
+  type Projection, type AttentionContext, type KVCache,
+} from "../../nn/index.js";

@@ -1,10 +1,14 @@
 /**
- * Autoregressive generation with a KV cache: the prompt is run once, then one token per step.
- * Sampling is temperature / top-k / top-p over the last position's logits, with a seeded
- * counter-based stream so the same seed always gives the same text; temperature 0 is greedy.
+ * Autoregressive generation with a KV cache: the prompt is run once, then one token per step,
+ * through the model's one forward with a `{kind: "kv"}` attention context.
+ * Sampling is temperature / top-k / top-p over the last position's logits by the one sampler
+ * (inference/sample, which the server engine uses too), with the request's seeded
+ * counter-based stream at output index i, so the same seed gives the same text here and in
+ * `megalith serve`; temperature 0 is greedy.
  */
 import { ValueError } from "../../core/errors.js";
-import { tensor, noGrad, withScope, rand } from "./_deps.js";
+import { DEFAULT_SAMPLING, drawToken, tokenDistribution, uniformAt, type SamplingParams } from "../../inference/sample/index.js";
+import { tensor, noGrad, withScope } from "./_deps.js";
 import { GPT } from "./model.js";
 
 export interface SampleOptions {
@@ -30,47 +34,26 @@ export interface GenerateOptions extends SampleOptions {
   vocabSize?: number;
 }
 
-/**
- * Picks the next token from one row of logits. `u` is a uniform sample in [0, 1).
- * Exported for tests and the inference engine.
- */
-export function sampleToken(logits: Float32Array, opts: SampleOptions, u: number): number {
+/** Checks the options `megalith sample` takes; errors name the option. */
+function checkSampleOptions(opts: SampleOptions): SamplingParams {
   const temperature = opts.temperature ?? 1;
   const topK = opts.topK ?? 0;
   const topP = opts.topP ?? 1;
   if (!(temperature >= 0)) throw new ValueError(`temperature must be >= 0, got ${temperature}`);
   if (!Number.isInteger(topK) || topK < 0) throw new ValueError(`topK must be a non-negative integer, got ${topK}`);
   if (!(topP > 0 && topP <= 1)) throw new ValueError(`topP must be in (0, 1], got ${topP}`);
-  const V = logits.length;
-  if (temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
-    return best;
-  }
-  // Candidates sorted by logit (descending, ties by id), cut by top-k, then softmax + top-p.
-  let ids = Array.from({ length: V }, (_, i) => i);
-  ids.sort((a, b) => logits[b]! - logits[a]! || a - b);
-  if (topK > 0 && topK < V) ids = ids.slice(0, topK);
-  const m = logits[ids[0]!]!;
-  const p = ids.map((i) => Math.exp((logits[i]! - m) / temperature));
-  let total = p.reduce((s, x) => s + x, 0);
-  if (topP < 1) {
-    let acc = 0, keep = 0;
-    while (keep < p.length) {
-      acc += p[keep]! / total;
-      keep++;
-      if (acc >= topP) break;
-    }
-    ids = ids.slice(0, keep);
-    p.length = keep;
-    total = p.reduce((s, x) => s + x, 0);
-  }
-  let r = u * total;
-  for (let j = 0; j < ids.length; j++) {
-    r -= p[j]!;
-    if (r < 0) return ids[j]!;
-  }
-  return ids[ids.length - 1]!;
+  return { ...DEFAULT_SAMPLING, temperature, topK, topP };
+}
+
+/**
+ * Picks the next token from one row of logits with the one sampler (inference/sample's
+ * tokenDistribution + drawToken). `u` is a uniform sample in [0, 1).
+ * Exported for tests and callers that bring their own random stream.
+ * @example
+ * const id = sampleToken(logits, { temperature: 0.8, topK: 40 }, uniformAt(seed, i));
+ */
+export function sampleToken(logits: Float32Array, opts: SampleOptions, u: number): number {
+  return drawToken(tokenDistribution(logits, checkSampleOptions(opts), [], []), u);
 }
 
 /**
@@ -83,10 +66,12 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
   if (!Number.isInteger(opts.maxNewTokens) || opts.maxNewTokens < 0) throw new ValueError(`maxNewTokens must be a non-negative integer, got ${opts.maxNewTokens}`);
   const block = model.config.blockSize;
   if (prompt.length > block) throw new ValueError(`generate: prompt has ${prompt.length} tokens, more than the model's context of ${block}`);
+  const params = checkSampleOptions(opts);
   const wasTraining = model.training;
   model.eval();
   const kv = model.newKVCache();
   const seed = opts.seed ?? 0;
+  if (!Number.isSafeInteger(seed) || seed < 0) throw new ValueError(`generate: seed must be a non-negative integer, got ${seed}`);
   const stop = new Set(opts.stopTokens ?? []);
   const V = model.config.vocabSize;
   const limit = opts.vocabSize ?? V;
@@ -97,11 +82,12 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
       if (kv.length + input.length > block) break;  // context full
       const logits = noGrad(() => withScope(() => {
         const x = tensor(Int32Array.from(input), { shape: [1, input.length], dtype: "int32" });
-        const out = model.forward(x, null, kv).logits;                          // (1, T, V)
-        return out.select(1, input.length - 1).data() as Float32Array;          // (V)
+        const last = tensor(Int32Array.of(input.length - 1), { dtype: "int32" });
+        // The head on the last row only (as the server's runner does): (1, V).
+        return model.forward(x, null, { kind: "kv", cache: kv, logitsRows: last }).logits.data() as Float32Array;
       }));
-      const u = withScope(() => rand([1], { seed, offset: i }).item());
-      const next = sampleToken(limit < V ? logits.subarray(0, limit) : logits, opts, u);
+      const d = tokenDistribution(limit < V ? logits.subarray(0, limit) : logits, params, [], []);
+      const next = params.temperature === 0 ? d.ids![0]! : drawToken(d, uniformAt(seed, i));
       yield next;
       if (stop.has(next)) break;
       input = [next];

@@ -7,12 +7,21 @@
  * Parameter names follow Hugging Face's GPT2Model (`wte.weight`, `h.0.attn.c_attn.weight`...),
  * so a state dict maps one-to-one onto HF checkpoints; the only difference is that our linear
  * weights are [out, in] (PyTorch nn.Linear) where HF's Conv1D stores [in, out] (see weights.ts).
- * The model knows nothing about parallelism.
+ * The model knows nothing about parallelism or precision.
+ *
+ * The forward is written once. Training, KV-cache generation and paged serving differ only in
+ * the attention context passed down to every block (nn/attention.ts); int8 serving swaps
+ * modules (Int8Linear for the projections, a head module for the tied LM head) and runs this
+ * same code. In the paged context, T is N, the tokens of a ragged batch, fed as (1, N).
  */
 import { ValueError, fmtShape } from "../../core/errors.js";
 import {
-  Tensor, F, Module, Linear, Embedding, LayerNorm, normal, zeros, ones, checkpoint, noGrad, cat, tensor,
+  Tensor, F, Module, Linear, Embedding, LayerNorm, normal, zeros, ones, checkpoint, noGrad,
+  causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
+  type Projection, type AttentionContext, type KVCache,
 } from "./_deps.js";
+
+export type { KVCache, AttentionContext } from "./_deps.js";
 
 /** Architecture hyper-parameters (HF config.json names in comments). */
 export interface GPTConfig {
@@ -76,81 +85,37 @@ function initLinear(l: Linear, std: number, seed: number, name: string): void {
   });
 }
 
-/** Per-layer key/value cache for incremental decoding: [B, H, T_cached, D] each. */
-export interface KVCache {
-  k: Array<Tensor | null>;
-  v: Array<Tensor | null>;
-  /** Tokens already in the cache. */
-  length: number;
-}
-
 // ---- blocks ----------------------------------------------------------------------------------
 
-/** Multi-head causal self-attention with one fused QKV projection. */
+/**
+ * Multi-head causal self-attention with one fused QKV projection. Where keys and values come
+ * from (dense, KV cache, paged pools) is the context's business (nn/attention.ts); `layer`
+ * says which of the context's per-layer caches is this one's.
+ */
 export class CausalSelfAttention extends Module {
-  readonly c_attn: Linear;
-  readonly c_proj: Linear;
-  constructor(readonly cfg: Required<GPTConfig>) {
+  readonly c_attn: Projection;
+  readonly c_proj: Projection;
+  constructor(readonly cfg: Required<GPTConfig>, readonly layer = 0) {
     super();
     this.c_attn = this.module("c_attn", new Linear(cfg.nEmbd, 3 * cfg.nEmbd, { bias: cfg.bias }));
     this.c_proj = this.module("c_proj", new Linear(cfg.nEmbd, cfg.nEmbd, { bias: cfg.bias }));
   }
 
-  forward(x: Tensor, cache?: { kv: KVCache; layer: number }): Tensor {
-    const [B, T, C] = x.shape as [number, number, number];
-    const H = this.cfg.nHead, D = C / H;
+  forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
+    const C = this.cfg.nEmbd;
     const qkv = this.c_attn.forward(x);                                        // (B, T, 3C)
-    const [q0, k0, v0] = qkv.split(C, -1);                                    // 3 x (B, T, C)
-    const heads = (t: Tensor) => t.view([B, T, H, D]).transpose(1, 2);        // (B, H, T, D)
-    let q = heads(q0!), k = heads(k0!), v = heads(v0!);
-    let causal = true;
-    if (cache) {
-      const { kv, layer } = cache;
-      const pk = kv.k[layer], pv = kv.v[layer];
-      if (pk && pv) {
-        k = cat([pk, k], 2);                                                  // (B, H, T_past + T, D)
-        v = cat([pv, v], 2);
-      } else {
-        k = k.contiguous();
-        v = v.contiguous();
-      }
-      kv.k[layer]?.dispose();
-      kv.v[layer]?.dispose();
-      kv.k[layer] = k.keep();
-      kv.v[layer] = v.keep();
-      // New queries sit at the end of the keys: bottom-right causal alignment via an explicit mask.
-      const S = k.shape[2]!;
-      if (S !== T) {
-        causal = false;
-        const mask = causalMask(T, S);
-        const y = F.scaledDotProductAttention(q, k, v, { attnMask: mask });
-        mask.dispose();
-        return this.merge(y, B, T, C);
-      }
-    }
-    const y = F.scaledDotProductAttention(q, k, v, { isCausal: causal });        // (B, H, T, D)
-    return this.merge(y, B, T, C);
-  }
-
-  private merge(y: Tensor, B: number, T: number, C: number): Tensor {
-    const m = y.transpose(1, 2).reshape([B, T, C]);                           // (B, T, C)
-    let out = this.c_proj.forward(m);
+    const [q, k, v] = qkv.split(C, -1);                                       // 3 x (B, T, C)
+    const y = causalAttention(q!, k!, v!, this.cfg.nHead, ctx, this.layer);    // (B, T, C)
+    let out = this.c_proj.forward(y);                                          // (B, T, C)
     if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
     return out;
   }
 }
 
-/** 1 where query i (at position S - T + i) may see key j, as uint8 [T, S]. */
-function causalMask(T: number, S: number): Tensor {
-  const m = new Uint8Array(T * S);
-  for (let i = 0; i < T; i++) for (let j = 0; j <= S - T + i; j++) m[i * S + j] = 1;
-  return tensor(m, { shape: [T, S], dtype: "uint8" });
-}
-
 /** Position-wise MLP: C -> 4C -> GELU(tanh) -> C. */
 export class MLP extends Module {
-  readonly c_fc: Linear;
-  readonly c_proj: Linear;
+  readonly c_fc: Projection;
+  readonly c_proj: Projection;
   constructor(readonly cfg: Required<GPTConfig>) {
     super();
     this.c_fc = this.module("c_fc", new Linear(cfg.nEmbd, 4 * cfg.nEmbd, { bias: cfg.bias }));
@@ -171,16 +136,16 @@ export class Block extends Module {
   readonly attn: CausalSelfAttention;
   readonly ln_2: LayerNorm;
   readonly mlp: MLP;
-  constructor(cfg: Required<GPTConfig>) {
+  constructor(cfg: Required<GPTConfig>, layer = 0) {
     super();
     this.ln_1 = this.module("ln_1", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
-    this.attn = this.module("attn", new CausalSelfAttention(cfg));
+    this.attn = this.module("attn", new CausalSelfAttention(cfg, layer));
     this.ln_2 = this.module("ln_2", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
     this.mlp = this.module("mlp", new MLP(cfg));
   }
 
-  forward(x: Tensor, cache?: { kv: KVCache; layer: number }): Tensor {
-    const a = this.attn.forward(this.ln_1.forward(x), cache);                 // (B, T, C)
+  forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
+    const a = this.attn.forward(this.ln_1.forward(x), ctx);                   // (B, T, C)
     const x1 = x.add(a);
     return x1.add(this.mlp.forward(this.ln_2.forward(x1)));                   // (B, T, C)
   }
@@ -189,7 +154,7 @@ export class Block extends Module {
 // ---- the model -----------------------------------------------------------------------------------
 
 export interface GPTOutput {
-  /** (B, T, V) next-token logits. */
+  /** (B, T, V) next-token logits; (S, V) for the context's `logitsRows` when it has them. */
   logits: Tensor;
   /** Mean cross-entropy over targets (ignore index -100), when targets were given. */
   loss: Tensor | null;
@@ -197,10 +162,12 @@ export interface GPTOutput {
 
 /**
  * GPT-2: token + learned position embeddings, pre-LN blocks, final LayerNorm, LM head tied to
- * the token embedding.
+ * the token embedding (unless a head module is set: `setLmHead`).
  * @example
  * const model = new GPT({ nLayer: 2, nHead: 2, nEmbd: 64, blockSize: 64, vocabSize: 50257 });
- * const { logits, loss } = model.forward(idx, targets);
+ * const { logits, loss } = model.forward(idx, targets);                  // dense causal
+ * const kv = model.newKVCache();
+ * model.forward(prompt, null, { kind: "kv", cache: kv });                // then one token at a time
  */
 export class GPT extends Module {
   readonly config: Required<GPTConfig>;
@@ -208,6 +175,8 @@ export class GPT extends Module {
   readonly wpe: Embedding;
   readonly h: Block[];
   readonly ln_f: LayerNorm;
+  /** The LM head module (C -> V); null = tied to the token embedding, logits = h @ wte^T. */
+  readonly lm_head: Projection | null = null;
   activationCheckpointing: boolean;
 
   constructor(config: GPTConfig, opts: GPTOptions = {}) {
@@ -219,44 +188,48 @@ export class GPT extends Module {
     this.wte = this.module("wte", new Embedding(cfg.vocabSize, cfg.nEmbd, { seed: paramSeed(seed, "wte.weight") }));
     this.wpe = this.module("wpe", new Embedding(cfg.blockSize, cfg.nEmbd, { seed: paramSeed(seed, "wpe.weight") }));
     this.h = [];
-    for (let i = 0; i < cfg.nLayer; i++) this.h.push(this.module(`h.${i}`, new Block(cfg)));
+    for (let i = 0; i < cfg.nLayer; i++) this.h.push(this.module(`h.${i}`, new Block(cfg, i)));
     this.ln_f = this.module("ln_f", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
     // GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
     const projStd = 0.02 / Math.sqrt(2 * cfg.nLayer);
     this.h.forEach((b, i) => {
-      initLinear(b.attn.c_attn, 0.02, seed, `h.${i}.attn.c_attn.weight`);
-      initLinear(b.attn.c_proj, projStd, seed, `h.${i}.attn.c_proj.weight`);
-      initLinear(b.mlp.c_fc, 0.02, seed, `h.${i}.mlp.c_fc.weight`);
-      initLinear(b.mlp.c_proj, projStd, seed, `h.${i}.mlp.c_proj.weight`);
+      initLinear(b.attn.c_attn as Linear, 0.02, seed, `h.${i}.attn.c_attn.weight`);
+      initLinear(b.attn.c_proj as Linear, projStd, seed, `h.${i}.attn.c_proj.weight`);
+      initLinear(b.mlp.c_fc as Linear, 0.02, seed, `h.${i}.mlp.c_fc.weight`);
+      initLinear(b.mlp.c_proj as Linear, projStd, seed, `h.${i}.mlp.c_proj.weight`);
     });
   }
 
   /**
-   * idx: (B, T) int32 token ids; targets: (B, T) int32 (-100 = ignore).
-   * With a KV cache, idx holds only the new tokens and positions continue from the cache.
+   * idx: (B, T) int32 token ids; targets: (B, T) int32 (-100 = ignore); ctx: where attention
+   * gets its keys and positions (nn/attention.ts; default dense causal). A bare KVCache as the
+   * third argument means `{kind: "kv", cache}`: idx then holds only the new tokens. With the
+   * paged kind, idx is a ragged batch (1, N). With `ctx.logitsRows`, logits are (S, V) for
+   * those rows of the flattened (B * T) tokens only.
    */
-  forward(idx: Tensor, targets?: Tensor | null, kv?: KVCache): GPTOutput {
+  forward(idx: Tensor, targets?: Tensor | null, ctxIn: AttentionContext | KVCache = CAUSAL): GPTOutput {
     if (idx.dtype !== "int32" || idx.ndim !== 2) {
       throw new ValueError(`GPT.forward: idx must be an int32 tensor of shape (B, T), got ${idx.dtype} ${fmtShape(idx.shape)}`);
     }
+    const ctx: AttentionContext = isKVCache(ctxIn) ? { kind: "kv", cache: ctxIn } : ctxIn;
     const [B, T] = idx.shape as [number, number];
-    const past = kv?.length ?? 0;
-    if (past + T > this.config.blockSize) {
-      throw new ValueError(`GPT.forward: sequence length ${past + T} exceeds block_size ${this.config.blockSize}`);
-    }
-    const pos = positions(past, T);                                           // (T)
+    const C = this.config.nEmbd;
+    const pos = contextPositions(ctx, T, this.config.blockSize, "GPT.forward"); // (T)
     const tok = this.wte.forward(idx);                                        // (B, T, C)
     const pe = this.wpe.forward(pos);                                         // (T, C)
     let x = tok.add(pe);                                                      // (B, T, C)
     pos.dispose();
     if (this.config.dropout > 0) x = F.dropout(x, this.config.dropout, this.training);
-    this.h.forEach((block, i) => {
-      if (this.activationCheckpointing && this.training && !kv) x = checkpoint((h: Tensor) => block.forward(h), x);
-      else x = block.forward(x, kv ? { kv, layer: i } : undefined);
-    });
-    if (kv) kv.length = past + T;
-    x = this.ln_f.forward(x);                                                 // (B, T, C)
-    const logits = x.matmul(this.wte.weight.t());                             // (B, T, V)
+    const recompute = this.activationCheckpointing && this.training && ctx.kind === "causal";
+    for (const block of this.h) {
+      x = recompute ? checkpoint((h: Tensor) => block.forward(h, ctx), x) : block.forward(x, ctx);   // (B, T, C)
+    }
+    advanceContext(ctx, T);
+    if (ctx.logitsRows) {
+      if (targets) throw new ValueError("GPT.forward: targets and logitsRows cannot be combined (the loss needs every row)");
+      x = F.embedding(ctx.logitsRows, x.view([B * T, C]));                      // (S, C) gather
+    }
+    const logits = this.lmHead(this.ln_f.forward(x));                          // (B, T, V) or (S, V)
     if (!targets) return { logits, loss: null };
     if (targets.ndim !== 2 || targets.shape[0] !== B || targets.shape[1] !== T) {
       throw new ValueError(`GPT.forward: targets shape ${fmtShape(targets.shape)} must equal idx shape ${fmtShape(idx.shape)}`);
@@ -264,6 +237,22 @@ export class GPT extends Module {
     const V = this.config.vocabSize;
     const loss = F.crossEntropy(logits.view([B * T, V]), targets.view([B * T]));
     return { logits, loss };
+  }
+
+  /** The LM head: h (..., C) -> logits (..., V), through `lm_head` when set, else tied to wte. */
+  lmHead(h: Tensor): Tensor {
+    return this.lm_head ? this.lm_head.forward(h) : h.matmul(this.wte.weight.t());
+  }
+
+  /**
+   * Sets (or with null, unsets) a head module in place of the tied embedding, e.g. an int8
+   * copy of wte (`quantizeModelInt8(model, {lmHead: true})`). Registered as `lm_head`.
+   */
+  setLmHead(head: Projection | null): void {
+    if (head && (head.inFeatures !== this.config.nEmbd || head.outFeatures !== this.config.vocabSize)) {
+      throw new ValueError(`GPT.setLmHead: the head must map ${this.config.nEmbd} -> ${this.config.vocabSize}, got ${head.inFeatures} -> ${head.outFeatures}`);
+    }
+    this.setModule("lm_head", head);
   }
 
   /** An empty KV cache for incremental decoding. */
@@ -288,12 +277,6 @@ export class GPT extends Module {
     const nonEmbedding = this.numParameters() - c.blockSize * c.nEmbd;
     return 6 * nonEmbedding + 12 * c.nLayer * c.nEmbd * T;
   }
-}
-
-function positions(start: number, T: number): Tensor {
-  const p = new Int32Array(T);
-  for (let i = 0; i < T; i++) p[i] = start + i;
-  return tensor(p, { dtype: "int32" });
 }
 
 // Keep zeros/ones imported for readers looking for the init helpers used by layers.
