@@ -242,14 +242,14 @@ async function ddpWorker(): Promise<void> {
 async function overheadWorker(): Promise<void> {
   const { zeros } = await import("../src/index.js");
   const { worldGroup } = await import("../src/parallel/index.js");
-  const { mpi } = await import("../src/parallel/_mpi_native.js");
+  const { mpi } = await import("../src/backend/mpi.js");
   const g = worldGroup();
   const a = zeros([256]);
-  const ptr = a.ptr, n = 200_000;
+  const n = 200_000;
   let bestNs = Infinity;
   for (let r = 0; r < 10; r++) {
     const t0 = performance.now();
-    for (let i = 0; i < n; i++) mpi.call("allReduce", g.handle, ptr, 0, 256, 0, 0, 0, [], 600);
+    for (let i = 0; i < n; i++) mpi.call("allReduce", g.handle, a, null, 256, "float32", 0, 0, [], 600);
     bestNs = Math.min(bestNs, ((performance.now() - t0) * 1e6) / n);
   }
   process.stdout.write(JSON.stringify({ ns: bestNs }) + "\n");

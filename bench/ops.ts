@@ -10,7 +10,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir, cpus } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
-import { randn, zeros, F, withScope, noGrad, _native as native, type Tensor } from "../src/index.js";
+import { randn, zeros, F, withScope, noGrad, backend, type Tensor } from "../src/index.js";
+import { UnaryOp } from "../src/backend/index.js";
 import type { BenchResult } from "./main.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -35,9 +36,9 @@ function cReference(threads: number): { threads: number; gemm: Array<{ batch: nu
 }
 
 export async function run(args: string[]): Promise<BenchResult> {
-  const threads = native.numThreads();
+  const threads = backend.numThreads();
   const quick = args.includes("--quick");
-  console.error(`ops bench: ${threads} threads, kernels=${native.cpuInfo().kernels}; compiling and running the C reference...`);
+  console.error(`ops bench: ${threads} threads, kernels=${backend.info().kernels}; compiling and running the C reference...`);
   const ref = cReference(threads);
   const rows: BenchResult["rows"] = [];
 
@@ -70,13 +71,13 @@ export async function run(args: string[]): Promise<BenchResult> {
     const y = randn([n], { seed: 4 });
     const out = zeros([n]);
     // Copy bandwidth through our own kernel (read n + write n floats).
-    const copySecs = timeit(() => native.copyStrided(4, x.ptr, [1], out.ptr, [1], [n]), 5);
+    const copySecs = timeit(() => backend.copyStrided(4, x, [1], out, [1], [n]), 5);
     const copyGbs = (2 * n * 4) / copySecs / 1e9;
     rows.push({ name: "copy (native)", megalith: +copyGbs.toFixed(1), reference: ref.memcpy_gbs, unit: "GB/s", ratio: +(copyGbs / ref.memcpy_gbs).toFixed(3), target: 0.9 });
     bw("add (x + y)", 3 * n * 4, () => { x.add(y); }, copyGbs);
     bw("mul by scalar", 2 * n * 4, () => { x.mul(0.5); }, copyGbs);
     bw("gelu tanh", 2 * n * 4, () => { F.gelu(x, { approximate: "tanh" }); }, copyGbs);
-    bw("gelu tanh backward", 3 * n * 4, () => { native.unaryBackward(7, x.ptr, 0, y.ptr, out.ptr, n, 0, 0); }, copyGbs);
+    bw("gelu tanh backward", 3 * n * 4, () => { backend.unaryBackward(UnaryOp.geluTanh, x, x, y, out, n, 0, 0, "float32"); }, copyGbs);
     const C = 768;
     const xr = x.view([n / C, C]);
     const w = randn([C], { seed: 5 }), b = randn([C], { seed: 6 });
@@ -85,12 +86,12 @@ export async function run(args: string[]): Promise<BenchResult> {
     bw("softmax 1024", 2 * n * 4, () => { F.softmax(xs, -1); }, copyGbs);
     const m = zeros([n]), v = zeros([n]);
     // AdamW reads p, g, m, v and writes p, m, v: 7 arrays.
-    bw("adamw", 7 * n * 4, () => native.adamw(out.ptr, y.ptr, m.ptr, v.ptr, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.1, 0.01, 1), copyGbs);
+    bw("adamw", 7 * n * 4, () => backend.adamw(out, y, m, v, n, 1e-3, 0.9, 0.95, 1e-8, 0.1, 0.1, 0.01, 1, "float32", "float32"), copyGbs);
     for (const t of [x, y, out, xr, w, b, xs, m, v] as Tensor[]) t.dispose();
   });
   return {
     suite: "ops",
-    env: { threads, kernels: native.cpuInfo().kernels, cpu: cpus()[0]?.model, cReferenceThreads: ref.threads, memcpyGBs: ref.memcpy_gbs },
+    env: { threads, kernels: backend.info().kernels, cpu: cpus()[0]?.model, cReferenceThreads: ref.threads, memcpyGBs: ref.memcpy_gbs },
     rows,
   };
 }

@@ -13,7 +13,7 @@
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { GPT, Trainer, validateConfig, ensurePreparedBrown, loadTokenizer, randn, zeros, _native as native } from "../src/index.js";
+import { GPT, Trainer, validateConfig, ensurePreparedBrown, loadTokenizer, randn, zeros, backend } from "../src/index.js";
 import { Engine, quantizeModelInt8, perplexity, readSplitTokens, type EngineOptions } from "../src/inference/index.js";
 import { createServer } from "../src/serve/index.js";
 import type { BenchResult } from "./main.js";
@@ -157,12 +157,12 @@ async function decodeBench(quick: boolean) {
   let best = Infinity;
   for (let i = 0; i < 5; i++) {
     const t0 = performance.now();
-    native.copyStrided(4, a.ptr, [1], b.ptr, [1], [n]);
+    backend.copyStrided(4, a, [1], b, [1], [n]);
     best = Math.min(best, (performance.now() - t0) / 1000);
   }
   const copyGBs = (2 * n * 4) / best / 1e9;
   const py = JSON.parse(execFileSync("/usr/bin/python3", ["scripts/torch_ref/bench_decode.py",
-    ...[cfg.nLayer, cfg.nHead, cfg.nEmbd, cfg.blockSize, cfg.vocabSize, 32, DECODE_TOKENS, native.numThreads()].map(String)], { encoding: "utf8" })) as { tokens_per_s: number };
+    ...[cfg.nLayer, cfg.nHead, cfg.nEmbd, cfg.blockSize, cfg.vocabSize, 32, DECODE_TOKENS, backend.numThreads()].map(String)], { encoding: "utf8" })) as { tokens_per_s: number };
   const params = `${(weightBytes / 4 / 1e6).toFixed(0)}M params`;
   return ([["float32", fp32, weightBytes], ["int8 projections", int8, weightBytesInt8], ["int8 projections + LM head", int8Head, weightBytesInt8Head]] as const).map(([kind, tps, bytes]) => {
     const limit = (copyGBs * 1e9) / bytes;
@@ -237,5 +237,5 @@ export async function run(args: string[]): Promise<BenchResult> {
   console.error("serve bench: batch-1 decode, float32 and int8...");
   rows.push(...(await decodeBench(quick)));
   rows.push(await qualityBench(quick));
-  return { suite: "serve", env: { threads: native.numThreads(), loadModel: "GPT 4L/4H/256, random weights", arrivalsPerS: 6 }, rows };
+  return { suite: "serve", env: { threads: backend.numThreads(), loadModel: "GPT 4L/4H/256, random weights", arrivalsPerS: 6 }, rows };
 }

@@ -5,7 +5,7 @@
  * measured sgemm peak, and Megalith's per-kernel profile.
  */
 import { execFileSync } from "node:child_process";
-import { GPT, AdamW, withScope, randint, memoryStats, _native as native } from "../src/index.js";
+import { GPT, AdamW, withScope, randint, memoryStats, backend } from "../src/index.js";
 import { startProfile, stopProfile } from "../src/backend/native/profile.js";
 import type { BenchResult } from "./main.js";
 
@@ -65,7 +65,7 @@ function megalithStep(c: Cfg): { stepS: number; profile: ReturnType<typeof stopP
 
 export async function run(args: string[]): Promise<BenchResult> {
   const quick = args.includes("--quick");
-  const threads = native.numThreads();
+  const threads = backend.numThreads();
   const peak = sgemmPeak();
   console.error(`train bench: ${threads} threads; measured sgemm peak ${(peak / 1e9).toFixed(1)} GFLOP/s`);
   const rows: BenchResult["rows"] = [];

@@ -14,8 +14,6 @@ export * from "./tensor/index.js";
 export { noGrad, enableGrad, isGradEnabled, checkpoint } from "./autograd/index.js";
 export * from "./nn/index.js";
 export { backend, type Backend, type BufferView, type BackendInfo } from "./backend/index.js";
-/** @deprecated the raw addon, kept while tests and benches move to `backend`. */
-export { native as _native } from "./backend/native/index.js";
 export * from "./models/index.js";
 export * from "./optim/index.js";
 export * from "./checkpoint/index.js";

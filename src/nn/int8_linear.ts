@@ -58,7 +58,9 @@ export class Int8Linear extends Module implements Projection {
    * enclosing `withScope` and count as parameter memory.
    */
   static fromWeight(w: Tensor, bias: Parameter | null = null, source: Linear | null = null): Int8Linear {
-    if (w.dtype !== "float32" || w.ndim !== 2) throw new ValueError(`Int8Linear.fromWeight: weight must be float32 [out, in], got ${w.dtype} ${fmtShape(w.shape)}`);
+    if ((w.dtype !== "float32" && w.dtype !== "bfloat16" && w.dtype !== "float16") || w.ndim !== 2) {
+      throw new ValueError(`Int8Linear.fromWeight: weight must be a floating [out, in] tensor, got ${w.dtype} ${fmtShape(w.shape)}`);
+    }
     return withCategory("params", () => {
       const { q, scales } = quantizeInt8Rowwise(w);
       return new Int8Linear(keep(q), keep(scales), bias, source);
@@ -70,10 +72,10 @@ export class Int8Linear extends Module implements Projection {
     return Int8Linear.fromWeight(linear.weight, linear.bias, linear);
   }
 
-  /** x (..., in) float32 -> (..., out) float32. Refuses inputs that need a gradient (no backward exists). */
+  /** x (..., in) -> (..., out) in x's dtype (float32, bfloat16 or float16). Refuses inputs that need a gradient (no backward exists). */
   forward(x: Tensor): Tensor {
-    if (x.dtype !== "float32" || x.ndim < 1 || x.shape[x.ndim - 1] !== this.inFeatures) {
-      throw new ValueError(`Int8Linear.forward: x must be float32 (..., ${this.inFeatures}), got ${x.dtype} ${fmtShape(x.shape)}`);
+    if ((x.dtype !== "float32" && x.dtype !== "bfloat16" && x.dtype !== "float16") || x.ndim < 1 || x.shape[x.ndim - 1] !== this.inFeatures) {
+      throw new ValueError(`Int8Linear.forward: x must be floating (..., ${this.inFeatures}), got ${x.dtype} ${fmtShape(x.shape)}`);
     }
     if (x.requiresGrad && isGradEnabled()) {
       throw new ValueError("Int8Linear.forward: int8 layers are forward-only; run the model under noGrad() (or dequantizeModel it to train)");

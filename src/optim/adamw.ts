@@ -11,7 +11,7 @@
  * One kernel call, so a sharded run computes exactly the bits a single process computes.
  */
 import { ValueError } from "../core/errors.js";
-import { _native as native, zeros, withCategory, keep, type Tensor, reduceSumSq } from "./_deps.js";
+import { backend, zeros, withCategory, keep, type Tensor, reduceSumSq } from "./_deps.js";
 import type { AdamWState, GradNormResult, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
 
 export interface AdamWOptions {
@@ -77,11 +77,14 @@ export function adamwUpdate(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamW
   for (const [name, t] of [["grad", g], ["m", m], ["v", v]] as const) {
     if (t.numel !== n) throw new ValueError(`adamwUpdate: ${name} has ${t.numel} elements, the parameter ${n}`);
   }
-  for (const t of [p, g, m, v]) {
-    if (t.dtype !== "float32" || !t.isContiguous) throw new ValueError(`adamwUpdate: expects contiguous float32 tensors, got ${t.dtype}${t.isContiguous ? "" : " (strided)"}`);
+  for (const [name, t] of [["parameter", p], ["grad", g], ["m", m], ["v", v]] as const) {
+    if (!t.isContiguous) throw new ValueError(`adamwUpdate: ${name} must be contiguous (got strides ${JSON.stringify(t.strides)})`);
+    const ok = name === "m" || name === "v" ? t.dtype === "float32" : t.dtype === "float32" || t.dtype === "bfloat16" || t.dtype === "float16";
+    if (!ok) throw new ValueError(`adamwUpdate: ${name} is ${t.dtype}; moments must be float32, parameter and grad a floating dtype`);
   }
-  // The one native call of the optimizers (the Backend seam will take it over).
-  native.adamw(p.ptr, g.ptr, m.ptr, v.ptr, n, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.biasCorrection1, h.biasCorrection2, h.gradScale);
+  // One fused kernel: the parameter in its dtype (float32 master weights in mixed precision),
+  // the gradient in its own (a bfloat16 gradient is read and widened in the kernel), moments float32.
+  backend.adamw(p, g, m, v, n, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.biasCorrection1, h.biasCorrection2, h.gradScale, p.dtype, g.dtype);
 }
 
 /**

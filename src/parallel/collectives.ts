@@ -1,6 +1,6 @@
 /**
  * Collectives on tensors over process groups: the only place that talks to MPI (through
- * _mpi_native.ts). Every call is the identity at group size 1 (copies for the out-of-place
+ * backend/mpi.ts). Every call is the identity at group size 1 (copies for the out-of-place
  * ones), and a single process never loads MPI, so one code path serves every layout.
  *
  * Each call comes blocking (`allReduce`) and asynchronous (`allReduceAsync`, returning a
@@ -14,9 +14,9 @@
  * arrived and abort the job with exit code 124, instead of hanging.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
-import { DTypeCode } from "../backend/native/index.js";
 import type { Tensor, DType } from "../tensor/index.js";
-import { mpi, underMpi, type CallKind } from "./_mpi_native.js";
+import { mpi, underMpi, type CallKind } from "../backend/mpi.js";
+import type { BufferView } from "../backend/index.js";
 
 /**
  * A set of ranks that communicate (an MPI communicator). Pass groups explicitly; get them from
@@ -232,10 +232,10 @@ const NO_TENSORS: Tensor[] = [];
 /** Issues one call on `g`: blocking (returns undefined) or asynchronous (returns its Work,
  *  which keeps `tensors` alive until the call ends). */
 function run(kind: CallKind, async: boolean, g: ProcessGroup, o: CollectiveOptions, tensors: Tensor[],
-  send: number, recv: number, count: number, dtype: DType, arg = 0, tag = 0, shape: readonly number[] = NO_SHAPE): Work | undefined {
+  send: BufferView | null, recv: BufferView | null, count: number, dtype: DType, arg = 0, tag = 0, shape: readonly number[] = NO_SHAPE): Work | undefined {
   const timeout = timeoutOf(o);
   if (!async) {
-    mpi.call(kind, g.handle, send, recv, count, DTypeCode[dtype], arg, tag, shape, timeout);
+    mpi.call(kind, g.handle, send, recv, count, dtype, arg, tag, shape, timeout);
     return undefined;
   }
   let unfenced: Set<PendingWork> | undefined;
@@ -243,7 +243,7 @@ function run(kind: CallKind, async: boolean, g: ProcessGroup, o: CollectiveOptio
     unfenced = unfencedWork.get(g.handle);
     if (!unfenced) unfencedWork.set(g.handle, (unfenced = new Set()));
   }
-  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, DTypeCode[dtype], arg, tag, shape, timeout), tensors, unfenced);
+  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, dtype, arg, tag, shape, timeout), tensors, unfenced);
 }
 
 // ---- allReduce ---------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ function allReduceImpl(t: Tensor, g: ProcessGroup, o: ReduceOp | ReduceOptions, 
   const code = reduceCode(name, opts.op ?? "sum", t.dtype);
   contiguous(name, t);
   if (g.size === 1) return async ? DONE : undefined;
-  return run("allReduce", async, g, opts, async ? [t] : NO_TENSORS, t.ptr, 0, t.numel, t.dtype, code);
+  return run("allReduce", async, g, opts, async ? [t] : NO_TENSORS, t, null, t.numel, t.dtype, code);
 }
 
 /**
@@ -294,7 +294,7 @@ function reduceScatterImpl(input: Tensor, output: Tensor, g: ProcessGroup, o: Re
     copyInto(output, input);
     return async ? DONE : undefined;
   }
-  return run("reduceScatter", async, g, opts, async ? [input, output] : NO_TENSORS, input.ptr, output.ptr, output.numel, input.dtype, code);
+  return run("reduceScatter", async, g, opts, async ? [input, output] : NO_TENSORS, input, output, output.numel, input.dtype, code);
 }
 
 /**
@@ -327,7 +327,7 @@ function allGatherImpl(input: Tensor, output: Tensor, g: ProcessGroup, opts: Col
     copyInto(output, input);
     return async ? DONE : undefined;
   }
-  return run("allGather", async, g, opts, async ? [input, output] : NO_TENSORS, input.ptr, output.ptr, input.numel, input.dtype);
+  return run("allGather", async, g, opts, async ? [input, output] : NO_TENSORS, input, output, input.numel, input.dtype);
 }
 
 /**
@@ -353,7 +353,7 @@ function broadcastImpl(t: Tensor, g: ProcessGroup, o: number | BroadcastOptions,
   rankIn(name, "root", root, g);
   contiguous(name, t);
   if (g.size === 1) return async ? DONE : undefined;
-  return run("broadcast", async, g, opts, async ? [t] : NO_TENSORS, t.ptr, 0, t.numel, t.dtype, root);
+  return run("broadcast", async, g, opts, async ? [t] : NO_TENSORS, t, null, t.numel, t.dtype, root);
 }
 
 /**
@@ -385,7 +385,7 @@ function allToAllImpl(input: Tensor, output: Tensor, g: ProcessGroup, opts: Coll
     copyInto(output, input);
     return async ? DONE : undefined;
   }
-  return run("allToAll", async, g, opts, async ? [input, output] : NO_TENSORS, input.ptr, output.ptr, input.numel / g.size, input.dtype);
+  return run("allToAll", async, g, opts, async ? [input, output] : NO_TENSORS, input, output, input.numel / g.size, input.dtype);
 }
 
 /**
@@ -411,13 +411,13 @@ export function allToAllAsync(input: Tensor, output: Tensor, g: ProcessGroup, op
  * barrier(world);  // rank 0 has finished writing the checkpoint
  */
 export function barrier(g: ProcessGroup, opts: CollectiveOptions = {}): void {
-  if (g.size > 1) run("barrier", false, g, opts, NO_TENSORS, 0, 0, 0, "float32");
+  if (g.size > 1) run("barrier", false, g, opts, NO_TENSORS, null, null, 0, "float32");
 }
 
 /** The asynchronous barrier. */
 export function barrierAsync(g: ProcessGroup, opts: CollectiveOptions = {}): Work {
   if (g.size === 1) return DONE;
-  return run("barrier", true, g, opts, NO_TENSORS, 0, 0, 0, "float32")!;
+  return run("barrier", true, g, opts, NO_TENSORS, null, null, 0, "float32")!;
 }
 
 // ---- fence -------------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ export function barrierAsync(g: ProcessGroup, opts: CollectiveOptions = {}): Wor
  */
 export function fence(g: ProcessGroup): void {
   if (g.size === 1) return;
-  mpi.call("fence", g.handle, 0, 0, 0, DTypeCode.float32, 0, 0, NO_SHAPE, 0);
+  mpi.call("fence", g.handle, null, null, 0, "float32", 0, 0, NO_SHAPE, 0);
   const works = unfencedWork.get(g.handle);
   if (works) for (const w of [...works]) w.finished();
 }
@@ -453,7 +453,7 @@ function p2pImpl(kind: "send" | "recv", t: Tensor, g: ProcessGroup, peer: number
   const tag = opts.tag ?? 0;
   if (!Number.isInteger(tag) || tag < 0) throw new ValueError(`${name}: tag must be an integer >= 0, got ${tag}`);
   contiguous(name, t);
-  return run(kind, async, g, opts, async ? [t] : NO_TENSORS, t.ptr, 0, t.numel, t.dtype, peer, tag, t.shape);
+  return run(kind, async, g, opts, async ? [t] : NO_TENSORS, t, null, t.numel, t.dtype, peer, tag, t.shape);
 }
 
 /**

@@ -19,4 +19,4 @@ export { FullyShardedUnits, type FSDPOptions } from "./fsdp.js";
 export { parallelize, type ParallelizeConfig, type Parallelized } from "./parallelize.js";
 /** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
 export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
-export { underMpi, CommError } from "./_mpi_native.js";
+export { underMpi, CommError } from "../backend/mpi.js";

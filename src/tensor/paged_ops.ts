@@ -12,20 +12,23 @@
  * Forward-only (serving): no autograd graph is recorded. Indices are checked on the host (a
  * few reads of N ints) because a bad slot or block id would write or read outside the pool.
  *
- * The native calls still take `t.ptr` (element 0 of each view) until the Backend seam owns
- * them; nothing here computes a byte offset.
+ * Dtypes: the pools hold the KV-cache dtype (float32, or bfloat16/float16 to halve the
+ * cache); queries, keys and values come in the model's compute dtype, which may differ (the
+ * kernel converts on write and on read, accumulating in float32). The output is in q's dtype.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
-import { native } from "../backend/native/index.js";
+import { backend } from "../backend/index.js";
 import { Tensor } from "./tensor.js";
 
 function need(cond: boolean, op: string, what: string, t: Tensor): void {
   if (!cond) throw new ValueError(`${op}: ${what}, got ${t.dtype} ${fmtShape(t.shape)}`);
 }
 
-/** Checks a float32 pool (S, H, D) and returns [S, H, D]. */
+const FLOAT = new Set(["float32", "bfloat16", "float16"]);
+
+/** Checks a floating pool (S, H, D) and returns [S, H, D]. */
 function poolShape(op: string, name: string, pool: Tensor): [number, number, number] {
-  need(pool.dtype === "float32" && pool.ndim === 3 && pool.isContiguous, op, `${name} must be a contiguous float32 pool (slots, H, D)`, pool);
+  need(FLOAT.has(pool.dtype) && pool.ndim === 3 && pool.isContiguous, op, `${name} must be a contiguous floating pool (slots, H, D)`, pool);
   return pool.shape as [number, number, number];
 }
 
@@ -56,16 +59,16 @@ function contig<R>(t: Tensor, fn: (c: Tensor) => R): R {
 export function kvCacheWrite(kPool: Tensor, vPool: Tensor, k: Tensor, v: Tensor, slots: Tensor): void {
   const op = "kvCacheWrite";
   const [S, H, D] = poolShape(op, "kPool", kPool);
-  need(vPool.dtype === "float32" && vPool.isContiguous && vPool.shape.join() === kPool.shape.join(), op, `vPool must be a contiguous float32 pool like kPool ${fmtShape(kPool.shape)}`, vPool);
+  need(vPool.dtype === kPool.dtype && vPool.isContiguous && vPool.shape.join() === kPool.shape.join(), op, `vPool must be a contiguous ${kPool.dtype} pool like kPool ${fmtShape(kPool.shape)}`, vPool);
   const C = H * D;
-  need(k.dtype === "float32" && k.ndim === 2 && k.shape[1] === C, op, `k must be float32 (N, ${C})`, k);
+  need(FLOAT.has(k.dtype) && k.ndim === 2 && k.shape[1] === C, op, `k must be floating (N, ${C})`, k);
   const N = k.shape[0]!;
-  need(v.dtype === "float32" && v.ndim === 2 && v.shape[0] === N && v.shape[1] === C, op, `v must be float32 (${N}, ${C}) like k`, v);
+  need(v.dtype === k.dtype && v.ndim === 2 && v.shape[0] === N && v.shape[1] === C, op, `v must be ${k.dtype} (${N}, ${C}) like k`, v);
   const s = checkIndex(op, "slots", slots, N);
   for (let t = 0; t < N; t++) {
     if (s[t]! < 0 || s[t]! >= S) throw new ValueError(`${op}: slot ${s[t]} of token ${t} is outside the pool of ${S} slots`);
   }
-  contig(k, (kc) => contig(v, (vc) => native.kvCacheWrite(kPool.ptr, vPool.ptr, kc.ptr, vc.ptr, slots.ptr, N, C)));
+  contig(k, (kc) => contig(v, (vc) => backend.kvCacheWrite(kPool, vPool, kc, vc, slots, N, C, kPool.dtype, k.dtype)));
 }
 
 /**
@@ -75,7 +78,7 @@ export function kvCacheWrite(kPool: Tensor, vPool: Tensor, k: Tensor, v: Tensor,
  * p % blockSize). The keys and values of the batch's own tokens must already be written
  * (kvCacheWrite).
  *
- * q: (N, H * D) float32; kPool, vPool: (S, H, D); blockTables: (numSeqs, maxBlocks) int32 with
+ * q: (N, H * D) floating; kPool, vPool: (S, H, D); blockTables: (numSeqs, maxBlocks) int32 with
  * block ids in [0, S / blockSize); seq, pos: (N) int32. Returns (N, H * D).
  * @example
  * const att = pagedAttention(q, kCache[l], vCache[l], tables, 16, seqIndex, positions, 1 / Math.sqrt(D));   // (N, C)
@@ -84,9 +87,9 @@ export function pagedAttention(q: Tensor, kPool: Tensor, vPool: Tensor, blockTab
   seq: Tensor, pos: Tensor, scale: number): Tensor {
   const op = "pagedAttention";
   const [S, H, D] = poolShape(op, "kPool", kPool);
-  need(vPool.dtype === "float32" && vPool.isContiguous && vPool.shape.join() === kPool.shape.join(), op, `vPool must be a contiguous float32 pool like kPool ${fmtShape(kPool.shape)}`, vPool);
+  need(vPool.dtype === kPool.dtype && vPool.isContiguous && vPool.shape.join() === kPool.shape.join(), op, `vPool must be a contiguous ${kPool.dtype} pool like kPool ${fmtShape(kPool.shape)}`, vPool);
   const C = H * D;
-  need(q.dtype === "float32" && q.ndim === 2 && q.shape[1] === C, op, `q must be float32 (N, ${C})`, q);
+  need(FLOAT.has(q.dtype) && q.ndim === 2 && q.shape[1] === C, op, `q must be floating (N, ${C})`, q);
   if (!Number.isInteger(blockSize) || blockSize < 1 || S % blockSize !== 0) {
     throw new ValueError(`${op}: blockSize must be a positive integer dividing the pool's ${S} slots, got ${blockSize}`);
   }
@@ -110,7 +113,7 @@ export function pagedAttention(q: Tensor, kPool: Tensor, vPool: Tensor, blockTab
       if (id < 0 || id >= numBlocks) throw new ValueError(`${op}: block id ${id} (sequence ${r}, block ${b}) is outside the pool's ${numBlocks} blocks`);
     }
   }
-  const out = Tensor.empty([N, C]);
-  contig(q, (qc) => native.pagedAttention(qc.ptr, kPool.ptr, vPool.ptr, blockTables.ptr, maxBlocks, blockSize, seq.ptr, pos.ptr, out.ptr, N, H, D, scale));
+  const out = Tensor.empty([N, C], q.dtype);
+  contig(q, (qc) => backend.pagedAttention(qc, kPool, vPool, blockTables, maxBlocks, blockSize, seq, pos, out, N, H, D, scale, q.dtype, kPool.dtype));
   return out;
 }

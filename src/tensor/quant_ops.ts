@@ -6,11 +6,13 @@
  * computes y = (x @ q^T) * scales + bias in float32 without materialising W, so a decode step
  * reads a quarter of the weight bytes.
  *
- * Forward-only: no autograd graph is recorded. The native calls still take `t.ptr` until the
- * Backend seam owns them; nothing here computes a byte offset.
+ * Forward-only: no autograd graph is recorded. Activations may be float32, bfloat16 or float16
+ * (y comes out in x's dtype, accumulation is float32); the weight being quantized may be any
+ * floating dtype.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
-import { native } from "../backend/native/index.js";
+import { backend } from "../backend/index.js";
+import { isFloating } from "./dtype.js";
 import { Tensor } from "./tensor.js";
 
 /**
@@ -20,12 +22,12 @@ import { Tensor } from "./tensor.js";
  * const { q, scales } = quantizeInt8Rowwise(linear.weight);
  */
 export function quantizeInt8Rowwise(w: Tensor): { q: Tensor; scales: Tensor } {
-  if (w.dtype !== "float32" || w.ndim !== 2) throw new ValueError(`quantizeInt8Rowwise: w must be float32 [rows, cols], got ${w.dtype} ${fmtShape(w.shape)}`);
+  if (!isFloating(w.dtype) || w.ndim !== 2) throw new ValueError(`quantizeInt8Rowwise: w must be a floating [rows, cols] tensor, got ${w.dtype} ${fmtShape(w.shape)}`);
   const [rows, cols] = w.shape as [number, number];
   const wc = w.isContiguous ? w : w.contiguous();
   const q = Tensor.empty([rows, cols], "int8");
   const scales = Tensor.empty([rows]);
-  native.quantInt8Rowwise(wc.ptr, q.ptr, scales.ptr, rows, cols);
+  backend.quantInt8Rowwise(wc, q, scales, rows, cols, w.dtype);
   if (wc !== w) wc.dispose();
   return { q, scales };
 }
@@ -42,16 +44,19 @@ export function matmulInt8(x: Tensor, q: Tensor, scales: Tensor, bias: Tensor | 
   if (scales.dtype !== "float32" || scales.ndim !== 1 || scales.shape[0] !== N || !scales.isContiguous) {
     throw new ValueError(`matmulInt8: scales must be contiguous float32 [${N}], got ${scales.dtype} ${fmtShape(scales.shape)}`);
   }
-  if (bias && (bias.dtype !== "float32" || bias.ndim !== 1 || bias.shape[0] !== N || !bias.isContiguous)) {
-    throw new ValueError(`matmulInt8: bias must be contiguous float32 [${N}], got ${bias.dtype} ${fmtShape(bias.shape)}`);
+  if (bias && (!isFloating(bias.dtype) || bias.ndim !== 1 || bias.shape[0] !== N || !bias.isContiguous)) {
+    throw new ValueError(`matmulInt8: bias must be a contiguous floating [${N}] tensor, got ${bias.dtype} ${fmtShape(bias.shape)}`);
   }
-  if (x.dtype !== "float32" || x.ndim < 1 || x.shape[x.ndim - 1] !== K) {
-    throw new ValueError(`matmulInt8: x must be float32 (..., ${K}), got ${x.dtype} ${fmtShape(x.shape)}`);
+  if (!isFloating(x.dtype) || x.ndim < 1 || x.shape[x.ndim - 1] !== K) {
+    throw new ValueError(`matmulInt8: x must be floating (..., ${K}), got ${x.dtype} ${fmtShape(x.shape)}`);
   }
   const M = x.numel / K;
-  const y = Tensor.empty([...x.shape.slice(0, -1), N]);
+  const y = Tensor.empty([...x.shape.slice(0, -1), N], x.dtype);
   const xc = x.isContiguous ? x : x.contiguous();
-  native.matmulInt8(xc.ptr, q.ptr, scales.ptr, bias ? bias.ptr : null, y.ptr, M, N, K);
+  // The kernel reads the bias in x's dtype (a float32 bias beside bfloat16 activations is converted).
+  const b = bias && bias.dtype !== x.dtype ? bias.to(x.dtype) : bias;
+  backend.matmulInt8(xc, q, scales, b, y, M, N, K, x.dtype);
+  if (b && b !== bias) b.dispose();
   if (xc !== x) xc.dispose();
   return y;
 }

@@ -11,7 +11,6 @@
  */
 import { ValueError, fmtShape } from "../core/errors.js";
 import { backend, type BufferView, type DeviceBuffer } from "../backend/index.js";
-import { addressOf } from "../backend/native_backend.js";
 import { runBackward, type Differentiable, type Node, isGradEnabled, noGrad } from "../autograd/engine.js";
 import { type DType, dtypeSize } from "./dtype.js";
 import { Storage, Category, allocationCategory, trackTensor, keep, withScope } from "./storage.js";
@@ -79,14 +78,6 @@ export class Tensor implements Differentiable, BufferView {
       );
     }
     return b;
-  }
-
-  /**
-   * @deprecated Transitional: the raw address of element 0, for the few call sites not yet
-   * moved behind the backend seam. Removed once they are (a test scans for `.ptr`).
-   */
-  get ptr(): number {
-    return addressOf(this);
   }
 
   /** A view of this tensor's buffer starting `elements` further on (for kernels that write into part of a tensor). */

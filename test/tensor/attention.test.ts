@@ -3,7 +3,7 @@
 // batch shapes, both kernel builds; and the composed mask path against the fused one.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { F, randn, tensor, _native as native, type Tensor } from "../../src/index.js";
+import { F, randn, tensor, backend, type Tensor } from "../../src/index.js";
 
 const seed = Date.now() % 1_000_000;
 
@@ -59,9 +59,9 @@ const CASES: Array<{ batch: number[]; T: number; S: number; D: number; causal: b
 ];
 
 for (const kernels of ["avx512", "generic"] as const) {
-  test(`scaledDotProductAttention() fused kernel matches the float64 reference, forward and gradients (${kernels})`, { skip: kernels === "avx512" && !native.cpuInfo().avx512 ? "no AVX-512" : false }, () => {
-    const prev = native.cpuInfo().kernels;
-    native.setKernelSet(kernels);
+  test(`scaledDotProductAttention() fused kernel matches the float64 reference, forward and gradients (${kernels})`, { skip: kernels === "avx512" && !backend.info().kernelSets.includes("avx512") ? "no AVX-512" : false }, () => {
+    const prev = backend.info().kernels;
+    backend.setKernelSet(kernels);
     try {
       CASES.forEach((c, ci) => {
         const q = randn([...c.batch, c.T, c.D], { seed: seed + 10 * ci }).requiresGrad_();
@@ -85,7 +85,7 @@ for (const kernels of ["avx512", "generic"] as const) {
         }
       });
     } finally {
-      native.setKernelSet(prev);
+      backend.setKernelSet(prev);
     }
   });
 }

@@ -18,7 +18,7 @@
  * (ties by id), whether or not top-k/top-p cut them.
  */
 import { ValueError } from "../../core/errors.js";
-import { native, RandomKind } from "../../backend/native/index.js";
+import { backend, RandomKind } from "../../backend/index.js";
 import { Tensor } from "../../tensor/index.js";
 
 /** Per-request sampling parameters (OpenAI / vLLM names, camelCase). */
@@ -72,7 +72,7 @@ export interface SampleResult {
 /** A uniform draw in [0, 1) at position `index` of the stream keyed by `seed`. */
 export function uniformAt(seed: number, index: number): number {
   const t = Tensor.empty([1]);
-  native.random(RandomKind.uniform, seed, index, t.ptr, 1, 0, 1);
+  backend.random(RandomKind.uniform, seed, index, t, 1, 0, 1, "float32");
   const u = (t.data() as Float32Array)[0]!;
   t.dispose();
   return u;

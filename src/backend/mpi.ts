@@ -1,13 +1,17 @@
 /**
  * The typed surface of the MPI addon (native/src/mpi*.cc, target megalith_mpi): the only file
  * that touches it. It is loaded lazily, and only when the process runs under mpirun; a plain
- * process never loads MPI.
+ * process never loads MPI. Like the kernels, calls take buffer views (buffer + element offset
+ * + dtype); addresses are resolved here, inside the backend.
  */
 import { createRequire } from "node:module";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { MegalithError } from "../core/errors.js";
+import { OP_CODES } from "./kernels.js";
+import { addressOf } from "./native_backend.js";
+import type { BufferView, DType } from "./backend.js";
 
 /** A communication failure: an MPI error, a send/recv shape or dtype mismatch. */
 export class CommError extends MegalithError {
@@ -29,7 +33,7 @@ export type CallKind = "allReduce" | "broadcast" | "allGather" | "reduceScatter"
  *   recv      output buffer (allGather, reduceScatter, allToAll), else 0
  *   count     elements: of the buffer (allReduce, broadcast, send, recv) or per rank
  *             (allGather: input, reduceScatter: output, allToAll: one rank's chunk)
- *   dtype     DTypeCode of the elements
+ *   dtype     dtype of the elements
  *   arg       reduction (sum 0, max 1, min 2, avg 3), broadcast root, or send/recv peer
  *   tag       send/recv tag (0..tagLimit)
  *   shape     send/recv: the tensor's shape, checked by the receiver against the sender's
@@ -65,7 +69,7 @@ function load(): Addon {
 
 function locate(): Addon {
   const here = dirname(fileURLToPath(import.meta.url));
-  // src/parallel -> repo root; dist/src/parallel -> repo root
+  // src/backend -> repo root; dist/src/backend -> repo root
   for (const up of ["../..", "../../.."]) {
     const p = join(here, up, "native", "build", "Release", "megalith_mpi.node");
     if (existsSync(p)) return createRequire(import.meta.url)(p) as Addon;
@@ -74,14 +78,14 @@ function locate(): Addon {
 }
 
 /** Writes a call's arguments into the addon's shared array (read by the very next call). */
-function put(args: Float64Array, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
+function put(args: Float64Array, comm: number, send: BufferView | null, recv: BufferView | null, count: number, dtype: DType, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
   const maxDims = args.length - 9;  // the slots after ndim
   if (shape.length > maxDims) throw new CommError(`send/recv: a tensor may have at most ${maxDims} dimensions, got ${shape.length}`);
   args[0] = comm;
-  args[1] = send;
-  args[2] = recv;
+  args[1] = send ? addressOf(send) : 0;
+  args[2] = recv ? addressOf(recv) : 0;
   args[3] = count;
-  args[4] = dtype;
+  args[4] = OP_CODES.DType[dtype];
   args[5] = arg;
   args[6] = tag;
   args[7] = timeoutS;
@@ -100,7 +104,7 @@ export const mpi = {
   /** MPI_Comm_split; null when color < 0 (this rank joins no group). */
   split: (comm: number, color: number, key: number, name: string) => load().split(comm, color, key, name),
   /** A blocking call. */
-  call(kind: CallKind, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
+  call(kind: CallKind, comm: number, send: BufferView | null, recv: BufferView | null, count: number, dtype: DType, arg: number, tag: number, shape: readonly number[], timeoutS: number): void {
     const m = load();
     put(m.args, comm, send, recv, count, dtype, arg, tag, shape, timeoutS);
     try {
@@ -111,7 +115,7 @@ export const mpi = {
   },
   /** An asynchronous call: runs on the communicator's thread, in issue order; resolves when
    *  done with the seconds it took there. */
-  callAsync(kind: CallKind, comm: number, send: number, recv: number, count: number, dtype: number, arg: number, tag: number, shape: readonly number[], timeoutS: number): Promise<number> {
+  callAsync(kind: CallKind, comm: number, send: BufferView | null, recv: BufferView | null, count: number, dtype: DType, arg: number, tag: number, shape: readonly number[], timeoutS: number): Promise<number> {
     const m = load();
     put(m.args, comm, send, recv, count, dtype, arg, tag, shape, timeoutS);
     let p: Promise<number>;
