@@ -3,4 +3,4 @@ export {
   Tensor, Category, keep, withCategory, dtypeSize, quantizeInt8Rowwise, matmulInt8, kvCacheWrite, pagedAttention,
   scaledDotProductAttention, cat, tensor, embedding,
 } from "../tensor/index.js";
-export { noGrad as noGradScope, isGradEnabled } from "../autograd/index.js";
+export { noGrad as noGradScope, isGradEnabled, checkpoint } from "../autograd/index.js";

@@ -23,7 +23,7 @@
  * C = H * D, N tokens of a ragged batch.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
-import { Tensor, scaledDotProductAttention, cat, tensor, kvCacheWrite, pagedAttention } from "./_deps.js";
+import { Tensor, scaledDotProductAttention, cat, tensor, kvCacheWrite, pagedAttention, checkpoint } from "./_deps.js";
 
 /** Per-layer key/value cache for incremental decoding: (B, H, T_cached, D) each. */
 export interface KVCache {
@@ -41,6 +41,11 @@ interface RowSelection {
 /** Dense causal attention over whole sequences (training; the default). */
 export interface CausalContext extends RowSelection {
   kind: "causal";
+  /**
+   * Selective activation recomputation (Korthikanti et al. 2022): keep only the attention
+   * core's inputs (q, k, v) and recompute the core in backward. Default false.
+   */
+  recomputeCore?: boolean;
 }
 
 /** A contiguous KV cache: the new tokens attend to the cache and to each other. */
@@ -148,6 +153,11 @@ export function causalAttention(q: Tensor, k: Tensor, v: Tensor, nHead: number, 
       y = scaledDotProductAttention(qh, kh, vh, { attnMask: mask });          // (B, H, T, D)
       mask.dispose();
     } else y = scaledDotProductAttention(qh, kh, vh, { isCausal: true });
+  } else if (ctx.recomputeCore) {
+    // The core and its head merge are recomputed in backward: only q, k, v (views of the
+    // fused projection) are kept, not the kernel's contiguous copies, output and statistics.
+    return checkpoint((a: Tensor, b: Tensor, c: Tensor) =>
+      scaledDotProductAttention(a, b, c, { isCausal: true }).transpose(1, 2).reshape([B, T, C]), qh, kh, vh);   // (B, T, C)
   } else y = scaledDotProductAttention(qh, kh, vh, { isCausal: true });      // (B, H, T, D)
   return y.transpose(1, 2).reshape([B, T, C]);                              // (B, T, C)
 }

@@ -21,6 +21,8 @@ import { copyRange, zeroRange } from "./_views.js";
 export interface DataParallelOptions {
   /** Target bucket size in bytes. Default 25 MiB (PyTorch's). */
   bucketBytes?: number;
+  /** dtype of the all-reduce ("bfloat16" halves the bytes; `.grad` stays float32). Default "float32". */
+  reduceDtype?: "float32" | "bfloat16";
 }
 
 interface Bucket {
@@ -50,11 +52,14 @@ export class DataParallel implements GradSync {
    * (waitedMs). The share of communication hidden behind backward is 1 - waitedMs / commMs.
    */
   readonly timings = { launched: 0, commMs: 0, waitedMs: 0 };
+  /** dtype of the bucket buffers and their all-reduce. */
+  readonly reduceDtype: "float32" | "bfloat16" = "float32";
 
   constructor(params: Tensor[], group: ProcessGroup, opts: DataParallelOptions = {}) {
     this.group = group;
     if (group.size === 1) return;
     const limit = opts.bucketBytes ?? 25 * 2 ** 20;
+    this.reduceDtype = opts.reduceDtype ?? "float32";
     let cur: Tensor[] = [];
     let bytes = 0;
     const flush = () => {
@@ -70,7 +75,7 @@ export class DataParallel implements GradSync {
     };
     for (const p of [...params].reverse()) {
       cur.push(p);
-      bytes += p.numel * 4;
+      bytes += p.numel * (this.reduceDtype === "float32" ? 4 : 2);
       if (bytes >= limit) flush();
     }
     flush();
@@ -94,7 +99,7 @@ export class DataParallel implements GradSync {
 
   /** The bucket's flat buffer, allocated when its first gradient arrives (the caching allocator makes this cheap). */
   private flatOf(b: Bucket): Tensor {
-    return (b.flat ??= withCategory("grads", () => keep(Tensor.empty([b.numel]))));
+    return (b.flat ??= withCategory("grads", () => keep(Tensor.empty([b.numel], this.reduceDtype))));
   }
 
   /** Reduce only on the last micro-step: earlier ones accumulate into `.grad` locally. */

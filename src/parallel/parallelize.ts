@@ -44,8 +44,10 @@ export interface ParallelizeConfig {
   zero3Prefetch?: boolean;
   /** DDP bucket size in bytes. Default 25 MiB. */
   bucketBytes?: number;
+  /** dtype of gradient reductions (DDP all-reduce, ZeRO reduce-scatter). Default "float32". */
+  reduceDtype?: "float32" | "bfloat16";
   /** Recompute block activations in backward. Default: leave the model's setting. */
-  activationCheckpointing?: boolean;
+  activationCheckpointing?: boolean | "full" | "selective";
   /** The optimizer's hyperparameters. */
   optimizer?: AdamWOptions;
 }
@@ -93,7 +95,8 @@ const tensorParallel: Stage = (ctx) => {
 /** Stage 2. */
 const activationCheckpointing: Stage = (ctx) => {
   if (ctx.config.activationCheckpointing !== undefined) ctx.model.activationCheckpointing = ctx.config.activationCheckpointing;
-  if (ctx.model.activationCheckpointing) ctx.applied.push("activation checkpointing");
+  const ac = ctx.model.activationCheckpointing;
+  if (ac) ctx.applied.push(ac === "selective" ? "activation checkpointing (selective)" : "activation checkpointing");
 };
 
 /** Stage 3: DDP or ZeRO over the dp axis; builds the optimizer either way. */
@@ -105,7 +108,7 @@ const dataParallel: Stage = (ctx) => {
   if (zero === 0) {
     // DDP first: it makes every rank start from rank 0's weights.
     if (group.size > 1) {
-      ctx.gradSync.push(new DataParallel(params, group, config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}));
+      ctx.gradSync.push(new DataParallel(params, group, { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" }));
       ctx.applied.push(`DDP (dp=${group.size})`);
     }
     ctx.optimizer = new AdamW(params, config.optimizer);
@@ -117,7 +120,7 @@ const dataParallel: Stage = (ctx) => {
   if (zero === 3) {
     ctx.fsdp = new FullyShardedUnits(model, model.h, shards, { prefetch: config.zero3Prefetch ?? true });
   }
-  const opt = new ShardedAdamW(shards, config.optimizer, { stage: zero, ...(ctx.fsdp ? { paramShard: ctx.fsdp.paramShard } : {}) });
+  const opt = new ShardedAdamW(shards, config.optimizer, { stage: zero, reduceDtype: config.reduceDtype ?? "float32", ...(ctx.fsdp ? { paramShard: ctx.fsdp.paramShard } : {}) });
   ctx.optimizer = opt;
   // The optimizer's reduce-scatters first: FSDP's cleanup expects every unit reduced.
   ctx.gradSync.push(opt, ...(ctx.fsdp ? [ctx.fsdp] : []));

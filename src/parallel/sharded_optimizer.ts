@@ -42,6 +42,8 @@ export interface ShardedAdamWOptions {
    * the only copy of the weights the update writes. Required at stage 3, refused below it.
    */
   paramShard?: Tensor;
+  /** dtype gradients are reduce-scattered in ("bfloat16" halves the bytes; shards accumulate in float32). Default "float32". */
+  reduceDtype?: "float32" | "bfloat16";
 }
 
 interface InFlight {
@@ -63,6 +65,8 @@ export class ShardedAdamW implements Optimizer, GradSync {
   readonly params: Tensor[];
   readonly group: ProcessGroup;
   readonly stage: ZeroStage;
+  /** dtype of the gradient reduce-scatters. */
+  readonly reduceDtype: "float32" | "bfloat16";
   lr: number;
   readonly betas: [number, number];
   readonly eps: number;
@@ -91,6 +95,7 @@ export class ShardedAdamW implements Optimizer, GradSync {
     this.params = shards.params;
     this.group = shards.group;
     this.stage = opts.stage ?? 1;
+    this.reduceDtype = opts.reduceDtype ?? "float32";
     if (![1, 2, 3].includes(this.stage)) throw new ValueError(`ZeRO: stage must be 1, 2 or 3, got ${String(this.stage)}`);
     if ((this.stage === 3) !== (opts.paramShard !== undefined)) {
       throw new ValueError(`ZeRO: stage ${this.stage} ${this.stage === 3 ? "needs FSDP's paramShard (build FullyShardedUnits first)" : "takes no paramShard (that is stage 3)"}`);
@@ -141,7 +146,8 @@ export class ShardedAdamW implements Optimizer, GradSync {
   private launch(u: ShardUnit): void {
     const size = this.group.size;
     // kept: backward runs inside the step's tensor scope, these outlive it until synchronize().
-    const [flat, out] = withCategory("grads", () => [keep(Tensor.empty([u.shard * size])), keep(Tensor.empty([u.shard]))]);
+    const rd = this.reduceDtype;
+    const [flat, out] = withCategory("grads", () => [keep(Tensor.empty([u.shard * size], rd)), keep(Tensor.empty([u.shard], rd))]);
     u.params.forEach((i, k) => {
       const p = this.params[i]!;
       // A parameter without a gradient (unused this step) counts as zeros, so ranks agree.

@@ -49,7 +49,20 @@ export const TrainConfigSchema = z
         /** Global gradient-norm clip (0 disables). */
         grad_clip: z.number().nonnegative().default(1.0),
         log_interval: posInt.default(1),
-        activation_checkpointing: z.boolean().default(false),
+        /** Recompute activations in backward: false, true / "full" (whole blocks), "selective" (the attention core only). */
+        activation_checkpointing: z.union([z.boolean(), z.enum(["full", "selective"])]).default(false),
+        /** Mixed precision: compute and stored activations in bf16 or fp16 (fp32 master weights and optimizer state). */
+        precision: z.enum(["fp32", "bf16", "fp16"]).default("fp32"),
+        /** fp16 dynamic loss scaling: initial scale, x growth_factor after growth_interval finite steps, x backoff_factor and skip on overflow. */
+        loss_scale: z
+          .object({
+            initial: z.number().positive().finite().default(2 ** 16),
+            growth_interval: posInt.default(2000),
+            growth_factor: z.number().gt(1).default(2),
+            backoff_factor: z.number().gt(0).lt(1).default(0.5),
+          })
+          .strict()
+          .default({}),
         /** Peak FLOP/s MFU is reported against (default: 2 cores x ~100 GFLOP/s sgemm measured here). */
         peak_flops: z.number().positive().default(200e9),
         /** Consecutive non-finite steps before the run stops. */
@@ -96,6 +109,8 @@ export const TrainConfigSchema = z
         bucket_mb: z.number().positive().default(25),
         /** ZeRO-3: gather the next block's parameters while the current one computes. */
         zero3_prefetch: z.boolean().default(true),
+        /** dtype of data-parallel gradient reductions: fp32, or bf16 to halve the bytes on the wire. */
+        reduce_dtype: z.enum(["fp32", "bf16"]).default("fp32"),
       })
       .strict()
       .default({}),

@@ -22,7 +22,8 @@ function fmtEta(seconds: number): string {
   return h ? `${h}h${String(m).padStart(2, "0")}m` : `${m}m${String(r).padStart(2, "0")}s`;
 }
 import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
-import { tensor, withScope, memoryStats, type Tensor } from "../tensor/index.js";
+import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "../tensor/index.js";
+import { PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
 import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js";
 import { cosineLr, type AdamWState, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
@@ -56,7 +57,21 @@ export interface StepMetrics {
   mem_params_mb: number;
   mem_grads_mb: number;
   mem_optimizer_mb: number;
+  /** Peak MiB of activations during this step (forward + backward), from the allocator. */
+  mem_act_peak_mb: number;
   step_ms: number;
+  /** fp16: the loss scale after this step, and the steps skipped for overflow so far. */
+  loss_scale?: number;
+  skipped_steps?: number;
+}
+
+/** A step that changed nothing (non-finite values, or an fp16 overflow): one metrics.jsonl line. */
+export interface SkippedStep {
+  step: number;
+  skipped: true;
+  reason: string;
+  loss_scale?: number;
+  skipped_steps?: number;
 }
 
 export interface TrainerOptions {
@@ -77,6 +92,8 @@ interface TrainerState {
   optimizer: AdamWState;
   config: TrainConfig;
   tokens_seen: number;
+  /** fp16 only: the dynamic loss scaler. */
+  loss_scaler?: LossScalerState;
 }
 
 export class Trainer {
@@ -86,6 +103,10 @@ export class Trainer {
   optimizer!: Optimizer;
   /** The model's parallel form: gradient sync, full-parameter access, the data-parallel group. */
   parallel!: Parallelized;
+  /** train.precision: how the forward computes and how the loss is scaled. */
+  precision!: PrecisionPolicy;
+  /** Peak total bytes over the run (each step resets the allocator's peaks to measure its own). */
+  private runPeakBytes = 0;
   loader!: TokenLoader;
   dataDir!: string;
   tokenizer: Tokenizer | null = null;
@@ -151,10 +172,13 @@ export class Trainer {
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
     this.parallel = parallelize(this.model, mesh, {
       zero: c.parallel.zero as 0 | ZeroStage, zero3Prefetch: c.parallel.zero3_prefetch, bucketBytes: c.parallel.bucket_mb * 2 ** 20,
+      reduceDtype: c.parallel.reduce_dtype === "bf16" ? "bfloat16" : "float32",
       activationCheckpointing: c.train.activation_checkpointing,
       optimizer: { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay },
     });
     this.optimizer = this.parallel.optimizer;
+    const ls = c.train.loss_scale;
+    this.precision = new PrecisionPolicy(c.train.precision, { initial: ls.initial, growthInterval: ls.growth_interval, growthFactor: ls.growth_factor, backoffFactor: ls.backoff_factor });
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
@@ -177,9 +201,13 @@ export class Trainer {
   }
 
   /** One optimizer step (all micro-steps). Returns the metrics, or null when the step was skipped. */
-  async trainStep(): Promise<StepMetrics | { step: number; skipped: true; reason: string }> {
+  async trainStep(): Promise<StepMetrics | SkippedStep> {
     const c = this.config;
     const t0 = performance.now();
+    this.runPeakBytes = Math.max(this.runPeakBytes, memoryStats().peakTotal);
+    resetPeakMemory();
+    const policy = this.precision;
+    const lossScale = policy.lossScale;
     const accum = c.train.grad_accum_steps;
     const lr = this.lrAt(this.step);
     let lossSum = 0;
@@ -193,11 +221,13 @@ export class Trainer {
         const B = batch.batchSize, T = batch.blockSize;
         const x = tensor(batch.inputs, { shape: [B, T], dtype: "int32" });
         const y = tensor(batch.targets, { shape: [B, T], dtype: "int32" });
-        const { loss } = this.model.forward(x, y);
+        const { loss } = policy.forward(() => this.model.forward(x, y));
         const l = loss!;
         const value = l.item();
-        // Scale so accumulated gradients are the mean over micro-batches.
-        const scaled = accum === 1 ? l : l.div(accum);
+        // Scale so accumulated gradients are the mean over micro-batches, times the fp16 loss
+        // scale (1 otherwise), which the optimizer step divides back out.
+        const factor = lossScale / accum;
+        const scaled = factor === 1 ? l : l.mul(factor);
         scaled.backward();
         return value;
       });
@@ -214,8 +244,17 @@ export class Trainer {
       t.dispose();
     }
     const maxNorm = c.train.grad_clip > 0 ? c.train.grad_clip : Infinity;
-    const { norm, clipCoef } = await this.optimizer.gradNorm(maxNorm);
+    // The gradients carry the loss scale: clip against the scaled limit, report the true norm.
+    const scaledNorm = await this.optimizer.gradNorm(maxNorm * lossScale);
+    const norm = scaledNorm.norm / lossScale, clipCoef = scaledNorm.clipCoef;
     const stepNumber = this.step;
+    const scaler = policy.scaler;
+    if (scaler && Number.isFinite(loss) && !policy.stepAllowed(Number.isFinite(norm))) {
+      // fp16 overflow: expected now and then while the scale finds its level; not an error.
+      this.optimizer.zeroGrad();
+      this.step++;
+      return { step: stepNumber, skipped: true, reason: `fp16 gradient overflow at loss scale ${lossScale}`, loss_scale: scaler.scale, skipped_steps: scaler.skippedSteps };
+    }
     if (!Number.isFinite(loss) || !Number.isFinite(norm)) {
       this.optimizer.zeroGrad();
       this.consecutiveNonFinite++;
@@ -232,7 +271,7 @@ export class Trainer {
       return { step: stepNumber, skipped: true, reason };
     }
     this.consecutiveNonFinite = 0;
-    this.optimizer.step({ lr, gradScale: clipCoef });
+    this.optimizer.step({ lr, gradScale: clipCoef / lossScale });
     this.optimizer.zeroGrad();
     this.step++;
     const dt = (performance.now() - t0) / 1000;
@@ -242,8 +281,10 @@ export class Trainer {
     const mem = memoryStats();
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
-      mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: mem.peakTotal / 2 ** 20, step_ms: dt * 1000,
+      mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: Math.max(this.runPeakBytes, mem.peakTotal) / 2 ** 20, step_ms: dt * 1000,
       mem_params_mb: memAtGrads.live.params / 2 ** 20, mem_grads_mb: memAtGrads.live.grads / 2 ** 20, mem_optimizer_mb: memAtGrads.live.optimizer / 2 ** 20,
+      mem_act_peak_mb: mem.peak.activations / 2 ** 20,
+      ...(scaler ? { loss_scale: scaler.scale, skipped_steps: scaler.skippedSteps } : {}),
     };
   }
 
@@ -274,7 +315,7 @@ export class Trainer {
         sum += withScope(() => {
           const x = tensor(b.inputs, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
           const y = tensor(b.targets, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
-          return this.model.forward(x, y).loss!.item();
+          return this.precision.forward(() => this.model.forward(x, y)).loss!.item();
         });
         n++;
       }
@@ -301,7 +342,8 @@ export class Trainer {
       if (this.isMain && this.opts.log && (m.step % c.train.log_interval === 0 || this.step === c.train.max_steps)) {
         const line = `step ${m.step + 1}/${c.train.max_steps} | loss ${m.loss.toFixed(4)} | lr ${m.lr.toExponential(2)} | ` +
           `norm ${m.grad_norm.toFixed(2)} | ${(m.tokens_per_s / 1000).toFixed(1)}k tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s | ` +
-          `MFU ${(m.mfu * 100).toFixed(1)}% | mem ${m.mem_live_mb.toFixed(0)}/${m.mem_peak_mb.toFixed(0)} MiB`;
+          `MFU ${(m.mfu * 100).toFixed(1)}% | mem ${m.mem_live_mb.toFixed(0)}/${m.mem_peak_mb.toFixed(0)} MiB (act ${m.mem_act_peak_mb.toFixed(0)})` +
+          (m.loss_scale !== undefined ? ` | scale ${m.loss_scale} (${m.skipped_steps} skipped)` : "");
         const perStep = (performance.now() - t0) / 1000 / Math.max(1, this.step - startStep);
         process.stderr.write(`${line} | eta ${fmtEta(perStep * (c.train.max_steps - this.step))}\n`);
       }
@@ -388,6 +430,7 @@ export class Trainer {
   private trainerState(): TrainerState {
     return {
       step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.stateDict().state, config: this.config, tokens_seen: this.tokensSeen,
+      ...(this.precision.scaler ? { loss_scaler: this.precision.scaler.state() } : {}),
     };
   }
 
@@ -427,6 +470,7 @@ export class Trainer {
     setRngState(state.rng);
     this.step = state.step;
     this.tokensSeen = state.tokens_seen;
+    if (this.precision.scaler && state.loss_scaler) this.precision.scaler.load(state.loss_scaler);
     this.say(`resume: continuing from ${latest.dir} (step ${this.step})`);
     return true;
   }

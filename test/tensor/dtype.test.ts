@@ -112,8 +112,9 @@ test("`.to()` the same dtype and `.float()` keep the tensor in the graph", () =>
   assert.deepEqual(Array.from(x.grad!.data()), [1, 1, 1]);
 });
 
-test("only float32 tensors can require grad; int tensors say so", () => {
-  assert.throws(() => M.tensor([1], { dtype: "int32" }).requiresGrad_(), /only float32 tensors can require grad, this one is int32/);
+test("only floating tensors can require grad; int tensors say so, 16-bit floats may", () => {
+  assert.throws(() => M.tensor([1], { dtype: "int32" }).requiresGrad_(), /only floating tensors \(float32, bfloat16, float16\) can require grad, this one is int32/);
+  assert.equal(M.tensor([1]).to("bfloat16").requiresGrad_().requiresGrad, true);
   assert.throws(() => M.tensor([1], { dtype: "int32", requiresGrad: true }), /int32/);
 });
 

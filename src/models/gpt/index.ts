@@ -20,6 +20,6 @@ export class GPT extends GPTBase {
   }
 }
 
-export { type GPTConfig, type GPTOptions, type GPTOutput, type KVCache, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
+export { type GPTConfig, type GPTOptions, type GPTOutput, type KVCache, type ActivationCheckpointing, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
 export { readGPTConfig, hfConfig, gptToRecords, loadGPTWeights } from "./weights.js";
 export { generate, sampleToken, type GenerateOptions, type SampleOptions } from "./generate.js";

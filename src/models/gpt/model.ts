@@ -46,9 +46,16 @@ export interface GPTConfig {
 export interface GPTOptions {
   /** Seed for parameter initialisation; each parameter draws from its own stream. Default 1337. */
   seed?: number;
-  /** Recompute each block's activations in backward instead of storing them. Default false. */
-  activationCheckpointing?: boolean;
+  /**
+   * Activation recomputation in training: "full" (or true) keeps only each block's input and
+   * recomputes the block in backward; "selective" recomputes only the attention core
+   * (Korthikanti et al. 2022). Default false.
+   */
+  activationCheckpointing?: ActivationCheckpointing;
 }
+
+/** What is recomputed in backward instead of stored (see GPTOptions). */
+export type ActivationCheckpointing = boolean | "full" | "selective";
 
 /** Validates a config and fills defaults; errors name the bad field. */
 export function resolveGPTConfig(c: GPTConfig): Required<GPTConfig> {
@@ -177,7 +184,7 @@ export class GPT extends Module {
   readonly ln_f: LayerNorm;
   /** The LM head module (C -> V); null = tied to the token embedding, logits = h @ wte^T. */
   readonly lm_head: Projection | null = null;
-  activationCheckpointing: boolean;
+  activationCheckpointing: ActivationCheckpointing;
 
   constructor(config: GPTConfig, opts: GPTOptions = {}) {
     super();
@@ -220,9 +227,11 @@ export class GPT extends Module {
     let x = tok.add(pe);                                                      // (B, T, C)
     pos.dispose();
     if (this.config.dropout > 0) x = F.dropout(x, this.config.dropout, this.training);
-    const recompute = this.activationCheckpointing && this.training && ctx.kind === "causal";
+    const ac = this.training && ctx.kind === "causal" ? this.activationCheckpointing : false;
+    const full = ac === true || ac === "full";
+    const bctx: AttentionContext = ac === "selective" && ctx.kind === "causal" ? { ...ctx, recomputeCore: true } : ctx;
     for (const block of this.h) {
-      x = recompute ? checkpoint((h: Tensor) => block.forward(h, ctx), x) : block.forward(x, ctx);   // (B, T, C)
+      x = full ? checkpoint((h: Tensor) => block.forward(h, bctx), x) : block.forward(x, bctx);   // (B, T, C)
     }
     advanceContext(ctx, T);
     if (ctx.logitsRows) {
