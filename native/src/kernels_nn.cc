@@ -2,10 +2,12 @@
 // Each row is independent in forward; weight gradients reduce over rows through per-chunk
 // partial sums added in a fixed order (deterministic for a given thread count).
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <vector>
 
+#include "_dtype.h"
 #include "megalith.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -186,28 +188,36 @@ void rms_norm_backward(const float* x, const float* w, const float* rstd, const 
   });
 }
 
-// Returns the position of the first out-of-range index, or -1.
-i64 embedding_forward(const float* w, const int32_t* idx, float* out, i64 n, i64 dim, i64 V) {
+// Returns the position of the first out-of-range index, or -1. Rows are copied as bytes (w and
+// out share one dtype of esize bytes), so every dtype is exact.
+i64 embedding_forward(const void* w, const int32_t* idx, void* out, i64 n, i64 dim, i64 V, int esize) {
   for (i64 i = 0; i < n; i++)
     if (idx[i] < 0 || idx[i] >= V) return i;
+  const size_t row = static_cast<size_t>(dim) * esize;
   parallel_for(n, std::max<i64>(1, (1 << 14) / std::max<i64>(dim, 1)), [&](i64 lo, i64 hi) {
-    for (i64 i = lo; i < hi; i++) {
-      const float* src = w + static_cast<i64>(idx[i]) * dim;
-      float* dst = out + i * dim;
-      for (i64 j = 0; j < dim; j++) dst[j] = src[j];
-    }
+    for (i64 i = lo; i < hi; i++)
+      std::memcpy(static_cast<char*>(out) + i * row, static_cast<const char*>(w) + static_cast<i64>(idx[i]) * row, row);
   });
   return -1;
 }
 
 // gw[idx[i]] += gout[i]; threads split the embedding dimension so no two write the same float.
-void embedding_backward(const float* gout, const int32_t* idx, float* gw, i64 n, i64 dim) {
+// For 16-bit gw each addition rounds (as a bf16 index_add_ in PyTorch does).
+template <typename T>
+static void embedding_backward_t(const T* gout, const int32_t* idx, T* gw, i64 n, i64 dim) {
   parallel_for(dim, 16, [&](i64 lo, i64 hi) {
     for (i64 i = 0; i < n; i++) {
-      const float* src = gout + i * dim;
-      float* dst = gw + static_cast<i64>(idx[i]) * dim;
-      for (i64 j = lo; j < hi; j++) dst[j] += src[j];
+      const T* src = gout + i * dim;
+      T* dst = gw + static_cast<i64>(idx[i]) * dim;
+      for (i64 j = lo; j < hi; j++) store(&dst[j], load(dst[j]) + load(src[j]));
     }
+  });
+}
+
+void embedding_backward(const void* gout, const int32_t* idx, void* gw, i64 n, i64 dim, int dt) {
+  with_float_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    embedding_backward_t<T>(static_cast<const T*>(gout), idx, static_cast<T*>(gw), n, dim);
   });
 }
 
