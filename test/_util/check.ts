@@ -219,10 +219,14 @@ export function assertClose(actual: Values, expected: Values, opts: CloseOptions
 
 // ---- kernel sets and threads ------------------------------------------------------------------------
 
-export type KernelSet = "generic" | "avx512";
+export type KernelSet = "generic" | "avx2" | "avx512";
 
-/** The kernel builds this CPU can run: always generic, plus avx512 where available. */
-export const KERNEL_SETS: KernelSet[] = _native.cpuInfo().avx512 ? ["generic", "avx512"] : ["generic"];
+/** The kernel builds this CPU can run: always generic, plus avx2 and avx512 where available. */
+export const KERNEL_SETS: KernelSet[] = [
+  "generic",
+  ...(_native.cpuInfo().avx2 ? ["avx2" as const] : []),
+  ...(_native.cpuInfo().avx512 ? ["avx512" as const] : []),
+];
 
 /** Runs fn with the given kernel build, restoring the previous one. */
 export function withKernelSet<T>(ks: KernelSet, fn: () => T): T {
