@@ -94,7 +94,9 @@ void layer_norm_forward(const float* x, const float* w, const float* b, float* y
 }
 
 // Runs body(row_lo, row_hi, partial) over row chunks, each with its own zeroed partial buffer
-// of `width` floats, then adds the partials into `dst` (if non-null) in chunk order.
+// of `width` floats, then writes the sum of the partials, in chunk order, to `dst` (if non-null).
+// Weight gradients are written, not accumulated (the kernel table's contract; callers that
+// zeroed them first get the same bits).
 template <typename F>
 static void rows_with_partials(i64 rows, i64 cols, i64 width, float* dst, F body) {
   const i64 nt = num_threads();
@@ -106,6 +108,7 @@ static void rows_with_partials(i64 rows, i64 cols, i64 width, float* dst, F body
     if (lo < hi) body(lo, hi, partial.data() + c * width);
   });
   if (!dst) return;
+  for (i64 i = 0; i < width; i++) dst[i] = 0.0f;
   for (i64 c = 0; c < chunks; c++) {
     const float* p = partial.data() + c * width;
     for (i64 i = 0; i < width; i++) dst[i] += p[i];
@@ -143,8 +146,8 @@ void layer_norm_backward(const float* x, const float* w, const float* mean, cons
       }
     }
   });
-  if (gw) for (i64 i = 0; i < cols; i++) gw[i] += acc[i];
-  if (gb) for (i64 i = 0; i < cols; i++) gb[i] += acc[cols + i];
+  if (gw) for (i64 i = 0; i < cols; i++) gw[i] = acc[i];
+  if (gb) for (i64 i = 0; i < cols; i++) gb[i] = acc[cols + i];
 }
 
 void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, i64 rows, i64 cols, float eps) {
