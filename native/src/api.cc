@@ -223,6 +223,9 @@ void topk(void* x, void* vals, void* idx, int64_t rows, int64_t cols, int64_t k,
   KERNEL(topk)(x, vals, as<int32_t>(idx), rows, cols, k, largest, dt);
 }
 
+// Staged route for the row kernels (softmax, norms, cross-entropy): float32 inside, 16-bit
+// operands converted on the way in and rounded on the way out. Templating them like the
+// elementwise family (one load/store per element, no scratch) is the next step for speed.
 void softmaxForward(void* x, void* y, int64_t rows, int64_t cols, bool log, int dt, int odt) {
   require("softmaxForward", "dtype", dt, kFloatTypes);
   require("softmaxForward", "outDtype", odt, kFloatTypes);
@@ -308,8 +311,7 @@ void adamw(void* p, void* g, void* m, void* v, int64_t n, double lr, double b1, 
                 static_cast<float>(bc2), static_cast<float>(gs), dt, gdt);
 }
 
-// Staged route (row kernels and attention): correct, float32 inside; a native template of
-// these is the next step for speed. The flash kernels' inner loops are float32 panels; q, k, v are read many times.
+// Staged route for attention: the flash kernels' inner loops are float32 panels; q, k, v are read many times.
 void attentionForward(void* q, void* k, void* v, void* o, void* lse, int64_t BH, int64_t T, int64_t S, int64_t D,
                       double scale, bool causal, int dt) {
   require("attentionForward", "dtype", dt, kFloatTypes);

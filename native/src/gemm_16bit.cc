@@ -133,17 +133,20 @@ Dnnl::Entry& dnnl_entry(Dnnl& st, int odt, bool ta, bool tb, i64 M, i64 N, i64 K
   return *(st.cache[key] = std::move(e));
 }
 
-bool g_dnnl_bf16 = [] {
-  // oneDNN has real bf16 matmul kernels on AVX-512 (native with AVX512_BF16, emulated without);
-  // decide once from a probe shape rather than trusting feature bits.
-  try {
-    Dnnl& st = dnnl_state();
-    std::lock_guard<std::mutex> lk(st.mu);
-    return dnnl_entry(st, kF32, false, false, 64, 64, 64, 1.0f, 64, 4096, 64, 4096, 0.0f, 64, 4096, 1).usable;
-  } catch (...) {
-    return false;
-  }
-}();
+// oneDNN has real bf16 matmul kernels on AVX-512 (native with AVX512_BF16, emulated without);
+// decide once, on first use, from a probe shape rather than trusting feature bits.
+bool dnnl_bf16_usable() {
+  static const bool usable = [] {
+    try {
+      Dnnl& st = dnnl_state();
+      std::lock_guard<std::mutex> lk(st.mu);
+      return dnnl_entry(st, kF32, false, false, 64, 64, 64, 1.0f, 64, 4096, 64, 4096, 0.0f, 64, 4096, 1).usable;
+    } catch (...) {
+      return false;
+    }
+  }();
+  return usable;
+}
 
 #endif  // MG_HAVE_DNNL
 
@@ -151,7 +154,7 @@ bool g_dnnl_bf16 = [] {
 
 const char* gemm_bf16_backend() {
 #ifdef MG_HAVE_DNNL
-  return g_dnnl_bf16 ? "onednn" : "fallback";
+  return dnnl_bf16_usable() ? "onednn" : "fallback";
 #else
   return "fallback";
 #endif
@@ -161,7 +164,7 @@ void gemm_16(int dt, int odt, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha
              const void* B, i64 ldb, i64 sb, float beta, void* C, i64 ldc, i64 sc, i64 batch) {
   if (M <= 0 || N <= 0 || batch <= 0) return;
 #ifdef MG_HAVE_DNNL
-  if (dt == kBF16 && g_dnnl_bf16 && K > 0) {
+  if (dt == kBF16 && K > 0 && dnnl_bf16_usable()) {
     Dnnl& st = dnnl_state();
     std::lock_guard<std::mutex> lk(st.mu);
     Dnnl::Entry& e = dnnl_entry(st, odt, ta, tb, M, N, K, alpha, lda, sa, ldb, sb, beta, ldc, sc, batch);
