@@ -4,8 +4,9 @@
 // float32 calls go straight to the kernels. 16-bit float calls (bfloat16, float16) take one of
 // two routes, named at each kernel:
 //  - native: the kernel is a template over the storage type (loads convert to float32, stores
-//    round to nearest even) - elementwise, where, reductions, cumsum, topk, AdamW, embedding,
-//    KV-cache write, paged attention; bf16 GEMM goes to oneDNN (gemm_bf16.cc);
+//    round to nearest even) - elementwise, where, reductions, cumsum, topk, softmax,
+//    cross-entropy, AdamW, embedding, KV-cache write, paged attention; bf16 GEMM goes to
+//    oneDNN (gemm_16bit.cc);
 //  - staged: the 16-bit operands are converted to float32 scratch (Staged below), the float32
 //    kernel runs, and the outputs are rounded back. Same numbers as a native template (all
 //    accumulation is float32 either way), at the price of the extra passes and scratch memory.
@@ -223,22 +224,20 @@ void topk(void* x, void* vals, void* idx, int64_t rows, int64_t cols, int64_t k,
   KERNEL(topk)(x, vals, as<int32_t>(idx), rows, cols, k, largest, dt);
 }
 
-// Staged route for the row kernels (softmax, norms, cross-entropy): float32 inside, 16-bit
+// Softmax and cross-entropy are native (per-row float32 buffers inside the kernel).
+// Staged route for the norms: float32 inside, 16-bit
 // operands converted on the way in and rounded on the way out. Templating them like the
 // elementwise family (one load/store per element, no scratch) is the next step for speed.
 void softmaxForward(void* x, void* y, int64_t rows, int64_t cols, bool log, int dt, int odt) {
   require("softmaxForward", "dtype", dt, kFloatTypes);
   require("softmaxForward", "outDtype", odt, kFloatTypes);
-  Staged x32(x, dt, rows * cols, Staged::kIn), y32(y, odt, rows * cols, Staged::kOut);
-  KERNEL(softmax_forward)(x32, y32, rows, cols, log);
+  KERNEL(softmax_forward)(x, y, rows, cols, log, dt, odt);
 }
 
 void softmaxBackward(void* y, void* gy, void* gx, int64_t rows, int64_t cols, bool log, int dt, int gdt) {
   require("softmaxBackward", "dtype", dt, kFloatTypes);
   require("softmaxBackward", "gradDtype", gdt, kFloatTypes);
-  Staged y32(y, dt, rows * cols, Staged::kIn), gy32(gy, gdt, rows * cols, Staged::kIn);
-  Staged gx32(gx, gdt, rows * cols, Staged::kOut);
-  KERNEL(softmax_backward)(y32, gy32, gx32, rows, cols, log);
+  KERNEL(softmax_backward)(y, gy, gx, rows, cols, log, dt, gdt);
 }
 
 void layerNormForward(void* x, void* w, void* b, void* y, void* mean, void* rstd, int64_t rows, int64_t cols,
@@ -288,18 +287,16 @@ void embeddingBackward(void* gout, void* idx, void* gw, int64_t n, int64_t dim, 
 int64_t crossEntropyForward(void* logits, void* targets, void* loss, void* lse, int64_t rows, int64_t vocab,
                             int64_t ignoreIndex, double smoothing, int dt) {
   require("crossEntropyForward", "dtype", dt, kFloatTypes);
-  Staged l32(logits, dt, rows * vocab, Staged::kIn);
-  return KERNEL(cross_entropy_forward)(l32, as<const int32_t>(targets), as<float>(loss), as<float>(lse), rows, vocab,
-                                       static_cast<int32_t>(ignoreIndex), static_cast<float>(smoothing));
+  return KERNEL(cross_entropy_forward)(logits, as<const int32_t>(targets), as<float>(loss), as<float>(lse), rows, vocab,
+                                       static_cast<int32_t>(ignoreIndex), static_cast<float>(smoothing), dt);
 }
 
 void crossEntropyBackward(void* logits, void* targets, void* lse, void* gradRows, double gradScale, void* glogits,
                           int64_t rows, int64_t vocab, int64_t ignoreIndex, double smoothing, int dt) {
   require("crossEntropyBackward", "dtype", dt, kFloatTypes);
-  Staged l32(logits, dt, rows * vocab, Staged::kIn), g32(glogits, dt, rows * vocab, Staged::kOut);
-  KERNEL(cross_entropy_backward)(l32, as<const int32_t>(targets), as<const float>(lse), as<const float>(gradRows),
-                                 static_cast<float>(gradScale), g32, rows, vocab,
-                                 static_cast<int32_t>(ignoreIndex), static_cast<float>(smoothing));
+  KERNEL(cross_entropy_backward)(logits, as<const int32_t>(targets), as<const float>(lse), as<const float>(gradRows),
+                                 static_cast<float>(gradScale), glogits, rows, vocab,
+                                 static_cast<int32_t>(ignoreIndex), static_cast<float>(smoothing), dt);
 }
 
 void adamw(void* p, void* g, void* m, void* v, int64_t n, double lr, double b1, double b2, double eps, double wd,

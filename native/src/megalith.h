@@ -104,8 +104,9 @@ void cast_serial(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
   void reduce(int op, const void* x, void* out, i64 A, i64 R, i64 B, float scale, int dt, int odt); \
   void arg_reduce(int op, const void* x, void* vals, int32_t* idx, i64 A, i64 R, i64 B, int dt);    \
   void cumsum(const void* x, void* y, i64 A, i64 R, i64 B, bool reverse, int dt);                   \
-  void softmax_forward(const float* x, float* y, i64 rows, i64 cols, bool log);                     \
-  void softmax_backward(const float* y, const float* gy, float* gx, i64 rows, i64 cols, bool log);  \
+  void softmax_forward(const void* x, void* y, i64 rows, i64 cols, bool log, int dt, int odt);     \
+  void softmax_backward(const void* y, const void* gy, void* gx, i64 rows, i64 cols, bool log,      \
+                        int dt, int gdt);                                                          \
   void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,   \
                           float* rstd, i64 rows, i64 cols, float eps);                             \
   void layer_norm_backward(const float* x, const float* w, const float* mean, const float* rstd,   \
@@ -117,11 +118,11 @@ void cast_serial(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
   i64 embedding_forward(const void* w, const int32_t* idx, void* out, i64 n, i64 dim, i64 V,        \
                         int esize);                                                                \
   void embedding_backward(const void* gout, const int32_t* idx, void* gw, i64 n, i64 dim, int dt);  \
-  i64 cross_entropy_forward(const float* logits, const int32_t* tgt, float* loss, float* lse,       \
-                            i64 rows, i64 V, int32_t ignore_index, float smoothing);                \
-  void cross_entropy_backward(const float* logits, const int32_t* tgt, const float* lse,            \
-                              const float* grow, float gscale, float* glogits, i64 rows, i64 V,    \
-                              int32_t ignore_index, float smoothing);                              \
+  i64 cross_entropy_forward(const void* logits, const int32_t* tgt, float* loss, float* lse,        \
+                            i64 rows, i64 V, int32_t ignore_index, float smoothing, int dt);        \
+  void cross_entropy_backward(const void* logits, const int32_t* tgt, const float* lse,             \
+                              const float* grow, float gscale, void* glogits, i64 rows, i64 V,     \
+                              int32_t ignore_index, float smoothing, int dt);                      \
   void adamw(void* p, const void* g, float* m, float* v, i64 n, float lr, float b1, float b2,       \
              float eps, float wd, float bc1, float bc2, float gscale, int dt, int gdt);             \
   void topk(const void* x, void* vals, int32_t* idx, i64 rows, i64 cols, i64 k, bool largest,       \
