@@ -3,62 +3,14 @@
 #include <cmath>
 #include <cstring>
 
+#include "_dtype.h"
 #include "megalith.h"
 
 namespace mg {
 namespace {
 
-inline uint16_t f32_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if (std::isnan(f)) return 0x7FC0;
-  uint32_t rounding = 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>((u + rounding) >> 16);
-}
-
-inline float bf16_to_f32(uint16_t h) {
-  uint32_t u = static_cast<uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline float f16_to_f32(uint16_t h) {
-  uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-  uint32_t u;
-  if (exp == 0) {
-    if (mant == 0) u = sign;
-    else {  // subnormal
-      float f = std::ldexp(static_cast<float>(mant), -24);
-      std::memcpy(&u, &f, 4);
-      u |= sign;
-    }
-  } else if (exp == 31) u = sign | 0x7F800000u | (mant << 13);
-  else u = sign | ((exp + 112) << 23) | (mant << 13);
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-inline uint16_t f32_to_f16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000u;
-  float a = std::fabs(f);
-  if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7E00);
-  if (a >= 65520.0f) return static_cast<uint16_t>(sign | 0x7C00);
-  if (a < 6.103515625e-05f) {  // subnormal half: round to nearest even via rint
-    return static_cast<uint16_t>(sign | static_cast<uint32_t>(std::nearbyint(a * 16777216.0f)));
-  }
-  uint32_t e = ((u >> 23) & 0xFF) - 112, m = u & 0x7FFFFF;
-  uint32_t h = (e << 10) | (m >> 13);
-  uint32_t rest = m & 0x1FFF;
-  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
-  return static_cast<uint16_t>(sign | h);
-}
-
 template <typename T>
-inline double load(const void* p, i64 i) { return static_cast<double>(static_cast<const T*>(p)[i]); }
+inline double load_as_double(const void* p, i64 i) { return static_cast<double>(static_cast<const T*>(p)[i]); }
 
 }  // namespace
 
@@ -71,12 +23,7 @@ int dtype_size(int dt) {
   }
 }
 
-void cast(int sdt, const void* src, int ddt, void* dst, i64 n) {
-  if (sdt == ddt) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(sdt));
-    return;
-  }
-  parallel_for(n, 1 << 16, [&](i64 b, i64 e) {
+static void cast_range(int sdt, const void* src, int ddt, void* dst, i64 b, i64 e) {
     for (i64 i = b; i < e; i++) {
       float f;
       switch (sdt) {
@@ -84,7 +31,7 @@ void cast(int sdt, const void* src, int ddt, void* dst, i64 n) {
         case kBF16: f = bf16_to_f32(static_cast<const uint16_t*>(src)[i]); break;
         case kF16: f = f16_to_f32(static_cast<const uint16_t*>(src)[i]); break;
         case kI32: {  // integers go through double so int32 -> int32-like paths stay exact
-          double d = load<int32_t>(src, i);
+          double d = load_as_double<int32_t>(src, i);
           if (ddt == kI8) { static_cast<int8_t*>(dst)[i] = static_cast<int8_t>(static_cast<int32_t>(d)); continue; }
           if (ddt == kU8) { static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(static_cast<int32_t>(d)); continue; }
           f = static_cast<float>(d);
@@ -104,7 +51,19 @@ void cast(int sdt, const void* src, int ddt, void* dst, i64 n) {
         case kU8: static_cast<uint8_t*>(dst)[i] = static_cast<uint8_t>(static_cast<int32_t>(f)); break;
       }
     }
-  });
+}
+
+void cast(int sdt, const void* src, int ddt, void* dst, i64 n) {
+  if (sdt == ddt) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(sdt));
+    return;
+  }
+  parallel_for(n, 1 << 16, [&](i64 b, i64 e) { cast_range(sdt, src, ddt, dst, b, e); });
+}
+
+void cast_serial(int sdt, const void* src, int ddt, void* dst, i64 n) {
+  if (sdt == ddt) std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(sdt));
+  else cast_range(sdt, src, ddt, dst, 0, n);
 }
 
 }  // namespace mg

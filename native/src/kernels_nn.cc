@@ -2,10 +2,13 @@
 // Each row is independent in forward; weight gradients reduce over rows through per-chunk
 // partial sums added in a fixed order (deterministic for a given thread count).
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
+#include "_dtype.h"
 #include "megalith.h"
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -30,11 +33,45 @@ static inline float row_max(const float* x, i64 n) {
   return m;
 }
 
-void softmax_forward(const float* x, float* y, i64 rows, i64 cols, bool log) {
+// Rows in a 16-bit dtype are converted into a float32 row buffer (in cache) on the way in and
+// rounded from one on the way out; float32 rows are used in place, so the float32
+// instantiations are the plain float kernels.
+template <typename T>
+static inline const float* row_in(const T* p, i64 n, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)n; (void)buf;
+    return p;
+  } else {
+    buf.resize(n);
+    for (i64 i = 0; i < n; i++) buf[i] = load(p[i]);
+    return buf.data();
+  }
+}
+
+template <typename T>
+static inline float* row_out(T* p, i64 n, std::vector<float>& buf) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)n; (void)buf;
+    return p;
+  } else {
+    buf.resize(n);
+    return buf.data();
+  }
+}
+
+template <typename T>
+static inline void row_flush(T* p, i64 n, const std::vector<float>& buf) {
+  if constexpr (!std::is_same_v<T, float>) for (i64 i = 0; i < n; i++) store(&p[i], buf[i]);
+  else { (void)p; (void)n; (void)buf; }
+}
+
+template <typename T, typename O>
+static void softmax_forward_t(const T* x, O* y, i64 rows, i64 cols, bool log) {
   parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    std::vector<float> bin, bout;
     for (i64 r = lo; r < hi; r++) {
-      const float* p = x + r * cols;
-      float* q = y + r * cols;
+      const float* p = row_in(x + r * cols, cols, bin);
+      float* q = row_out(y + r * cols, cols, bout);
       float m = row_max(p, cols);
       if (m == -std::numeric_limits<float>::infinity()) m = 0.0f;  // fully masked row
       float s = 0.0f;
@@ -47,16 +84,30 @@ void softmax_forward(const float* x, float* y, i64 rows, i64 cols, bool log) {
         float inv = 1.0f / s;
         for (i64 i = 0; i < cols; i++) q[i] *= inv;
       }
+      row_flush(y + r * cols, cols, bout);
     }
   });
 }
 
-void softmax_backward(const float* y, const float* gy, float* gx, i64 rows, i64 cols, bool log) {
+void softmax_forward(const void* x, void* y, i64 rows, i64 cols, bool log, int dt, int odt) {
+  with_float_type(dt, [&](auto t) {
+    with_float_type(odt, [&](auto o) {
+      using T = decltype(t);
+      using O = decltype(o);
+      softmax_forward_t<T, O>(static_cast<const T*>(x), static_cast<O*>(y), rows, cols, log);
+    });
+  });
+}
+
+// y in Y (the forward's output dtype), gy and gx in G.
+template <typename Y, typename G>
+static void softmax_backward_t(const Y* y, const G* gy, G* gx, i64 rows, i64 cols, bool log) {
   parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    std::vector<float> by, bg, bout;
     for (i64 r = lo; r < hi; r++) {
-      const float* py = y + r * cols;
-      const float* pg = gy + r * cols;
-      float* q = gx + r * cols;
+      const float* py = row_in(y + r * cols, cols, by);
+      const float* pg = row_in(gy + r * cols, cols, bg);
+      float* q = row_out(gx + r * cols, cols, bout);
       if (log) {
         float s = 0.0f;
         for (i64 i = 0; i < cols; i++) s += pg[i];
@@ -66,7 +117,18 @@ void softmax_backward(const float* y, const float* gy, float* gx, i64 rows, i64 
         for (i64 i = 0; i < cols; i++) s += pg[i] * py[i];
         for (i64 i = 0; i < cols; i++) q[i] = py[i] * (pg[i] - s);
       }
+      row_flush(gx + r * cols, cols, bout);
     }
+  });
+}
+
+void softmax_backward(const void* y, const void* gy, void* gx, i64 rows, i64 cols, bool log, int dt, int gdt) {
+  with_float_type(dt, [&](auto t) {
+    with_float_type(gdt, [&](auto g) {
+      using Y = decltype(t);
+      using G = decltype(g);
+      softmax_backward_t<Y, G>(static_cast<const Y*>(y), static_cast<const G*>(gy), static_cast<G*>(gx), rows, cols, log);
+    });
   });
 }
 
@@ -92,7 +154,9 @@ void layer_norm_forward(const float* x, const float* w, const float* b, float* y
 }
 
 // Runs body(row_lo, row_hi, partial) over row chunks, each with its own zeroed partial buffer
-// of `width` floats, then adds the partials into `dst` (if non-null) in chunk order.
+// of `width` floats, then writes the sum of the partials, in chunk order, to `dst` (if non-null).
+// Weight gradients are written, not accumulated (the kernel table's contract; callers that
+// zeroed them first get the same bits).
 template <typename F>
 static void rows_with_partials(i64 rows, i64 cols, i64 width, float* dst, F body) {
   const i64 nt = num_threads();
@@ -104,6 +168,7 @@ static void rows_with_partials(i64 rows, i64 cols, i64 width, float* dst, F body
     if (lo < hi) body(lo, hi, partial.data() + c * width);
   });
   if (!dst) return;
+  for (i64 i = 0; i < width; i++) dst[i] = 0.0f;
   for (i64 c = 0; c < chunks; c++) {
     const float* p = partial.data() + c * width;
     for (i64 i = 0; i < width; i++) dst[i] += p[i];
@@ -141,8 +206,8 @@ void layer_norm_backward(const float* x, const float* w, const float* mean, cons
       }
     }
   });
-  if (gw) for (i64 i = 0; i < cols; i++) gw[i] += acc[i];
-  if (gb) for (i64 i = 0; i < cols; i++) gb[i] += acc[cols + i];
+  if (gw) for (i64 i = 0; i < cols; i++) gw[i] = acc[i];
+  if (gb) for (i64 i = 0; i < cols; i++) gb[i] = acc[cols + i];
 }
 
 void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, i64 rows, i64 cols, float eps) {
@@ -186,41 +251,51 @@ void rms_norm_backward(const float* x, const float* w, const float* rstd, const 
   });
 }
 
-// Returns the position of the first out-of-range index, or -1.
-i64 embedding_forward(const float* w, const int32_t* idx, float* out, i64 n, i64 dim, i64 V) {
+// Returns the position of the first out-of-range index, or -1. Rows are copied as bytes (w and
+// out share one dtype of esize bytes), so every dtype is exact.
+i64 embedding_forward(const void* w, const int32_t* idx, void* out, i64 n, i64 dim, i64 V, int esize) {
   for (i64 i = 0; i < n; i++)
     if (idx[i] < 0 || idx[i] >= V) return i;
+  const size_t row = static_cast<size_t>(dim) * esize;
   parallel_for(n, std::max<i64>(1, (1 << 14) / std::max<i64>(dim, 1)), [&](i64 lo, i64 hi) {
-    for (i64 i = lo; i < hi; i++) {
-      const float* src = w + static_cast<i64>(idx[i]) * dim;
-      float* dst = out + i * dim;
-      for (i64 j = 0; j < dim; j++) dst[j] = src[j];
-    }
+    for (i64 i = lo; i < hi; i++)
+      std::memcpy(static_cast<char*>(out) + i * row, static_cast<const char*>(w) + static_cast<i64>(idx[i]) * row, row);
   });
   return -1;
 }
 
 // gw[idx[i]] += gout[i]; threads split the embedding dimension so no two write the same float.
-void embedding_backward(const float* gout, const int32_t* idx, float* gw, i64 n, i64 dim) {
+// For 16-bit gw each addition rounds (as a bf16 index_add_ in PyTorch does).
+template <typename T>
+static void embedding_backward_t(const T* gout, const int32_t* idx, T* gw, i64 n, i64 dim) {
   parallel_for(dim, 16, [&](i64 lo, i64 hi) {
     for (i64 i = 0; i < n; i++) {
-      const float* src = gout + i * dim;
-      float* dst = gw + static_cast<i64>(idx[i]) * dim;
-      for (i64 j = lo; j < hi; j++) dst[j] += src[j];
+      const T* src = gout + i * dim;
+      T* dst = gw + static_cast<i64>(idx[i]) * dim;
+      for (i64 j = lo; j < hi; j++) store(&dst[j], load(dst[j]) + load(src[j]));
     }
+  });
+}
+
+void embedding_backward(const void* gout, const int32_t* idx, void* gw, i64 n, i64 dim, int dt) {
+  with_float_type(dt, [&](auto tag) {
+    using T = decltype(tag);
+    embedding_backward_t<T>(static_cast<const T*>(gout), idx, static_cast<T*>(gw), n, dim);
   });
 }
 
 // Per-row loss = lse - x[target] (with label smoothing s: (1-s)(lse - x_t) + s(lse - mean x)).
 // Rows whose target is ignore_index get loss 0. Returns the first invalid target row, or -1.
-i64 cross_entropy_forward(const float* logits, const int32_t* tgt, float* loss, float* lse, i64 rows, i64 V,
-                          int32_t ignore_index, float smoothing) {
+template <typename T>
+static i64 cross_entropy_forward_t(const T* logits, const int32_t* tgt, float* loss, float* lse, i64 rows, i64 V,
+                                   int32_t ignore_index, float smoothing) {
   for (i64 r = 0; r < rows; r++)
     if (tgt[r] != ignore_index && (tgt[r] < 0 || tgt[r] >= V)) return r;
   parallel_for(rows, row_grain(V), [&](i64 lo, i64 hi) {
+    std::vector<float> bin;
     for (i64 r = lo; r < hi; r++) {
       if (tgt[r] == ignore_index) { loss[r] = 0.0f; lse[r] = 0.0f; continue; }
-      const float* p = logits + r * V;
+      const float* p = row_in(logits + r * V, V, bin);
       float m = row_max(p, V);
       float s = 0.0f;
       for (i64 i = 0; i < V; i++) s += expf(p[i] - m);
@@ -239,20 +314,44 @@ i64 cross_entropy_forward(const float* logits, const int32_t* tgt, float* loss, 
   return -1;
 }
 
+i64 cross_entropy_forward(const void* logits, const int32_t* tgt, float* loss, float* lse, i64 rows, i64 V,
+                          int32_t ignore_index, float smoothing, int dt) {
+  return with_float_type(dt, [&](auto t) {
+    using T = decltype(t);
+    return cross_entropy_forward_t<T>(static_cast<const T*>(logits), tgt, loss, lse, rows, V, ignore_index, smoothing);
+  });
+}
+
 // glogits = (softmax - (1-s) onehot - s/V) * scale_r, with scale_r = grow[r] or gscale.
-void cross_entropy_backward(const float* logits, const int32_t* tgt, const float* lse, const float* grow, float gscale,
-                            float* glogits, i64 rows, i64 V, int32_t ignore_index, float smoothing) {
+template <typename T>
+static void cross_entropy_backward_t(const T* logits, const int32_t* tgt, const float* lse, const float* grow,
+                                     float gscale, T* glogits, i64 rows, i64 V, int32_t ignore_index, float smoothing) {
   parallel_for(rows, row_grain(V), [&](i64 lo, i64 hi) {
+    std::vector<float> bin, bout;
     for (i64 r = lo; r < hi; r++) {
-      float* q = glogits + r * V;
-      if (tgt[r] == ignore_index) { for (i64 i = 0; i < V; i++) q[i] = 0.0f; continue; }
-      const float* p = logits + r * V;
+      float* q = row_out(glogits + r * V, V, bout);
+      if (tgt[r] == ignore_index) {
+        for (i64 i = 0; i < V; i++) q[i] = 0.0f;
+        row_flush(glogits + r * V, V, bout);
+        continue;
+      }
+      const float* p = row_in(logits + r * V, V, bin);
       float sc = grow ? grow[r] : gscale;
       float l = lse[r];
       float off = smoothing / V;
       for (i64 i = 0; i < V; i++) q[i] = (expf(p[i] - l) - off) * sc;
       q[tgt[r]] -= (1.0f - smoothing) * sc;
+      row_flush(glogits + r * V, V, bout);
     }
+  });
+}
+
+void cross_entropy_backward(const void* logits, const int32_t* tgt, const float* lse, const float* grow, float gscale,
+                            void* glogits, i64 rows, i64 V, int32_t ignore_index, float smoothing, int dt) {
+  with_float_type(dt, [&](auto t) {
+    using T = decltype(t);
+    cross_entropy_backward_t<T>(static_cast<const T*>(logits), tgt, lse, grow, gscale, static_cast<T*>(glogits), rows, V,
+                                ignore_index, smoothing);
   });
 }
 

@@ -3,16 +3,34 @@
 // The core knows buffers and kernels, never autograd or models. Every kernel takes raw
 // pointers plus sizes; shapes, dtypes and policy live in TypeScript. Kernels that exist in an
 // AVX-512 and a generic build are declared once per namespace (KNS = avx512 | generic) and
-// chosen at run time by the addon.
+// chosen at run time (api.cc). The op and dtype enums and the mg::api declarations are
+// generated from src/backend/kernels.ts into _kernels.gen.inc.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace mg {
 
 using i64 = int64_t;
 constexpr int kMaxDimsPublic = 12;  // most dimensions a strided kernel accepts
+
+// A small array of dimensions or strides, as unpacked from a JS array ("dims" arguments).
+struct Dims {
+  i64 v[kMaxDimsPublic] = {};
+  int n = 0;
+  const i64* data() const { return v; }
+  int size() const { return n; }
+};
+
+}  // namespace mg
+
+#define MG_GEN_ENUMS
+#define MG_GEN_API
+#include "_kernels.gen.inc"
+
+namespace mg {
 
 // ---- thread pool (pool.cc) -------------------------------------------------------------------
 // One shared pool for every kernel (OpenBLAS itself runs single-threaded inside pool tasks),
@@ -46,40 +64,49 @@ void gemm_f32(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A
 // The same call on one thread (used inside other kernels' pool tasks).
 void gemm_f32_serial(bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const float* A, i64 lda,
                      const float* B, i64 ldb, float beta, float* C, i64 ldc);
+// The same call with A, B in a 16-bit float dtype (dt) and C in odt (dt or float32): oneDNN's
+// bf16 matmul where available, else float32 panels + sgemm (gemm_16bit.cc).
+void gemm_16(int dt, int odt, bool ta, bool tb, i64 M, i64 N, i64 K, float alpha, const void* A, i64 lda,
+             i64 sa, const void* B, i64 ldb, i64 sb, float beta, void* C, i64 ldc, i64 sc, i64 batch);
+// "onednn" when bf16 GEMM runs on oneDNN on this machine, else "fallback".
+const char* gemm_bf16_backend();
 
 // ---- random (random.cc) ---------------------------------------------------------------------
 // Counter-based Philox4x32-10: value i of a stream depends only on (seed, offset + i).
-enum RandomKind { kUniform = 0, kNormal = 1 };
 void random_f32(int kind, uint64_t seed, uint64_t offset, float* out, i64 n, float a, float b);
 // Dropout: y = x * keep / (1 - p), keep drawn from (seed, offset + i); regenerated in backward.
 void dropout_f32(uint64_t seed, uint64_t offset, float p, const float* x, float* y, i64 n);
 
 // ---- casts (cast.cc) ------------------------------------------------------------------------
-enum DType { kF32 = 0, kBF16 = 1, kI32 = 2, kI8 = 3, kU8 = 4, kF16 = 5 };
 int dtype_size(int dt);
 void cast(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
+// The same on the calling thread (inside other kernels' pool tasks).
+void cast_serial(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
 
 }  // namespace mg
 
 // ---- kernels compiled per instruction set ---------------------------------------------------
+// Kernels whose arguments are `void*` plus dtype codes are templates over the storage type
+// inside (see _dtype.h); the rest compute in float32 (api.cc stages 16-bit operands for them).
 #define MG_DECLARE_KERNELS(NS)                                                                     \
   namespace NS {                                                                                   \
   using mg::i64;                                                                                   \
   void fill(int esize, void* dst, i64 n, double value, int dtype);                                  \
   void copy_strided(int esize, const void* src, const i64* sstr, void* dst, const i64* dstr,       \
                     const i64* shape, int ndim);                                                   \
-  void binary(int op, const float* a, const i64* astr, const float* b, const i64* bstr, float* out, \
-              const i64* shape, int ndim);                                                         \
-  void unary(int op, const float* x, float* y, i64 n, float a, float b);                            \
-  void unary_backward(int op, const float* x, const float* y, const float* gy, float* gx, i64 n,    \
-                      float a, float b);                                                           \
-  void where(const float* c, const i64* cstr, const float* a, const i64* astr, const float* b,      \
-             const i64* bstr, float* out, const i64* shape, int ndim);                             \
-  void reduce(int op, const float* x, float* out, i64 A, i64 R, i64 B, float scale);                \
-  void arg_reduce(int op, const float* x, float* vals, int32_t* idx, i64 A, i64 R, i64 B);          \
-  void cumsum(const float* x, float* y, i64 A, i64 R, i64 B, bool reverse);                         \
-  void softmax_forward(const float* x, float* y, i64 rows, i64 cols, bool log);                     \
-  void softmax_backward(const float* y, const float* gy, float* gx, i64 rows, i64 cols, bool log);  \
+  void binary(int op, const void* a, const i64* astr, const void* b, const i64* bstr, void* out,   \
+              const i64* shape, int ndim, int dt);                                                 \
+  void unary(int op, const void* x, void* y, i64 n, float a, float b, int dt);                      \
+  void unary_backward(int op, const void* x, const void* y, const void* gy, void* gx, i64 n,       \
+                      float a, float b, int dt);                                                   \
+  void where(const float* c, const i64* cstr, const void* a, const i64* astr, const void* b,        \
+             const i64* bstr, void* out, const i64* shape, int ndim, int dt);                      \
+  void reduce(int op, const void* x, void* out, i64 A, i64 R, i64 B, float scale, int dt, int odt); \
+  void arg_reduce(int op, const void* x, void* vals, int32_t* idx, i64 A, i64 R, i64 B, int dt);    \
+  void cumsum(const void* x, void* y, i64 A, i64 R, i64 B, bool reverse, int dt);                   \
+  void softmax_forward(const void* x, void* y, i64 rows, i64 cols, bool log, int dt, int odt);     \
+  void softmax_backward(const void* y, const void* gy, void* gx, i64 rows, i64 cols, bool log,      \
+                        int dt, int gdt);                                                          \
   void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,   \
                           float* rstd, i64 rows, i64 cols, float eps);                             \
   void layer_norm_backward(const float* x, const float* w, const float* mean, const float* rstd,   \
@@ -88,43 +115,53 @@ void cast(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
                         float eps);                                                                \
   void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* gy,       \
                          float* gx, float* gw, i64 rows, i64 cols);                                \
-  i64 embedding_forward(const float* w, const int32_t* idx, float* out, i64 n, i64 dim, i64 V);     \
-  void embedding_backward(const float* gout, const int32_t* idx, float* gw, i64 n, i64 dim);        \
-  i64 cross_entropy_forward(const float* logits, const int32_t* tgt, float* loss, float* lse,       \
-                            i64 rows, i64 V, int32_t ignore_index, float smoothing);                \
-  void cross_entropy_backward(const float* logits, const int32_t* tgt, const float* lse,            \
-                              const float* grow, float gscale, float* glogits, i64 rows, i64 V,    \
-                              int32_t ignore_index, float smoothing);                              \
-  void adamw(float* p, const float* g, float* m, float* v, i64 n, float lr, float b1, float b2,     \
-             float eps, float wd, float bc1, float bc2, float gscale);                              \
-  void topk(const float* x, float* vals, int32_t* idx, i64 rows, i64 cols, i64 k, bool largest);    \
+  i64 embedding_forward(const void* w, const int32_t* idx, void* out, i64 n, i64 dim, i64 V,        \
+                        int esize);                                                                \
+  void embedding_backward(const void* gout, const int32_t* idx, void* gw, i64 n, i64 dim, int dt);  \
+  i64 cross_entropy_forward(const void* logits, const int32_t* tgt, float* loss, float* lse,        \
+                            i64 rows, i64 V, int32_t ignore_index, float smoothing, int dt);        \
+  void cross_entropy_backward(const void* logits, const int32_t* tgt, const float* lse,             \
+                              const float* grow, float gscale, void* glogits, i64 rows, i64 V,     \
+                              int32_t ignore_index, float smoothing, int dt);                      \
+  void adamw(void* p, const void* g, float* m, float* v, i64 n, float lr, float b1, float b2,       \
+             float eps, float wd, float bc1, float bc2, float gscale, int dt, int gdt);             \
+  void topk(const void* x, void* vals, int32_t* idx, i64 rows, i64 cols, i64 k, bool largest,       \
+            int dt);                                                                               \
   void attention_forward(const float* q, const float* k, const float* v, float* o, float* lse,     \
                          i64 BH, i64 T, i64 S, i64 D, float scale, bool causal);                   \
   void attention_backward(const float* q, const float* k, const float* v, const float* o,          \
                           const float* go, const float* lse, float* gq, float* gk, float* gv,      \
                           i64 BH, i64 T, i64 S, i64 D, float scale, bool causal);                  \
-  void kv_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,              \
-                      const int32_t* slots, i64 n, i64 row);                                       \
-  void paged_attention(const float* q, const float* k_cache, const float* v_cache,                 \
+  void kv_cache_write(void* k_cache, void* v_cache, const void* k, const void* v,                  \
+                      const int32_t* slots, i64 n, i64 row, int cdt, int dt);                      \
+  void paged_attention(const void* q, const void* k_cache, const void* v_cache,                    \
                        const int32_t* block_tables, i64 max_blocks, i64 block_size,                \
-                       const int32_t* seq, const int32_t* pos, float* out, i64 n, i64 H, i64 D,    \
-                       float scale);                                                               \
+                       const int32_t* seq, const int32_t* pos, void* out, i64 n, i64 H, i64 D,     \
+                       float scale, int dt, int cdt);                                              \
   void quant_int8_rowwise(const float* w, int8_t* q, float* scales, i64 rows, i64 cols);            \
   void matmul_int8(const float* x, const int8_t* q, const float* scales, const float* bias,        \
                    float* y, i64 M, i64 N, i64 K);                                                 \
   }
 
+// The x86 sets exist only in x86-64 builds (binding.gyp); every build has generic.
+#if defined(__x86_64__)
 MG_DECLARE_KERNELS(avx512)
+MG_DECLARE_KERNELS(avx2)
+#endif
 MG_DECLARE_KERNELS(generic)
 
-// Op codes shared with src/backend/native/ops.ts (keep in sync: that file is the only user).
+// ---- kernel set (api.cc) --------------------------------------------------------------------
 namespace mg {
-enum BinaryOp { kAdd = 0, kSub, kMul, kDiv, kPow, kMax, kMin, kEq, kNe, kLt, kLe, kGt, kGe };
-enum UnaryOp {
-  kNeg = 0, kExp, kLog, kSqrt, kRsqrt, kTanh, kRelu, kGeluTanh, kGeluErf, kSilu, kSigmoid, kAbs,
-  kAddScalar, kMulScalar, kPowScalar, kRsubScalar, kRdivScalar, kClamp, kSquare, kSign, kErf,
-  kReciprocal, kSin, kCos
-};
-enum ReduceOp { kSum = 0, kMaxR, kMinR, kSumSq };
-enum ArgReduceOp { kArgMax = 0, kArgMin };
+enum KernelSet { kSetGeneric = 0, kSetAvx2 = 1, kSetAvx512 = 2 };
+const char* kernel_set_name(int set);
+int kernel_set();
+// Whether this CPU (and this build) can run the set.
+bool kernel_set_supported(int set);
+// Selects a set by name; returns "" or an error message (unknown name, unsupported CPU).
+std::string select_kernel_set(const std::string& name);
+// Picks the best supported set, or the one MEGALITH_KERNELS names; returns "" or an error.
+std::string init_kernel_set();
+// CPU features (false off x86-64).
+bool cpu_has(const char* feature);
 }  // namespace mg
+

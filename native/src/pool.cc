@@ -10,12 +10,23 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 #include "megalith.h"
 
 namespace mg {
 namespace {
+
+// A spin-wait hint: PAUSE on x86-64, YIELD on AArch64, nothing elsewhere.
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
 
 struct Job {
   const std::function<void(i64)>* fn = nullptr;
@@ -63,7 +74,7 @@ class Pool {
     // Every worker acknowledges every job (a barrier), so none can still be reading job_ when
     // the next job overwrites it or when the caller's fn goes out of scope.
     const int nw = static_cast<int>(workers_.size());
-    while (acked_.load(std::memory_order_acquire) < nw) _mm_pause();
+    while (acked_.load(std::memory_order_acquire) < nw) cpu_relax();
     in_job_ = false;
   }
 
@@ -83,7 +94,7 @@ class Pool {
       int spins = 0;
       while (generation_.load(std::memory_order_acquire) == seen && !quit_) {
         if (++spins < 20000) {
-          _mm_pause();
+          cpu_relax();
           continue;
         }
         std::unique_lock<std::mutex> lk(mu_);

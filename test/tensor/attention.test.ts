@@ -58,8 +58,8 @@ const CASES: Array<{ batch: number[]; T: number; S: number; D: number; causal: b
   { batch: [1, 1], T: 1, S: 1, D: 3, causal: true },
 ];
 
-for (const kernels of ["avx512", "generic"] as const) {
-  test(`scaledDotProductAttention() fused kernel matches the float64 reference, forward and gradients (${kernels})`, { skip: kernels === "avx512" && !backend.info().kernelSets.includes("avx512") ? "no AVX-512" : false }, () => {
+for (const kernels of ["avx512", "avx2", "generic"] as const) {
+  test(`scaledDotProductAttention() fused kernel matches the float64 reference, forward and gradients (${kernels})`, { skip: !backend.info().kernelSets.includes(kernels) ? `no ${kernels}` : false }, () => {
     const prev = backend.info().kernels;
     backend.setKernelSet(kernels);
     try {

@@ -3,12 +3,15 @@
  *
  * Buffers are raw addresses (numbers) from the native caching allocator; every kernel takes
  * addresses plus sizes. Shapes, dtypes and bounds are validated by the callers in src/tensor/
- * before anything reaches this layer. Op codes mirror the enums in native/src/megalith.h.
+ * before anything reaches this layer. The kernels' typings and op codes come from the kernel
+ * table (../kernels.ts), from which the addon's registration is generated too.
  */
 import { createRequire } from "node:module";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+
+import { OP_CODES, type ArgKind, type KERNELS, type KernelDType, type KernelFns, type KernelName, type KernelReturn } from "../kernels.js";
 
 export type Ptr = number;
 
@@ -22,7 +25,23 @@ export interface NativeMemoryStats {
   cacheHits: number;
 }
 
-export interface NativeAddon {
+/** cpuInfo(): what this CPU offers and what the addon chose. */
+export interface NativeCpuInfo {
+  avx512: boolean;
+  avx512bf16: boolean;
+  avx2: boolean;
+  /** The kernel set in use (MEGALITH_KERNELS or setKernelSet() override the CPU's best). */
+  kernels: NativeKernelSet;
+  /** Where bfloat16 GEMM runs: oneDNN's matmul, or float32 panels + sgemm. */
+  gemmBf16: "onednn" | "fallback";
+  /** Instruction-set features present, e.g. ["avx2", "fma", "f16c", "avx512f", ...]. */
+  isa: string[];
+}
+
+export type NativeKernelSet = "avx512" | "avx2" | "generic";
+
+/** The hand-written utilities of the addon (memory, copies, threads, CPU info). */
+export interface NativeUtilities {
   alloc(nbytes: number, category: number): Ptr;
   free(ptr: Ptr, nbytes: number): void;
   setCategory(ptr: Ptr, category: number): void;
@@ -33,59 +52,52 @@ export interface NativeAddon {
   read(src: Ptr, nbytes: number): ArrayBuffer;
   setNumThreads(n: number): void;
   numThreads(): number;
-  cpuInfo(): { avx512: boolean; avx512bf16: boolean; kernels: "avx512" | "generic" };
-  setKernelSet(set: "avx512" | "generic"): void;
-  fill(dst: Ptr, n: number, value: number, dtype: number): void;
-  copyStrided(esize: number, src: Ptr, srcStrides: number[], dst: Ptr, dstStrides: number[], shape: number[]): void;
-  cast(srcDtype: number, src: Ptr, dstDtype: number, dst: Ptr, n: number): void;
-  binary(op: number, a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
-  unary(op: number, x: Ptr, y: Ptr, n: number, a: number, b: number): void;
-  unaryBackward(op: number, x: Ptr, y: Ptr, gy: Ptr, gx: Ptr, n: number, a: number, b: number): void;
-  where(c: Ptr, cStrides: number[], a: Ptr, aStrides: number[], b: Ptr, bStrides: number[], out: Ptr, shape: number[]): void;
-  reduce(op: number, x: Ptr, out: Ptr, A: number, R: number, B: number, scale: number): void;
-  argReduce(op: number, x: Ptr, vals: Ptr | null, idx: Ptr, A: number, R: number, B: number): void;
-  cumsum(x: Ptr, y: Ptr, A: number, R: number, B: number, reverse: boolean): void;
-  topk(x: Ptr, vals: Ptr, idx: Ptr, rows: number, cols: number, k: number, largest: boolean): void;
-  softmaxForward(x: Ptr, y: Ptr, rows: number, cols: number, log: boolean): void;
-  softmaxBackward(y: Ptr, gy: Ptr, gx: Ptr, rows: number, cols: number, log: boolean): void;
-  layerNormForward(x: Ptr, w: Ptr | null, b: Ptr | null, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
-  layerNormBackward(x: Ptr, w: Ptr | null, mean: Ptr, rstd: Ptr, gy: Ptr, gx: Ptr | null, gw: Ptr | null, gb: Ptr | null, rows: number, cols: number): void;
-  rmsNormForward(x: Ptr, w: Ptr | null, y: Ptr, rstd: Ptr, rows: number, cols: number, eps: number): void;
-  rmsNormBackward(x: Ptr, w: Ptr | null, rstd: Ptr, gy: Ptr, gx: Ptr | null, gw: Ptr | null, rows: number, cols: number): void;
-  /** Returns the position of the first out-of-range index, or -1. */
-  embeddingForward(w: Ptr, idx: Ptr, out: Ptr, n: number, dim: number, vocab: number): number;
-  embeddingBackward(gout: Ptr, idx: Ptr, gw: Ptr, n: number, dim: number): void;
-  /** Returns the first row whose target is out of range (and not ignored), or -1. */
-  crossEntropyForward(logits: Ptr, targets: Ptr, loss: Ptr, lse: Ptr, rows: number, vocab: number, ignoreIndex: number, smoothing: number): number;
-  crossEntropyBackward(logits: Ptr, targets: Ptr, lse: Ptr, gradRows: Ptr | null, gradScale: number, glogits: Ptr, rows: number, vocab: number, ignoreIndex: number, smoothing: number): void;
-  adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, n: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number, gradScale: number): void;
-  attentionForward(q: Ptr, k: Ptr, v: Ptr, o: Ptr, lse: Ptr, BH: number, T: number, S: number, D: number, scale: number, causal: boolean): void;
-  attentionBackward(q: Ptr, k: Ptr, v: Ptr, o: Ptr, go: Ptr, lse: Ptr, gq: Ptr, gk: Ptr, gv: Ptr, BH: number, T: number, S: number, D: number, scale: number, causal: boolean): void;
-  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, alpha: number, A: Ptr, lda: number, strideA: number, B: Ptr, ldb: number, strideB: number, beta: number, C: Ptr, ldc: number, strideC: number, batch: number): void;
-  /** k_cache[slots[t]] = k[t] (and v), rows of `row` floats. */
-  kvCacheWrite(kCache: Ptr, vCache: Ptr, k: Ptr, v: Ptr, slots: Ptr, n: number, row: number): void;
-  /** Ragged causal attention over a paged KV cache; see native/src/kernels_paged.cc. */
-  pagedAttention(q: Ptr, kCache: Ptr, vCache: Ptr, blockTables: Ptr, maxBlocks: number, blockSize: number, seq: Ptr, pos: Ptr, out: Ptr, n: number, H: number, D: number, scale: number): void;
-  /** Per-row int8 absmax quantization of w [rows, cols] into q (int8) and scales [rows]; see native/src/kernels_quant.cc. */
-  quantInt8Rowwise(w: Ptr, q: Ptr, scales: Ptr, rows: number, cols: number): void;
-  /** y [M, N] = (x [M, K] @ q[N, K]^T) * scales[N] + bias[N] (bias may be null). */
-  matmulInt8(x: Ptr, q: Ptr, scales: Ptr, bias: Ptr | null, y: Ptr, M: number, N: number, K: number): void;
-  random(kind: number, seed: number, offset: number, out: Ptr, n: number, a: number, b: number): void;
-  dropout(seed: number, offset: number, p: number, x: Ptr, y: Ptr, n: number): void;
+  cpuInfo(): NativeCpuInfo;
+  /** Throws when this CPU (or build) cannot run the set. */
+  setKernelSet(set: NativeKernelSet): void;
 }
 
-/** Op codes, in the order of the enums in native/src/megalith.h. */
-export const BinaryOp = { add: 0, sub: 1, mul: 2, div: 3, pow: 4, max: 5, min: 6, eq: 7, ne: 8, lt: 9, le: 10, gt: 11, ge: 12 } as const;
-export const UnaryOp = {
-  neg: 0, exp: 1, log: 2, sqrt: 3, rsqrt: 4, tanh: 5, relu: 6, geluTanh: 7, geluErf: 8, silu: 9, sigmoid: 10, abs: 11,
-  addScalar: 12, mulScalar: 13, powScalar: 14, rsubScalar: 15, rdivScalar: 16, clamp: 17, square: 18, sign: 19, erf: 20,
-  reciprocal: 21, sin: 22, cos: 23,
-} as const;
-export const ReduceOp = { sum: 0, max: 1, min: 2, sumSq: 3 } as const;
-export const ArgReduceOp = { argmax: 0, argmin: 1 } as const;
-export const RandomKind = { uniform: 0, normal: 1 } as const;
-/** dtype codes understood by fill/cast. */
-export const DTypeCode = { float32: 0, bfloat16: 1, int32: 2, int8: 3, uint8: 4, float16: 5 } as const;
+/** Names of the utilities (a test checks the addon exports exactly these plus the kernels). */
+export const NATIVE_UTILITIES = [
+  "alloc", "free", "setCategory", "memoryStats", "resetPeak", "emptyCache", "write", "read",
+  "setNumThreads", "numThreads", "cpuInfo", "setKernelSet",
+] as const satisfies ReadonlyArray<keyof NativeUtilities>;
+
+// ---- kernel typings, derived from the table -------------------------------------------------
+// The addon accepts a little more than KernelFns<Ptr> (the strict form, see nativeKernels):
+// a dtype argument may be its name or its DTypeCode number, and trailing dtype arguments may be
+// left out (float32) - the form today's callers use until they pass dtypes.
+type AddonArg<K extends ArgKind> =
+  K extends "view" ? Ptr :
+  K extends "view?" ? Ptr | null :
+  K extends "dims" ? readonly number[] :
+  K extends "bool" ? boolean :
+  K extends "dtype" ? KernelDType | number :
+  number;
+type DtypeArg = readonly [string, "dtype"];
+type Leading<A> = A extends readonly [...infer H, DtypeArg] ? Leading<H> : A;
+type Trailing<A> = A extends readonly [...infer H, infer L extends DtypeArg] ? [...Trailing<H>, L] : [];
+type Mapped<A> = { -readonly [I in keyof A]: A[I] extends readonly [string, infer K extends ArgKind] ? AddonArg<K> : never };
+type AsArray<T> = T extends readonly unknown[] ? T : never;
+type AddonArgs<A> = [...AsArray<Mapped<Leading<A>>>, ...AsArray<Partial<Mapped<Trailing<A>>>>];
+type AddonKernelFns = {
+  [N in KernelName]: (...args: AddonArgs<(typeof KERNELS)[N]["args"]>) => KernelReturn<N>;
+};
+
+/**
+ * The addon: the utilities plus every kernel of the table (src/backend/kernels.ts), whose
+ * registration is generated from the same table. At this level a view is a raw address.
+ */
+export type NativeAddon = NativeUtilities & AddonKernelFns;
+
+/** Op codes of "op" arguments (from the kernel table's OP_CODES, shared with the C++ enums). */
+export const BinaryOp = OP_CODES.BinaryOp;
+export const UnaryOp = OP_CODES.UnaryOp;
+export const ReduceOp = OP_CODES.ReduceOp;
+export const ArgReduceOp = OP_CODES.ArgReduceOp;
+export const RandomKind = OP_CODES.RandomKind;
+/** dtype codes (fill/cast and every dtype argument). */
+export const DTypeCode = OP_CODES.DType;
 
 function locateAddon(): string {
   const here = dirname(fileURLToPath(import.meta.url));
@@ -126,5 +138,14 @@ export function chooseOpenBlasCore(env: NodeJS.ProcessEnv = process.env, cpuinfo
 
 chooseOpenBlasCore();
 
+// bf16 GEMM runs on oneDNN, whose Debian build threads with OpenMP. Idle OpenMP threads spin by
+// default and would compete with our own pool's workers between GEMMs; PASSIVE makes them
+// sleep. libgomp reads this when it loads (with the addon), so it is set before; a user's
+// choice wins.
+process.env.OMP_WAIT_POLICY ??= "PASSIVE";
+
 /** The loaded addon (loaded once, on first import). */
 export const native: NativeAddon = createRequire(import.meta.url)(locateAddon()) as NativeAddon;
+
+/** The same kernels under the table's strict typing (every dtype argument, by name). */
+export const nativeKernels: KernelFns<Ptr> = native;
