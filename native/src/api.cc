@@ -224,10 +224,9 @@ void topk(void* x, void* vals, void* idx, int64_t rows, int64_t cols, int64_t k,
   KERNEL(topk)(x, vals, as<int32_t>(idx), rows, cols, k, largest, dt);
 }
 
-// Softmax and cross-entropy are native (per-row float32 buffers inside the kernel).
-// Staged route for the norms: float32 inside, 16-bit
-// operands converted on the way in and rounded on the way out. Templating them like the
-// elementwise family (one load/store per element, no scratch) is the next step for speed.
+// Softmax, cross-entropy and the norms' forwards are native (per-row float32 buffers inside
+// the kernel). The norms' backwards take the staged route (float32 inside, 16-bit operands
+// converted on the way in and rounded on the way out); templating them is the next step.
 void softmaxForward(void* x, void* y, int64_t rows, int64_t cols, bool log, int dt, int odt) {
   require("softmaxForward", "dtype", dt, kFloatTypes);
   require("softmaxForward", "outDtype", odt, kFloatTypes);
@@ -244,9 +243,7 @@ void layerNormForward(void* x, void* w, void* b, void* y, void* mean, void* rstd
                       double eps, int dt, int wdt) {
   require("layerNormForward", "dtype", dt, kFloatTypes);
   require("layerNormForward", "wDtype", wdt, kFloatTypes);
-  Staged x32(x, dt, rows * cols, Staged::kIn), w32(w, wdt, cols, Staged::kIn), b32(b, wdt, cols, Staged::kIn);
-  Staged y32(y, dt, rows * cols, Staged::kOut);
-  KERNEL(layer_norm_forward)(x32, w32, b32, y32, as<float>(mean), as<float>(rstd), rows, cols, static_cast<float>(eps));
+  KERNEL(layer_norm_forward)(x, w, b, y, as<float>(mean), as<float>(rstd), rows, cols, static_cast<float>(eps), dt, wdt);
 }
 
 void layerNormBackward(void* x, void* w, void* mean, void* rstd, void* gy, void* gx, void* gw, void* gb, int64_t rows,
@@ -261,8 +258,7 @@ void layerNormBackward(void* x, void* w, void* mean, void* rstd, void* gy, void*
 void rmsNormForward(void* x, void* w, void* y, void* rstd, int64_t rows, int64_t cols, double eps, int dt, int wdt) {
   require("rmsNormForward", "dtype", dt, kFloatTypes);
   require("rmsNormForward", "wDtype", wdt, kFloatTypes);
-  Staged x32(x, dt, rows * cols, Staged::kIn), w32(w, wdt, cols, Staged::kIn), y32(y, dt, rows * cols, Staged::kOut);
-  KERNEL(rms_norm_forward)(x32, w32, y32, as<float>(rstd), rows, cols, static_cast<float>(eps));
+  KERNEL(rms_norm_forward)(x, w, y, as<float>(rstd), rows, cols, static_cast<float>(eps), dt, wdt);
 }
 
 void rmsNormBackward(void* x, void* w, void* rstd, void* gy, void* gx, void* gw, int64_t rows, int64_t cols, int dt,

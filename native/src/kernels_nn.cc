@@ -132,12 +132,18 @@ void softmax_backward(const void* y, const void* gy, void* gx, i64 rows, i64 col
   });
 }
 
-void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                        i64 rows, i64 cols, float eps) {
+// x, y in T; w, b in W (converted once per call when 16-bit); mean, rstd float32.
+template <typename T, typename W>
+static void layer_norm_forward_t(const T* x, const W* wt, const W* bt, T* y, float* mean, float* rstd, i64 rows,
+                                 i64 cols, float eps) {
+  std::vector<float> wbuf, bbuf;
+  const float* w = wt ? row_in(wt, cols, wbuf) : nullptr;
+  const float* b = bt ? row_in(bt, cols, bbuf) : nullptr;
   parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    std::vector<float> bin, bout;
     for (i64 r = lo; r < hi; r++) {
-      const float* p = x + r * cols;
-      float* q = y + r * cols;
+      const float* p = row_in(x + r * cols, cols, bin);
+      float* q = row_out(y + r * cols, cols, bout);
       float s = 0.0f;
       for (i64 i = 0; i < cols; i++) s += p[i];
       float mu = s / cols;
@@ -149,7 +155,20 @@ void layer_norm_forward(const float* x, const float* w, const float* b, float* y
       if (w && b) for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs * w[i] + b[i];
       else if (w) for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs * w[i];
       else for (i64 i = 0; i < cols; i++) q[i] = (p[i] - mu) * rs + (b ? b[i] : 0.0f);
+      row_flush(y + r * cols, cols, bout);
     }
+  });
+}
+
+void layer_norm_forward(const void* x, const void* w, const void* b, void* y, float* mean, float* rstd, i64 rows,
+                        i64 cols, float eps, int dt, int wdt) {
+  with_float_type(dt, [&](auto t) {
+    with_float_type(wdt, [&](auto wt) {
+      using T = decltype(t);
+      using W = decltype(wt);
+      layer_norm_forward_t<T, W>(static_cast<const T*>(x), static_cast<const W*>(w), static_cast<const W*>(b),
+                                 static_cast<T*>(y), mean, rstd, rows, cols, eps);
+    });
   });
 }
 
@@ -210,18 +229,34 @@ void layer_norm_backward(const float* x, const float* w, const float* mean, cons
   if (gb) for (i64 i = 0; i < cols; i++) gb[i] = acc[cols + i];
 }
 
-void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, i64 rows, i64 cols, float eps) {
+template <typename T, typename W>
+static void rms_norm_forward_t(const T* x, const W* wt, T* y, float* rstd, i64 rows, i64 cols, float eps) {
+  std::vector<float> wbuf;
+  const float* w = wt ? row_in(wt, cols, wbuf) : nullptr;
   parallel_for(rows, row_grain(cols), [&](i64 lo, i64 hi) {
+    std::vector<float> bin, bout;
     for (i64 r = lo; r < hi; r++) {
-      const float* p = x + r * cols;
-      float* q = y + r * cols;
+      const float* p = row_in(x + r * cols, cols, bin);
+      float* q = row_out(y + r * cols, cols, bout);
       float s = 0.0f;
       for (i64 i = 0; i < cols; i++) s += p[i] * p[i];
       float rs = 1.0f / sqrtf(s / cols + eps);
       rstd[r] = rs;
       if (w) for (i64 i = 0; i < cols; i++) q[i] = p[i] * rs * w[i];
       else for (i64 i = 0; i < cols; i++) q[i] = p[i] * rs;
+      row_flush(y + r * cols, cols, bout);
     }
+  });
+}
+
+void rms_norm_forward(const void* x, const void* w, void* y, float* rstd, i64 rows, i64 cols, float eps, int dt,
+                      int wdt) {
+  with_float_type(dt, [&](auto t) {
+    with_float_type(wdt, [&](auto wt) {
+      using T = decltype(t);
+      using W = decltype(wt);
+      rms_norm_forward_t<T, W>(static_cast<const T*>(x), static_cast<const W*>(w), static_cast<T*>(y), rstd, rows, cols, eps);
+    });
   });
 }
 

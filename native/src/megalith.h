@@ -107,12 +107,12 @@ void cast_serial(int src_dt, const void* src, int dst_dt, void* dst, i64 n);
   void softmax_forward(const void* x, void* y, i64 rows, i64 cols, bool log, int dt, int odt);     \
   void softmax_backward(const void* y, const void* gy, void* gx, i64 rows, i64 cols, bool log,      \
                         int dt, int gdt);                                                          \
-  void layer_norm_forward(const float* x, const float* w, const float* b, float* y, float* mean,   \
-                          float* rstd, i64 rows, i64 cols, float eps);                             \
+  void layer_norm_forward(const void* x, const void* w, const void* b, void* y, float* mean,       \
+                          float* rstd, i64 rows, i64 cols, float eps, int dt, int wdt);            \
   void layer_norm_backward(const float* x, const float* w, const float* mean, const float* rstd,   \
                            const float* gy, float* gx, float* gw, float* gb, i64 rows, i64 cols);  \
-  void rms_norm_forward(const float* x, const float* w, float* y, float* rstd, i64 rows, i64 cols, \
-                        float eps);                                                                \
+  void rms_norm_forward(const void* x, const void* w, void* y, float* rstd, i64 rows, i64 cols,   \
+                        float eps, int dt, int wdt);                                               \
   void rms_norm_backward(const float* x, const float* w, const float* rstd, const float* gy,       \
                          float* gx, float* gw, i64 rows, i64 cols);                                \
   i64 embedding_forward(const void* w, const int32_t* idx, void* out, i64 n, i64 dim, i64 V,        \
