@@ -8,13 +8,10 @@
 // more exact than the output's own precision). Tolerances are stated per dtype below.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { backend, F, tensor, where, withScope, noGrad, type Tensor, type DType, AdamW, withAutocast } from "../../src/index.js";
+import { F, tensor, where, withScope, noGrad, type Tensor, type DType, AdamW, withAutocast } from "../../src/index.js";
 import * as R from "../_util/reference.js";
 import { type Arr, bf16Round, f16Round } from "../_util/reference.js";
 import { KERNEL_SETS, assertClose, randArr, seedFor, withKernelSet } from "../_util/check.js";
-
-// TRANSITIONAL: skipped until the dtype-aware kernels are in the addon (the addon that has them reports its kernel sets).
-const SKIP = !backend.info().kernelSets.includes("avx2") ? "dtype kernels not built yet" : false;
 
 type Low = "bfloat16" | "float16";
 const DTYPES: Low[] = ["bfloat16", "float16"];
@@ -138,14 +135,14 @@ function cases(seed: number): LowCase[] {
 
 for (const ks of KERNEL_SETS) {
   for (const dt of DTYPES) {
-    test(`every op in ${dt} matches the float64 reference within the dtype's rounding, forward and gradient (${ks} kernels)`, { skip: SKIP }, () => {
+    test(`every op in ${dt} matches the float64 reference within the dtype's rounding, forward and gradient (${ks} kernels)`, () => {
       const seed = seedFor(`lowp ${dt} ${ks}`);
       withKernelSet(ks, () => {
         for (const c of cases(seed)) checkLow(dt, c, seed);
       });
     });
 
-    test(`crossEntropy on ${dt} logits gives a float32 loss and ${dt} logit gradients matching float64 (${ks} kernels)`, { skip: SKIP }, () => {
+    test(`crossEntropy on ${dt} logits gives a float32 loss and ${dt} logit gradients matching float64 (${ks} kernels)`, () => {
       const seed = seedFor(`lowp ce ${dt} ${ks}`);
       const V = 37, rows = 9;
       const logits = roundArr(randArr([rows, V], seed, { scale: 2 }), dt);
@@ -164,7 +161,7 @@ for (const ks of KERNEL_SETS) {
       }));
     });
 
-    test(`embedding of a ${dt} table and dropout in ${dt} keep the dtype and the same values and masks as float32 (${ks} kernels)`, { skip: SKIP }, () => {
+    test(`embedding of a ${dt} table and dropout in ${dt} keep the dtype and the same values and masks as float32 (${ks} kernels)`, () => {
       const seed = seedFor(`lowp emb ${dt} ${ks}`);
       withKernelSet(ks, () => withScope(() => {
         const w = roundArr(randArr([11, 6], seed), dt);
@@ -189,7 +186,7 @@ for (const ks of KERNEL_SETS) {
   }
 }
 
-test("`.to()` between float32 and 16-bit floats rounds to nearest even and its gradient casts back", { skip: SKIP }, () => {
+test("`.to()` between float32 and 16-bit floats rounds to nearest even and its gradient casts back", () => {
   const seed = seedFor("lowp cast");
   for (const dt of DTYPES) {
     withScope(() => {
@@ -207,7 +204,7 @@ test("`.to()` between float32 and 16-bit floats rounds to nearest even and its g
   }
 });
 
-test("mixed dtypes promote like PyTorch: bfloat16 with float32 computes in float32 and each gradient keeps its operand's dtype", { skip: SKIP }, () => {
+test("mixed dtypes promote like PyTorch: bfloat16 with float32 computes in float32 and each gradient keeps its operand's dtype", () => {
   withScope(() => {
     const a = leaf(R.arr([3], [1.5, -2, 0.25]), "bfloat16", true);
     const b = leaf(R.arr([3], [0.1, 0.2, 0.3]), "float32", true);
@@ -222,7 +219,7 @@ test("mixed dtypes promote like PyTorch: bfloat16 with float32 computes in float
   });
 });
 
-test("`withAutocast()` runs matmuls and embeddings in bfloat16 with float32 parameters receiving float32 gradients", { skip: SKIP }, () => {
+test("`withAutocast()` runs matmuls and embeddings in bfloat16 with float32 parameters receiving float32 gradients", () => {
   const seed = seedFor("autocast");
   withScope(() => {
     const w = leaf(randArr([8, 16], seed), "float32", true);
@@ -247,7 +244,7 @@ test("`withAutocast()` runs matmuls and embeddings in bfloat16 with float32 para
   });
 });
 
-test("AdamW updates float32 master weights from bfloat16 gradients like from their float32 values", { skip: SKIP }, () => {
+test("AdamW updates float32 master weights from bfloat16 gradients like from their float32 values", () => {
   const seed = seedFor("adamw lowp");
   withScope(() => {
     const p0 = randArr([50], seed);
