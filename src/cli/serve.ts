@@ -22,6 +22,8 @@ export function register(program: Command): void {
     .option("--max-num-seqs <n>", "most requests running at once", "32")
     .option("--max-num-batched-tokens <n>", "token budget per step", "512")
     .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
+    .option("--dtype <dtype>", "weights and compute: float32 | bfloat16 (half the bytes per decoded token)", "float32")
+    .option("--kv-cache-dtype <dtype>", "KV cache: auto (the serving dtype) | float32 | bfloat16", "auto")
     .option("--quantize <kind>", "weight quantization at load: none | int8 (per-output-channel int8 projections)", "none")
     .option("--speculative-tokens <n>", "speculative decoding: draft tokens per sequence per step (0 = off)", "0")
     .option("--speculative-method <m>", "where drafts come from: ngram (prompt lookup) | draft (a smaller model: --draft-model)", "ngram")
@@ -35,6 +37,10 @@ export function register(program: Command): void {
       };
       const tokenizer = modelDirTokenizer(dir);
       const model = await GPT.fromPretrained(dir);
+      const dtypes = ["float32", "bfloat16"];
+      if (!dtypes.includes(o.dtype!)) throw new ValueError(`--dtype must be float32 or bfloat16, got ${JSON.stringify(o.dtype)}`);
+      if (o.kvCacheDtype !== "auto" && !dtypes.includes(o.kvCacheDtype!)) throw new ValueError(`--kv-cache-dtype must be auto, float32 or bfloat16, got ${JSON.stringify(o.kvCacheDtype)}`);
+      if (o.dtype === "bfloat16") model.to("bfloat16");
       if (o.quantize !== "none" && o.quantize !== "int8") throw new ValueError(`--quantize must be none or int8, got ${JSON.stringify(o.quantize)}`);
       if (o.quantize === "int8") {
         const q = quantizeModelInt8(model);
@@ -46,6 +52,7 @@ export function register(program: Command): void {
         maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),
         maxWaiting: int("max-waiting", o.maxWaiting!),
         ...(speculative ? { speculative } : {}),
+        ...(o.kvCacheDtype !== "auto" ? { kvCacheDtype: o.kvCacheDtype as "float32" | "bfloat16" } : {}),
       });
       const app = createServer({ engine, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
       const port = int("port", o.port!);
@@ -78,5 +85,6 @@ async function speculativeFrom(o: Record<string, string | undefined>, model: GPT
   if (draftModel.config.vocabSize !== model.config.vocabSize) {
     throw new ValueError(`the draft model ${o.draftModel} has a vocabulary of ${draftModel.config.vocabSize} tokens but the model ${o.model} has ${model.config.vocabSize}; the draft must use the same tokenizer`);
   }
+  if (o.dtype === "bfloat16") draftModel.to("bfloat16");  // the draft serves in the target's dtype
   return { method, numTokens: k, draftModel };
 }

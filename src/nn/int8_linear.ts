@@ -41,8 +41,8 @@ export class Int8Linear extends Module implements Projection {
     if (scales.dtype !== "float32" || scales.ndim !== 1 || scales.shape[0] !== out) {
       throw new ValueError(`Int8Linear: scales must be float32 [${out}], got ${scales.dtype} ${fmtShape(scales.shape)}`);
     }
-    if (bias && (bias.dtype !== "float32" || bias.ndim !== 1 || bias.shape[0] !== out || !bias.isContiguous)) {
-      throw new ValueError(`Int8Linear: bias must be a contiguous float32 [${out}], got ${bias.dtype} ${fmtShape(bias.shape)}`);
+    if (bias && ((bias.dtype !== "float32" && bias.dtype !== "bfloat16" && bias.dtype !== "float16") || bias.ndim !== 1 || bias.shape[0] !== out || !bias.isContiguous)) {
+      throw new ValueError(`Int8Linear: bias must be a contiguous floating [${out}] tensor, got ${bias.dtype} ${fmtShape(bias.shape)}`);
     }
     this.q = q;
     this.scales = scales;

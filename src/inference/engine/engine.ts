@@ -41,6 +41,8 @@ export interface EngineOptions {
   enablePrefixCaching?: boolean;
   /** Speculative decoding (greedy and sampled requests). Off by default. */
   speculative?: SpeculativeOptions;
+  /** dtype of the KV cache. Default: the model's compute dtype (bfloat16 after `model.to("bfloat16")`). */
+  kvCacheDtype?: "float32" | "bfloat16" | "float16";
 }
 
 /** Speculative decoding: where drafts come from and how many per step. */
@@ -117,7 +119,8 @@ export class Engine implements EngineLike {
     this.decodableVocab = Math.min(tokenizer.vocabSize, c.vocabSize);
     const blockSize = o.blockSize ?? 16;
     const maxNumSeqs = o.maxNumSeqs ?? 32;
-    const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, { nLayer: c.nLayer, nKvHeads: c.nHead, headDim: c.nEmbd / c.nHead, blockSize });
+    const kvCacheDtype = o.kvCacheDtype ?? ModelRunner.modelDtype(model);
+    const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, { nLayer: c.nLayer, nKvHeads: c.nHead, headDim: c.nEmbd / c.nHead, blockSize, dtypeBytes: kvCacheDtype === "float32" ? 4 : 2 });
     const cap = maxNumSeqs * Math.ceil(c.blockSize / blockSize) + 1;
     const numBlocks = Math.min(wanted, cap);
     if (numBlocks < Math.ceil(c.blockSize / blockSize)) {
@@ -127,7 +130,7 @@ export class Engine implements EngineLike {
     this.scheduler = new Scheduler(this.blocks, {
       maxNumBatchedTokens: Math.max(o.maxNumBatchedTokens ?? 512, maxNumSeqs), maxNumSeqs, maxWaiting: o.maxWaiting ?? 256, maxModelLen: c.blockSize,
     });
-    this.runner = new ModelRunner(model, { numBlocks, blockSize });
+    this.runner = new ModelRunner(model, { numBlocks, blockSize, kvCacheDtype });
     this.spec = o.speculative ? checkSpeculative(o.speculative, model) : null;
     if (this.spec) this.st.speculativeProposed = this.st.speculativeAccepted = 0;
     // The draft's pool holds what the target's does, plus lookahead blocks for every sequence

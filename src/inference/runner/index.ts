@@ -37,6 +37,8 @@ export interface ModelRunnerOptions {
   numBlocks: number;
   /** Tokens per block. Default 16. */
   blockSize?: number;
+  /** dtype of the KV pools. Default: the model's compute dtype (its parameters' dtype). */
+  kvCacheDtype?: "float32" | "bfloat16" | "float16";
 }
 
 export class ModelRunner {
@@ -45,6 +47,8 @@ export class ModelRunner {
   readonly blockSize: number;
   readonly kCache: Tensor[] = [];
   readonly vCache: Tensor[] = [];
+  /** dtype of the KV pools. */
+  readonly kvCacheDtype: "float32" | "bfloat16" | "float16";
 
   constructor(model: GPT, opts: ModelRunnerOptions) {
     this.model = model;
@@ -53,19 +57,27 @@ export class ModelRunner {
     if (!Number.isInteger(this.numBlocks) || this.numBlocks < 1) throw new ValueError(`ModelRunner: numBlocks must be a positive integer, got ${this.numBlocks}`);
     const c = model.config;
     const H = c.nHead, D = c.nEmbd / c.nHead;
+    this.kvCacheDtype = opts.kvCacheDtype ?? ModelRunner.modelDtype(model);
+    const dtype = this.kvCacheDtype;
     withCategory("kvCache", () => {
       for (let l = 0; l < c.nLayer; l++) {
-        this.kCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D])));       // (slots, H, D)
-        this.vCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D])));
+        this.kCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D], { dtype })));       // (slots, H, D)
+        this.vCache.push(keep(zeros([this.numBlocks * this.blockSize, H, D], { dtype })));
       }
     });
     model.eval();
   }
 
-  /** Bytes of one KV block across all layers (k and v). */
-  static bytesPerBlock(model: GPT, blockSize = 16): number {
+  /** The dtype a model computes in: its token embedding's (float32, or bfloat16 after `model.to("bfloat16")`). */
+  static modelDtype(model: GPT): "float32" | "bfloat16" | "float16" {
+    const d = model.wte.weight.dtype;
+    return d === "bfloat16" || d === "float16" ? d : "float32";
+  }
+
+  /** Bytes of one KV block across all layers (k and v), for pools in `dtype` (default: the model's). */
+  static bytesPerBlock(model: GPT, blockSize = 16, dtype: "float32" | "bfloat16" | "float16" = ModelRunner.modelDtype(model)): number {
     const c = model.config;
-    return 2 * c.nLayer * c.nEmbd * blockSize * dtypeSize("float32");  // the pools are float32
+    return 2 * c.nLayer * c.nEmbd * blockSize * dtypeSize(dtype);
   }
 
   /** Copies whole blocks (copy-on-write for forked sequences): pairs of [src, dst] block ids. */
