@@ -6,7 +6,7 @@
  */
 import { execFileSync } from "node:child_process";
 import { GPT, AdamW, withScope, randint, memoryStats, backend } from "../src/index.js";
-import { startProfile, stopProfile } from "../src/backend/native/profile.js";
+import { startProfile, stopProfile } from "../src/backend/profile.js";
 import type { BenchResult } from "./main.js";
 
 // What the user's environment had before Megalith chose a core type (the stock setup).

@@ -9,7 +9,7 @@
  * inputs; it is dominated by rounding A and B to bfloat16 (~2^-9 per element), so ~3e-3 is
  * expected and 1e-2 is the bound.
  */
-import { DTypeCode, native } from "../src/backend/native/index.js";
+import { DTypeCode, native } from "../src/backend/native_addon.js";
 
 interface Shape { name: string; M: number; N: number; K: number; batch: number; ta: boolean; tb: boolean }
 

@@ -7,7 +7,7 @@
  * codes, and a dtype the kernel does not list is refused with a clear error before the call.
  */
 import { ValueError } from "../core/errors.js";
-import { native } from "./native/index.js";
+import { native } from "./native_addon.js";
 import { KERNELS, OP_CODES, type KernelName, type KernelDType } from "./kernels.js";
 import type { Backend, BackendInfo, BackendMemoryStats, BufferView, DeviceBuffer, DType } from "./backend.js";
 
@@ -51,7 +51,7 @@ function wrapKernel(name: KernelName): AnyFn {
         out[i] = OP_CODES.DType[a as KernelDType];
       } else out[i] = a;
     }
-    // Looked up per call, so the profiler (backend/native/profile.ts) can wrap addon functions.
+    // Looked up per call, so the profiler (backend/profile.ts) can wrap addon functions.
     return addon[name]!(...out);
   };
 }

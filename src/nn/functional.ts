@@ -54,8 +54,12 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
   const y = matmul(x, wt);
   wt.dispose();
   if (!bias) return y;
-  const out = add(y, bias);
+  // The bias joins in the product's dtype (under autocast a bfloat16 product keeps the output
+  // bfloat16, as torch's addmm does; the recorded cast returns its gradient in float32).
+  const b = bias.dtype === y.dtype ? bias : bias.to(y.dtype);
+  const out = add(y, b);
   y.dispose();
+  if (b !== bias) b.dispose();
   return out;
 }
 

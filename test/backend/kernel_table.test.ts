@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
 import { KERNELS, OP_CODES } from "../../src/backend/kernels.js";
-import { BinaryOp, DTypeCode, NATIVE_UTILITIES, native } from "../../src/backend/native/index.js";
+import { BinaryOp, DTypeCode, NATIVE_UTILITIES, native } from "../../src/backend/native_addon.js";
 import { GENERATED_PATH, generate } from "../../scripts/gen_kernels.js";
 
 test("`gen_kernels` output matches the committed native/src/_kernels.gen.inc", () => {

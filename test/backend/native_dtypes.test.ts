@@ -8,7 +8,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { DTypeCode, native } from "../../src/backend/native/index.js";
+import { DTypeCode, native } from "../../src/backend/native_addon.js";
 import type { KernelDType } from "../../src/backend/kernels.js";
 import { KERNEL_SETS, Rng, seedFor, seedNote, withKernelSet } from "../_util/check.js";
 

@@ -33,7 +33,7 @@ function offending(re: RegExp): string[] {
 
 test("no file outside src/backend/ imports the native addon or its typed surface", () => {
   // An addon is a .node file (loaded with createRequire); createRequire for npm packages' data is fine.
-  const hits = offending(/from\s+["'][^"']*backend\/native(\/[^"']*)?["']|\.node["'`]|megalith_\w+\.node/);
+  const hits = offending(/from\s+["'][^"']*backend\/(native|native_addon|native_backend|profile)(\/[^"']*)?(\.js)?["']|\.node["'`]|megalith_\w+\.node/);
   assert.deepEqual(hits, [], `these files reach past the Backend interface:\n${hits.join("\n")}`);
 });
 

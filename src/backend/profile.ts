@@ -3,7 +3,7 @@
  * benchmark can say where a training step's time goes ("gemm 71%, attentionBackward 9%...").
  * Off by default; the wrappers are removed by `stopProfile()`.
  */
-import { native, type NativeAddon } from "./index.js";
+import { native, type NativeAddon } from "./native_addon.js";
 
 export interface ProfileEntry {
   kernel: string;

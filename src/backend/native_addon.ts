@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { OP_CODES, type ArgKind, type KERNELS, type KernelDType, type KernelFns, type KernelName, type KernelReturn } from "../kernels.js";
+import { OP_CODES, type ArgKind, type KERNELS, type KernelDType, type KernelFns, type KernelName, type KernelReturn } from "./kernels.js";
 
 export type Ptr = number;
 
@@ -101,8 +101,8 @@ export const DTypeCode = OP_CODES.DType;
 
 function locateAddon(): string {
   const here = dirname(fileURLToPath(import.meta.url));
-  // src/backend/native -> repo root; dist/src/backend/native -> repo root
-  for (const up of ["../../..", "../../../.."]) {
+  // src/backend -> repo root; dist/src/backend -> repo root
+  for (const up of ["../..", "../../.."]) {
     const p = join(here, up, "native", "build", "Release", "megalith_native.node");
     if (existsSync(p)) return p;
   }
