@@ -21,6 +21,7 @@
  * Every op in src/tensor reports its inputs (test/autograd/checkpoint.test.ts checks models).
  */
 import { getRngState, setRngState } from "../core/rng_state.js";
+import { getAutocastState, setAutocastState } from "../core/autocast_state.js";
 import { ValueError } from "../core/errors.js";
 import { Node, type Differentiable, enableGrad, isGradEnabled, runBackward, notifyNode, traceNoGrad } from "./engine.js";
 
@@ -49,6 +50,8 @@ export function checkpoint<T extends Checkpointable>(fn: (...inputs: T[]) => T, 
   // Under noGrad there is nothing to recompute; the block's temporaries are still freed on return.
   if (!isGradEnabled()) return first.scoped(() => fn(...inputs));
   const rng = getRngState();
+  // The replay computes in the dtype the forward did (torch.utils.checkpoint restores autocast too).
+  const autocast = getAutocastState();
   const { result: out, used } = traceNoGrad(() =>
     first.scoped(() => {
       const y = fn(...inputs);
@@ -64,7 +67,14 @@ export function checkpoint<T extends Checkpointable>(fn: (...inputs: T[]) => T, 
   const node = new Node(
     "checkpoint",
     [...inputs.map((t) => (t.requiresGrad ? t : null)), ...extras],
-    (gy) => replayBackward(fn, needs, saved, extras, rng, gy),
+    (gy) => replayBackward((...xs: T[]) => {
+      const prev = setAutocastState(autocast);
+      try {
+        return fn(...xs);
+      } finally {
+        setAutocastState(prev);
+      }
+    }, needs, saved, extras, rng, gy),
     saved,
   );
   out.gradFn = node;

@@ -13,13 +13,12 @@
  * model code never mentions a dtype.
  */
 import { ValueError } from "../core/errors.js";
+import { getAutocastState, setAutocastState } from "../core/autocast_state.js";
 import type { DType } from "./dtype.js";
-
-let current: DType | null = null;
 
 /** The low compute dtype in force, or null outside any autocast scope. */
 export function autocastDtype(): DType | null {
-  return current;
+  return getAutocastState() as DType | null;
 }
 
 /**
@@ -32,11 +31,10 @@ export function withAutocast<T>(dtype: DType | null, fn: () => T): T {
   if (dtype !== null && dtype !== "float32" && dtype !== "bfloat16" && dtype !== "float16") {
     throw new ValueError(`withAutocast: dtype must be "bfloat16", "float16" or "float32", got ${JSON.stringify(dtype)}`);
   }
-  const prev = current;
-  current = dtype === "float32" ? null : dtype;
+  const prev = setAutocastState(dtype === "float32" ? null : dtype);
   try {
     return fn();
   } finally {
-    current = prev;
+    setAutocastState(prev);
   }
 }
