@@ -152,9 +152,20 @@ export class Block extends Module {
   }
 
   forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
-    const a = this.attn.forward(this.ln_1.forward(x), ctx);                   // (B, T, C)
+    // Handles are released as soon as the block is done with them: what backward needs, the
+    // ops have saved; the rest (e.g. the branch outputs, which the residual adds do not keep)
+    // is freed now instead of at the end of the step's scope, so activation memory is what
+    // autograd holds (the figure Korthikanti et al. count).
+    const h1 = this.ln_1.forward(x);                                           // (B, T, C)
+    const a = this.attn.forward(h1, ctx);                                      // (B, T, C)
     const x1 = x.add(a);
-    return x1.add(this.mlp.forward(this.ln_2.forward(x1)));                   // (B, T, C)
+    h1.dispose();
+    a.dispose();
+    const h2 = this.ln_2.forward(x1);
+    const m = this.mlp.forward(h2);                                            // (B, T, C)
+    const out = x1.add(m);                                                     // (B, T, C)
+    for (const t of [h2, m, x1]) t.dispose();
+    return out;
   }
 }
 
