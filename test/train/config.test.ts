@@ -44,7 +44,17 @@ test("`validateConfig` fills documented defaults for a minimal config", () => {
   assert.equal(c.optimizer.decay_steps, null);
   assert.deepEqual(c.eval, { interval: 0, batches: 10 });
   assert.deepEqual(c.checkpoint, { interval: 0, keep: 2 });
-  assert.deepEqual(c.parallel, { dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true });
+  assert.deepEqual(c.parallel, { dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true, reduce_dtype: "fp32" });
+  assert.equal(c.train.precision, "fp32");
+  assert.equal(c.train.activation_checkpointing, false);
+  assert.deepEqual(c.train.loss_scale, { initial: 65536, growth_interval: 2000, growth_factor: 2, backoff_factor: 0.5 });
+});
+
+test("`validateConfig` rejects an unknown precision, reduce dtype or recomputation mode, naming the key", () => {
+  rejects({ ...minimal(), train: { ...(minimal().train as object), precision: "int4" } }, /train\.precision/);
+  rejects({ ...minimal(), parallel: { reduce_dtype: "fp8" } }, /parallel\.reduce_dtype/);
+  rejects({ ...minimal(), train: { ...(minimal().train as object), activation_checkpointing: "some" } }, /train\.activation_checkpointing/);
+  rejects({ ...minimal(), train: { ...(minimal().train as object), loss_scale: { initial: -1 } } }, /train\.loss_scale\.initial/);
 });
 
 test("`validateConfig` names the dotted path of a value of the wrong type", () => {
