@@ -111,9 +111,13 @@ Dnnl::Entry& dnnl_entry(Dnnl& st, int odt, bool ta, bool tb, i64 M, i64 N, i64 K
   // Logical shapes [batch, M, K] x [batch, K, N] -> [batch, M, N], element strides from the
   // row-major storage; a batch stride of 0 (a shared operand) becomes a broadcast batch of 1.
   const i64 ba = sa == 0 ? 1 : batch, bbn = sb == 0 ? 1 : batch;
-  e->a = md({ba, M, K}, dtype::bf16, ta ? dnnl::memory::dims{sa, 1, lda} : dnnl::memory::dims{sa, lda, 1});
-  e->b = md({bbn, K, N}, dtype::bf16, tb ? dnnl::memory::dims{sb, 1, ldb} : dnnl::memory::dims{sb, ldb, 1});
-  e->c = md({batch, M, N}, odt == kF32 ? dtype::f32 : dtype::bf16, dnnl::memory::dims{sc, ldc, 1});
+  // A batch of one gets the dense stride of its matrix: oneDNN treats a 0 stride as a
+  // non-dense layout and would pick its slow reference kernel (every unbatched x @ W call).
+  const i64 sa1 = ba == 1 ? (ta ? K : M) * lda : sa, sb1 = bbn == 1 ? (tb ? N : K) * ldb : sb;
+  const i64 sc1 = batch == 1 ? M * ldc : sc;
+  e->a = md({ba, M, K}, dtype::bf16, ta ? dnnl::memory::dims{sa1, 1, lda} : dnnl::memory::dims{sa1, lda, 1});
+  e->b = md({bbn, K, N}, dtype::bf16, tb ? dnnl::memory::dims{sb1, 1, ldb} : dnnl::memory::dims{sb1, ldb, 1});
+  e->c = md({batch, M, N}, odt == kF32 ? dtype::f32 : dtype::bf16, dnnl::memory::dims{sc1, ldc, 1});
   dnnl::primitive_attr attr;
   if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
   if (beta != 0.0f) {
