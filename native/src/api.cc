@@ -1,4 +1,4 @@
-// The bodies of mg::api::* (declared in _kernels.gen.inc from src/backend/kernels.ts): pick the
+// The bodies of mg::api::* (declared in _kernels.gen.h from src/backend/kernels.ts): pick the
 // kernel set, check the dtype arguments against what is implemented, and call the kernel.
 //
 // float32 calls go straight to the kernels. 16-bit float calls (bfloat16, float16) take one of

@@ -4,7 +4,7 @@
 // pointers plus sizes; shapes, dtypes and policy live in TypeScript. Kernels that exist in an
 // AVX-512 and a generic build are declared once per namespace (KNS = avx512 | generic) and
 // chosen at run time (api.cc). The op and dtype enums and the mg::api declarations are
-// generated from src/backend/kernels.ts into _kernels.gen.inc.
+// generated from src/backend/kernels.ts into _kernels.gen.h.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -28,7 +28,7 @@ struct Dims {
 
 #define MG_GEN_ENUMS
 #define MG_GEN_API
-#include "_kernels.gen.inc"
+#include "_kernels.gen.h"
 
 namespace mg {
 

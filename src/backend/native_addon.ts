@@ -12,18 +12,12 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { OP_CODES, type ArgKind, type KERNELS, type KernelDType, type KernelFns, type KernelName, type KernelReturn } from "./kernels.js";
+import type { BackendMemoryStats } from "./backend.js";
 
 export type Ptr = number;
 
-export interface NativeMemoryStats {
-  live: number[];
-  peak: number[];
-  liveTotal: number;
-  peakTotal: number;
-  cached: number;
-  allocs: number;
-  cacheHits: number;
-}
+/** The allocator's counters, as the Backend interface reports them. */
+export type NativeMemoryStats = BackendMemoryStats;
 
 /** cpuInfo(): what this CPU offers and what the addon chose. */
 export interface NativeCpuInfo {

@@ -13,10 +13,10 @@ export {
 export {
   add, sub, mul, div, pow, maximum, minimum, neg, exp, log, sqrt, rsqrt, tanh, relu, sigmoid, silu, gelu, abs, square,
   erf, reciprocal, sin, cos, clamp, where, maskedFill, sum, mean, variance, maxAll, maxDim, argReduce, cumsum, topk,
-  reshape, flatten, permute, transpose, expand, slice, select, squeeze, unsqueeze, contiguous, clone, cat, stack, split,
-  chunk, toDType, compare, reduceSumSq, promoteTypes,
+  reshape, flatten, permute, transpose, expand, slice, select, squeeze, unsqueeze, contiguous, clone, toDType, compare, reduceSumSq, promoteTypes,
 } from "./ops.js";
 export { matmul } from "./matmul.js";
+export { cat, stack, split, chunk } from "./concat.js";
 export {
   softmax, logSoftmax, layerNorm, rmsNorm, embedding, crossEntropy, dropout, scaledDotProductAttention,
   type CrossEntropyOptions, type AttentionOptions, type DropoutOptions,

@@ -16,6 +16,7 @@ import { type DType, dtypeSize } from "./dtype.js";
 import { Storage, Category, allocationCategory, trackTensor, keep, withScope } from "./storage.js";
 import { contiguousStrides, numel, type Shape } from "./shape.js";
 import * as ops from "./ops.js";
+import * as concat from "./concat.js";
 import { matmul } from "./matmul.js";
 import * as nn from "./nn_ops.js";
 
@@ -361,8 +362,8 @@ export class Tensor implements Differentiable, BufferView {
   squeeze(dim?: number): Tensor { return ops.squeeze(this, dim); }
   unsqueeze(dim: number): Tensor { return ops.unsqueeze(this, dim); }
   flatten(startDim = 0, endDim = -1): Tensor { return ops.flatten(this, startDim, endDim); }
-  split(sizeOrSections: number | number[], dim = 0): Tensor[] { return ops.split(this, sizeOrSections, dim); }
-  chunk(chunks: number, dim = 0): Tensor[] { return ops.chunk(this, chunks, dim); }
+  split(sizeOrSections: number | number[], dim = 0): Tensor[] { return concat.split(this, sizeOrSections, dim); }
+  chunk(chunks: number, dim = 0): Tensor[] { return concat.chunk(this, chunks, dim); }
   contiguous(): Tensor { return ops.contiguous(this); }
   clone(): Tensor { return ops.clone(this); }
   /** Converts the dtype (copy). Gradients flow through float conversions. */

@@ -7,14 +7,15 @@ import { readFileSync } from "node:fs";
 
 import { KERNELS, OP_CODES } from "../../src/backend/kernels.js";
 import { BinaryOp, DTypeCode, NATIVE_UTILITIES, native } from "../../src/backend/native_addon.js";
-import { GENERATED_PATH, generate } from "../../scripts/gen_kernels.js";
+import { GENERATED_HEADER, GENERATED_PATH, generate, generateHeader } from "../../scripts/gen_kernels.js";
 
-test("`gen_kernels` output matches the committed native/src/_kernels.gen.inc", () => {
-  const committed = readFileSync(GENERATED_PATH, "utf8");
-  assert.ok(
-    committed === generate(),
-    "native/src/_kernels.gen.inc is stale: run `node --import tsx scripts/gen_kernels.ts`, rebuild and commit",
-  );
+test("`gen_kernels` output matches the committed native/src/_kernels.gen.h and _kernels.gen.inc", () => {
+  for (const [path, text] of [[GENERATED_HEADER, generateHeader()], [GENERATED_PATH, generate()]] as const) {
+    assert.ok(
+      readFileSync(path, "utf8") === text,
+      `${path} is stale: run \`node --import tsx scripts/gen_kernels.ts\`, rebuild and commit`,
+    );
+  }
 });
 
 test("the addon exports exactly the table's kernels plus the documented utilities", () => {
