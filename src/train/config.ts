@@ -67,6 +67,14 @@ export const TrainConfigSchema = z
         peak_flops: z.number().positive().default(200e9),
         /** Consecutive non-finite steps before the run stops. */
         max_nonfinite_steps: posInt.default(5),
+        /**
+         * Write a Chrome/Perfetto trace (chrome://tracing, ui.perfetto.dev) of the first
+         * `trace_steps` steps: forward, backward, send/recv, all-reduce, optimizer, idle. Each rank
+         * writes `<path>.rank<r>.json`; `megalith launch` merges them into `<path>`. null = off.
+         */
+        trace: z.string().min(1).nullable().default(null),
+        /** Steps traced when `trace` is set. */
+        trace_steps: posInt.default(3),
       })
       .strict(),
     optimizer: z
@@ -111,6 +119,20 @@ export const TrainConfigSchema = z
         zero3_prefetch: z.boolean().default(true),
         /** dtype of data-parallel gradient reductions: fp32, or bf16 to halve the bytes on the wire. */
         reduce_dtype: z.enum(["fp32", "bf16"]).default("fp32"),
+        /** Tensor-parallel size (Megatron 1D: heads, MLP and vocabulary split over tp ranks). */
+        tp: posInt.default(1),
+        /** Sequence parallelism in the layernorm/dropout regions (needs tp > 1). */
+        sp: z.boolean().default(false),
+        /** Pipeline stages. dp x tp x pp must equal the number of ranks. */
+        pp: posInt.default(1),
+        /** Pipeline schedule: GPipe, 1F1B (PipeDream-Flush), or interleaved 1F1B. */
+        pp_schedule: z.enum(["gpipe", "1f1b", "interleaved"]).default("1f1b"),
+        /** Micro-batches per step in the pipeline (null = train.grad_accum_steps; set, it is the accumulation count). */
+        pp_microbatches: posInt.nullable().default(null),
+        /** Interleaved schedule: model chunks per rank (v). */
+        pp_virtual_stages: posInt.default(1),
+        /** Explicit layers per stage, e.g. [3, 5] (null = an even split). */
+        pp_layers: z.array(posInt).nullable().default(null),
       })
       .strict()
       .default({}),
@@ -204,10 +226,42 @@ export function validateConfig(raw: unknown, source = "config"): TrainConfig {
     throw new ValueError(`${source} is invalid:\n${lines.join("\n")}`);
   }
   const c = r.data;
-  if (c.model.n_embd % c.model.n_head !== 0) {
-    throw new ValueError(`${source} is invalid:\n  model.n_embd: ${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`);
+  const bad = (key: string, msg: string): never => {
+    throw new ValueError(`${source} is invalid:\n  ${key}: ${msg}`);
+  };
+  if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`);
+  const p = c.parallel;
+  if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`);
+  if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);
+  if (p.sp && p.tp === 1) bad("parallel.sp", "sequence parallelism shards along tensor-parallel ranks: it needs parallel.tp > 1");
+  if (p.sp && c.model.block_size % p.tp !== 0) bad("parallel.sp", `model.block_size (${c.model.block_size}) must be divisible by parallel.tp (${p.tp}) to shard the sequence`);
+  if (p.pp_microbatches !== null && p.pp > 1) {
+    if (c.train.grad_accum_steps !== 1 && c.train.grad_accum_steps !== p.pp_microbatches) {
+      bad("parallel.pp_microbatches", `${p.pp_microbatches} conflicts with train.grad_accum_steps (${c.train.grad_accum_steps}): in a pipeline the micro-batches are the accumulation steps; set one of them`);
+    }
+    c.train.grad_accum_steps = p.pp_microbatches;
   }
+  if (p.pp_virtual_stages > 1 && p.pp_schedule !== "interleaved") bad("parallel.pp_virtual_stages", `${p.pp_virtual_stages} model chunks per rank need parallel.pp_schedule "interleaved" (got "${p.pp_schedule}")`);
+  if (p.pp > 1) {
+    const v = p.pp_schedule === "interleaved" ? p.pp_virtual_stages : 1;
+    const chunks = p.pp * v;
+    if (p.pp_layers !== null) {
+      if (p.pp_layers.length !== chunks) bad("parallel.pp_layers", `lists ${p.pp_layers.length} stages, expected ${chunks} (parallel.pp${v > 1 ? " x parallel.pp_virtual_stages" : ""})`);
+      const sum = p.pp_layers.reduce((a, b) => a + b, 0);
+      if (sum !== c.model.n_layer) bad("parallel.pp_layers", `${JSON.stringify(p.pp_layers)} sums to ${sum}, expected model.n_layer (${c.model.n_layer})`);
+    } else if (c.model.n_layer % chunks !== 0) {
+      bad(v > 1 ? "parallel.pp_virtual_stages" : "parallel.pp", `model.n_layer (${c.model.n_layer}) must be divisible by ${v > 1 ? `parallel.pp x parallel.pp_virtual_stages (${p.pp} x ${v})` : `parallel.pp (${p.pp})`}, or give parallel.pp_layers`);
+    }
+    if (p.pp_schedule === "interleaved" && v < 2) bad("parallel.pp_virtual_stages", `the interleaved schedule needs at least 2 model chunks per rank, got ${v}`);
+    if (p.pp_schedule === "interleaved" && c.train.grad_accum_steps % p.pp !== 0) bad("parallel.pp_microbatches", `the interleaved schedule needs micro-batches (${c.train.grad_accum_steps}) divisible by parallel.pp (${p.pp})`);
+    if (p.zero >= 2) bad("parallel.zero", `ZeRO-${p.zero} shards gradients every micro-batch, which pipeline parallelism cannot combine with (as in DeepSpeed); use parallel.zero=1 or 0 with parallel.pp=${p.pp}`);
+  } else if (p.pp_layers !== null && p.pp_layers.length !== 1) bad("parallel.pp_layers", `lists ${p.pp_layers.length} stages but parallel.pp is 1`);
   return c;
+}
+
+/** Ranks the config's layout needs: dp x tp x pp. */
+export function worldSizeOf(c: TrainConfig): number {
+  return c.parallel.dp * c.parallel.tp * c.parallel.pp;
 }
 
 /** Reads a config file, applies overrides, validates. */
