@@ -15,13 +15,18 @@
  * signal 9"). Either way `launch` exits non-zero within seconds (tested in
  * test/parallel/collectives.test.ts). A rank that hangs is caught by the collective timeout
  * (MEGALITH_COLLECTIVE_TIMEOUT_S), which names the ranks that never arrived.
+ *
+ * Traces: when the command is `train` and its config sets `train.trace` = P, each rank writes
+ * `P.rank<r>.json`; once mpirun exits, launch merges the files that exist into P (also after a
+ * failed job: a partial timeline is what shows where it stopped).
  */
 import type { Command } from "commander";
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { ValueError } from "../core/errors.js";
+import { mergeTraces } from "../core/trace.js";
 
 // This file runs from src/cli (sources) or dist/src/cli (compiled): find the package's bin.
 const here = dirname(fileURLToPath(import.meta.url));
@@ -54,6 +59,66 @@ export function mpirunArgs(n: number, rest: string[], hostfile?: string, script 
   return [...mpirunFlags(n, hostfile), process.execPath, ...nodeArgs, script, ...rest];
 }
 
+/** The values of `--config F` / `--config=F` and `--set k=v ...` / `--set=k=v` in a train
+ *  command line, read the way commander reads them for `megalith train` (--set is variadic). */
+function trainFlags(args: readonly string[]): { config?: string; sets: string[] } {
+  let config: string | undefined;
+  const sets: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--config") config = args[++i];
+    else if (a.startsWith("--config=")) config = a.slice("--config=".length);
+    else if (a.startsWith("--set=")) sets.push(a.slice("--set=".length));
+    else if (a === "--set") while (i + 1 < args.length && !args[i + 1]!.startsWith("-")) sets.push(args[++i]!);
+  }
+  return { config, sets };
+}
+
+/**
+ * After a launched `train` job: merges the per-rank traces `P.rank<r>.json` that exist into P
+ * when the job's config sets `train.trace` = P, and returns P (null when there was nothing to
+ * merge). Never throws: a config that cannot be read, or a trace that cannot be merged, must
+ * not turn a finished job into a failed launch, so it says why on stderr and returns null.
+ * @example
+ * await mergeLaunchTraces(["train", "--config", "c.json", "--set", "train.trace=runs/x/trace.json"]);
+ */
+export async function mergeLaunchTraces(command: readonly string[]): Promise<string | null> {
+  if (command[0] !== "train") return null;
+  const { config, sets } = trainFlags(command.slice(1));
+  if (!config) return null;
+  let path: string | null;
+  try {
+    // Imported here, not at the top: tests and scripts import this file for mpirunArgs, and
+    // should not load the training stack for it.
+    const { loadConfig } = await import("../train/index.js");
+    path = loadConfig(config, sets).train.trace;
+  } catch {
+    return null;  // the ranks have already reported a bad config
+  }
+  if (!path) return null;
+  const dir = dirname(path), prefix = `${basename(path)}.rank`;
+  let files: string[];
+  try {
+    files = readdirSync(dir).filter((n) => n.startsWith(prefix) && /^\d+\.json$/.test(n.slice(prefix.length)))
+      .sort((a, b) => parseInt(a.slice(prefix.length), 10) - parseInt(b.slice(prefix.length), 10)).map((n) => join(dir, n));
+  } catch {
+    files = [];
+  }
+  if (files.length === 0) {
+    process.stderr.write(`megalith launch: train.trace is ${path}, but no rank wrote ${path}.rank<r>.json; nothing to merge\n`);
+    return null;
+  }
+  try {
+    const n = mergeTraces(files, path);
+    process.stdout.write(`megalith launch: merged the traces of ${files.length} rank${files.length === 1 ? "" : "s"} (${n} events) into ${path}; ` +
+      "open it in ui.perfetto.dev or chrome://tracing\n");
+    return path;
+  } catch (e) {
+    process.stderr.write(`megalith launch: could not merge the traces into ${path}: ${(e as Error).message}\n`);
+    return null;
+  }
+}
+
 export function register(program: Command): void {
   program
     .command("launch")
@@ -81,6 +146,7 @@ export function register(program: Command): void {
         });
         child.on("exit", (c, sig) => resolve(c ?? 128 + (sig === "SIGKILL" ? 9 : sig === "SIGINT" ? 2 : 15)));
       });
+      if (code !== 127) await mergeLaunchTraces(command);
       if (code !== 0 && code !== 127) {
         process.stderr.write(`megalith launch: the job failed (mpirun exit code ${code}${code === 124 ? ": a collective timed out" : ""}); the [job,rank] tags above show which rank failed\n`);
       }

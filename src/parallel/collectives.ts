@@ -12,9 +12,15 @@
  * A call that waits longer than its timeout (option `timeoutS`, default the environment's
  * MEGALITH_COLLECTIVE_TIMEOUT_S, else 600 s) makes the watchdog print which ranks never
  * arrived and abort the job with exit code 124, instead of hanging.
+ *
+ * Every call that moves data (group size > 1) is counted in `commStats()`. While a trace is
+ * recorded (core/trace.ts), blocking calls show as spans on the main thread and asynchronous
+ * ones on the communication thread (tid 1), placed when JavaScript sees them complete.
  */
 import { ValueError, fmtShape } from "../core/errors.js";
-import type { Tensor, DType } from "../tensor/index.js";
+import { tracing, traceComplete, COMM_TID, type TraceCategory } from "../core/trace.js";
+import { performance } from "node:perf_hooks";
+import { dtypeSize, type Tensor, type DType } from "../tensor/index.js";
 import { mpi, underMpi, type CallKind } from "../backend/mpi.js";
 import type { BufferView } from "../backend/index.js";
 
@@ -68,18 +74,36 @@ export interface Work {
 
 const DONE: Work = { completed: true, seconds: 0, wait: () => Promise.resolve() };
 
+/** What an asynchronous call records in the trace when it completes. */
+interface TracedCall {
+  name: string;
+  cat: TraceCategory;
+  args: Record<string, unknown>;
+  /** performance.now() when the call was issued. */
+  issuedMs: number;
+}
+
 class PendingWork implements Work {
   completed = false;
   seconds = 0;
   private readonly done: Promise<void>;
   private held: Array<ReturnType<Tensor["storage"]["retain"]>> | null;
+  /** When a fence saw the call end: the Promise settles later (on the event loop), and the
+   *  trace should place the call where it ended, not where JavaScript got round to it. */
+  private fencedAtMs: number | null = null;
 
   /** Holds a reference to each storage until the call ends, so no buffer is freed under MPI. */
-  constructor(call: Promise<number>, tensors: Tensor[], private readonly unfenced?: Set<PendingWork>) {
+  constructor(call: Promise<number>, tensors: Tensor[], private readonly unfenced?: Set<PendingWork>, trace?: TracedCall) {
     this.held = tensors.map((t) => t.storage.retain());
     unfenced?.add(this);
     this.done = call.then((secs) => {
       this.seconds = secs;
+      if (trace) {
+        const endMs = this.fencedAtMs ?? performance.now();
+        const startMs = Math.max(trace.issuedMs, endMs - secs * 1000);
+        traceComplete(trace.name, trace.cat, startMs, endMs - startMs,
+          { tid: COMM_TID, args: { ...trace.args, queued_ms: +(startMs - trace.issuedMs).toFixed(3) } });
+      }
       this.finished();
     }, (e: unknown) => {
       this.finished();
@@ -89,6 +113,7 @@ class PendingWork implements Work {
 
   /** The call is over (its Promise settled, or a fence saw it end): let go of its buffers. */
   finished(): void {
+    if (!this.completed) this.fencedAtMs = performance.now();
     this.completed = true;
     this.unfenced?.delete(this);
     const held = this.held;
@@ -229,13 +254,77 @@ function copyInto(out: Tensor, input: Tensor): void {
 const NO_SHAPE: readonly number[] = [];
 const NO_TENSORS: Tensor[] = [];
 
+// ---- counters and trace ------------------------------------------------------------------------
+
+/** The calls `commStats()` counts (every call kind but fence, which moves nothing). */
+export type CommKind = Exclude<CallKind, "fence">;
+const COMM_KINDS: readonly CommKind[] = ["allReduce", "allGather", "reduceScatter", "broadcast", "allToAll", "barrier", "send", "recv"];
+const TRACE_CATEGORY: Record<CommKind, TraceCategory> = {
+  allReduce: "allreduce", allGather: "allgather", reduceScatter: "reducescatter", broadcast: "broadcast",
+  allToAll: "alltoall", barrier: "barrier", send: "send", recv: "recv",
+};
+
+const newStats = (): Record<CommKind, { calls: number; bytes: number }> =>
+  Object.fromEntries(COMM_KINDS.map((k) => [k, { calls: 0, bytes: 0 }])) as Record<CommKind, { calls: number; bytes: number }>;
+// Process-wide like the MPI state itself: every group's calls leave through this one file, and
+// a counter that had to be passed in could not see the calls that layers above make.
+let stats = newStats();
+
+/**
+ * Bytes this rank contributes to `kind` on a group of `size`, from run()'s `count` (elements
+ * per rank, as MPI takes it): all-gather counts its whole output, reduce-scatter and all-to-all
+ * their whole input, the rest the one tensor.
+ */
+function bytesOf(kind: CommKind, count: number, dtype: DType, size: number): number {
+  const perRank = count * dtypeSize(dtype);
+  return kind === "allGather" || kind === "reduceScatter" || kind === "allToAll" ? perRank * size : perRank;
+}
+
+/**
+ * Calls and bytes per kind since the start (or the last `resetCommStats()`), counting what this
+ * rank contributes to each call on a group of two or more ranks (calls on a group of one move
+ * nothing and are not counted): all-reduce, broadcast, send and recv the tensor's bytes,
+ * all-gather its whole output, reduce-scatter and all-to-all their whole input, barrier 0.
+ * Blocking and asynchronous calls count alike, when issued. Returns a copy.
+ * @example
+ * resetCommStats();
+ * trainStep();
+ * console.log(`all-reduced ${commStats().allReduce.bytes / 2 ** 20} MiB this step`);
+ */
+export function commStats(): Record<CommKind, { calls: number; bytes: number }> {
+  return Object.fromEntries(COMM_KINDS.map((k) => [k, { ...stats[k] }])) as Record<CommKind, { calls: number; bytes: number }>;
+}
+
+/**
+ * Zeroes the counters of `commStats()`.
+ * @example
+ * resetCommStats();  // count from here
+ */
+export function resetCommStats(): void {
+  stats = newStats();
+}
+
 /** Issues one call on `g`: blocking (returns undefined) or asynchronous (returns its Work,
  *  which keeps `tensors` alive until the call ends). */
-function run(kind: CallKind, async: boolean, g: ProcessGroup, o: CollectiveOptions, tensors: Tensor[],
+function run(kind: CommKind, async: boolean, g: ProcessGroup, o: CollectiveOptions, tensors: Tensor[],
   send: BufferView | null, recv: BufferView | null, count: number, dtype: DType, arg = 0, tag = 0, shape: readonly number[] = NO_SHAPE): Work | undefined {
   const timeout = timeoutOf(o);
+  const bytes = bytesOf(kind, count, dtype, g.size);
+  const counter = stats[kind];
+  counter.calls++;
+  counter.bytes += bytes;
+  // Only built while tracing: this runs for every gradient bucket and parameter gather.
+  let traced: TracedCall | undefined;
+  if (tracing()) {
+    const args: Record<string, unknown> = { group: g.name ?? "?", bytes, dtype };
+    if (kind === "send" || kind === "recv") Object.assign(args, { peer: arg, tag });
+    traced = { name: `${kind}${async ? "Async" : ""} ${g.name ?? "?"}`, cat: TRACE_CATEGORY[kind], args, issuedMs: performance.now() };
+  }
   if (!async) {
     mpi.call(kind, g.handle, send, recv, count, dtype, arg, tag, shape, timeout);
+    // Recorded after the call returns, so a call that throws (a timeout, a mismatched recv)
+    // leaves no span; its error says what happened.
+    if (traced) traceComplete(traced.name, traced.cat, traced.issuedMs, performance.now() - traced.issuedMs, { args: traced.args });
     return undefined;
   }
   let unfenced: Set<PendingWork> | undefined;
@@ -243,7 +332,7 @@ function run(kind: CallKind, async: boolean, g: ProcessGroup, o: CollectiveOptio
     unfenced = unfencedWork.get(g.handle);
     if (!unfenced) unfencedWork.set(g.handle, (unfenced = new Set()));
   }
-  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, dtype, arg, tag, shape, timeout), tensors, unfenced);
+  return new PendingWork(mpi.callAsync(kind, g.handle, send, recv, count, dtype, arg, tag, shape, timeout), tensors, unfenced, traced);
 }
 
 // ---- allReduce ---------------------------------------------------------------------------------

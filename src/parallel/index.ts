@@ -7,8 +7,8 @@
 export {
   worldGroup, splitGroup, setCommThreadNice, collectiveTimeoutS,
   allReduce, allReduceAsync, reduceScatter, reduceScatterAsync, allGather, allGatherAsync, broadcast, broadcastAsync,
-  allToAll, allToAllAsync, barrier, barrierAsync, fence, send, sendAsync, recv, recvAsync,
-  type ProcessGroup, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,
+  allToAll, allToAllAsync, barrier, barrierAsync, fence, send, sendAsync, recv, recvAsync, commStats, resetCommStats,
+  type ProcessGroup, type CommKind, type ReduceOp, type Work, type CollectiveOptions, type ReduceOptions, type BroadcastOptions, type P2POptions,
 } from "./collectives.js";
 export { DeviceMesh, MESH_AXES, type Axis } from "./mesh.js";
 export { type GradSync, noGradSync, composeGradSync } from "./grad_sync.js";
