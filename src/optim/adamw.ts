@@ -102,6 +102,8 @@ export class AdamW implements Optimizer {
   stepCount = 0;
   readonly m: Tensor[] = [];
   readonly v: Tensor[] = [];
+  /** Which gradients the global norm counts and how ranks combine it (model parallelism); null = all, local. */
+  normScope: GradNormScope | null = null;
 
   constructor(params: Tensor[], opts: AdamWOptions = {}) {
     this.params = params;
@@ -141,7 +143,7 @@ export class AdamW implements Optimizer {
 
   /** The global gradient norm (the gradients are whole here, and already averaged under DDP). */
   gradNorm(maxNorm = Infinity): GradNormResult {
-    return gradNorm(this.params, maxNorm);
+    return gradNorm(this.params, maxNorm, this.normScope ?? undefined);
   }
 
   state(): AdamWState {
@@ -195,11 +197,27 @@ export function adamwState(o: { stepCount: number; lr: number; betas: readonly [
  * Global L2 norm of all gradients (float64 accumulation across tensors), and the clipping
  * coefficient min(1, maxNorm / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ computes it.
  */
-export function gradNorm(params: readonly Tensor[], maxNorm = Infinity): GradNormResult {
+export function gradNorm(params: readonly Tensor[], maxNorm = Infinity, scope?: GradNormScope): GradNormResult {
   let sq = 0;
-  for (const p of params) if (p.grad) sq += reduceSumSq(p.grad);
+  params.forEach((p, i) => {
+    if (p.grad && (scope?.counted?.(i) ?? true)) sq += reduceSumSq(p.grad);
+  });
+  if (scope?.reduce) sq = scope.reduce(sq);
   const norm = Math.sqrt(sq);
   return { norm, clipCoef: clipCoefficient(norm, maxNorm) };
+}
+
+/**
+ * How a global gradient norm is taken when parameters are split over ranks (tensor and
+ * pipeline parallelism): each rank sums the squares of the gradients it `counted` (a
+ * parameter replicated on several ranks counts on one of them), and `reduce` combines the
+ * ranks' sums (an all-reduce, supplied by parallel/ so optim stays free of collectives).
+ */
+export interface GradNormScope {
+  /** Whether parameter `i` (in `params` order) counts on this rank. Default: all. */
+  counted?: (paramIndex: number) => boolean;
+  /** The sum over the ranks that share this step's norm, from this rank's sum. Default: identity. */
+  reduce?: (localSumSq: number) => number;
 }
 
 /** min(1, maxNorm / (norm + 1e-6)), or 1 without clipping (torch.nn.utils.clip_grad_norm_). */

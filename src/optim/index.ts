@@ -3,7 +3,7 @@ export {
   type Optimizer, type OptimizerStateDict, type StepOptions, type GradNormResult, type AdamWState,
 } from "./optimizer.js";
 export {
-  AdamW, adamwUpdate, adamwStepHyper, resolveAdamWOptions, momentsOf, gradNorm, clipCoefficient, clearGrads, adamwState,
+  AdamW, adamwUpdate, adamwStepHyper, resolveAdamWOptions, momentsOf, gradNorm, clipCoefficient, type GradNormScope, clearGrads, adamwState,
   type AdamWOptions, type AdamWHyper,
 } from "./adamw.js";
 export { cosineLr, type CosineScheduleOptions } from "./schedule.js";

@@ -17,6 +17,19 @@ export { FlatShards, type ShardUnit, type ShardPiece } from "./flat_shards.js";
 export { ShardedAdamW, type ShardedAdamWOptions, type ZeroStage } from "./sharded_optimizer.js";
 export { FullyShardedUnits, type FSDPOptions } from "./fsdp.js";
 export { parallelize, type ParallelizeConfig, type Parallelized } from "./parallelize.js";
+export { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence, scatterToSequence } from "./regions.js";
+export {
+  applyTensorParallel, shardOfLogical, logicalFromShards, vocabParallelCrossEntropy, ColumnParallelLinear, RowParallelLinear,
+  VocabParallelEmbedding, VocabParallelHead, SequenceParallelLayerNorm, SequenceParallelPositionEmbedding,
+  type ShardSpec, type TensorParallelPlan, type TensorParallelOptions,
+} from "./tensor_parallel.js";
 /** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
 export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
 export { underMpi, CommError } from "../backend/mpi.js";
+export { gatherLogical, type LogicalTensor } from "./logical_state.js";
+export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions } from "./schedule.js";
+export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline/runtime.js";
+export {
+  pipelineActions, simulatePipeline, simulateActionLists, bubbleFraction, modelChunkOf, locateModelChunk,
+  type PipelineScheduleName, type PipelineAction, type PipelineShape, type SimulationResult, type SimulationOptions,
+} from "./pipeline/schedules.js";

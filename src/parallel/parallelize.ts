@@ -4,18 +4,24 @@
  *
  * The stages, in order (each a function of the same context, so later issues add theirs to
  * the list without touching the others):
- *   1. tensor parallel            slot: the identity until TP lands (needs mesh tp = 1 today).
- *                                 It goes first because it changes which parameters exist on
- *                                 this rank; everything after shards what TP left.
- *   2. activation checkpointing   recompute each block's activations in backward. Before any
+ *   1. tensor parallel            over the mesh's tp axis: module swaps that hold shards and
+ *                                 communicate through autograd regions (tensor_parallel.ts),
+ *                                 with sequence parallelism as an option. It goes first because
+ *                                 it changes which parameters exist on this rank; everything
+ *                                 after shards what TP left.
+ *   2. pipeline split             over the pp axis: this rank keeps its stage's blocks (and the
+ *                                 embeddings / head where they belong), pipeline/runtime.ts.
+ *   3. activation checkpointing   recompute each block's activations in backward. Before any
  *                                 sharding: FSDP's hooks see the replayed forward and keep the
  *                                 block gathered for the backward that follows it.
- *   3. data parallel              over the mesh's dp axis, one of
+ *   4. data parallel              over the mesh's dp axis, one of
  *                                   zero 0: DDP (bucketed async all-reduce) around AdamW;
  *                                   zero 1/2: ShardedAdamW (optimizer state, + gradients);
  *                                   zero 3: FSDP units per block (parameters) + ShardedAdamW.
  *                                 Last, because it shards whatever the model ended up with.
- * (Pipeline and expert parallelism will be stages of the same list.)
+ * Then the step's schedule: a plain accumulation loop, or the pipeline schedule; and the
+ * gradient norm's scope (a parameter split over tp counts on every tp rank, a replicated one
+ * on one; the norm is summed over tp and pp). (Expert parallelism will be a stage of the list.)
  *
  * Why this file lives in parallel/ and not in models/gpt/: it builds DataParallel, FSDP and the
  * sharded optimizer, and models/ sits below parallel/ in the layer order (scripts/check-layers.mjs),
@@ -27,14 +33,18 @@
  */
 import { ValueError } from "../core/errors.js";
 import type { GPT } from "../models/index.js";
-import { AdamW, type AdamWOptions, type Optimizer } from "../optim/index.js";
+import { AdamW, type AdamWOptions, type Optimizer, type GradNormScope } from "../optim/index.js";
+import type { Tensor } from "../tensor/index.js";
 import type { ProcessGroup } from "./collectives.js";
 import { DataParallel } from "./data_parallel.js";
 import { FlatShards } from "./flat_shards.js";
 import { FullyShardedUnits } from "./fsdp.js";
 import { composeGradSync, type GradSync } from "./grad_sync.js";
 import type { DeviceMesh } from "./mesh.js";
-import { ShardedAdamW, type ZeroStage } from "./sharded_optimizer.js";
+import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.js";
+import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
+import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline/runtime.js";
+import { PlainSchedule, type TrainSchedule } from "./schedule.js";
 
 /** What to apply (the trainer builds it from `parallel.*` and `train.activation_checkpointing`). */
 export interface ParallelizeConfig {
@@ -50,6 +60,10 @@ export interface ParallelizeConfig {
   activationCheckpointing?: boolean | "full" | "selective";
   /** The optimizer's hyperparameters. */
   optimizer?: AdamWOptions;
+  /** Tensor parallelism (mesh tp > 1): shard the layernorm/dropout regions along the sequence. Default false. */
+  sequenceParallel?: boolean;
+  /** Pipeline parallelism (mesh pp > 1): schedule, virtual stages, layers per stage. */
+  pipeline?: PipelineOptions;
 }
 
 /** What a train step needs from the parallel form of the model. */
@@ -72,6 +86,14 @@ export interface Parallelized {
   fsdp: FullyShardedUnits | null;
   /** The stages that changed something, in order, e.g. ["activation checkpointing", "ZeRO-2 (dp=2)"]. */
   applied: string[];
+  /** How a step's micro-batches run: plain accumulation or a pipeline schedule. */
+  schedule: TrainSchedule;
+  /** Each local parameter's relation to its logical tensor (tensor parallelism). */
+  tensorParallel: TensorParallelPlan;
+  /** This rank's pipeline stage (one stage holding everything when pp = 1). */
+  pipeline: PipelineStagePlan | null;
+  /** The mesh the layout was applied over. */
+  mesh: DeviceMesh;
 }
 
 /** What the stages build up. */
@@ -83,23 +105,40 @@ interface Context {
   gradSync: GradSync[];
   fsdp: FullyShardedUnits | null;
   applied: string[];
+  tp: TensorParallelPlan | null;
+  pp: PipelineStagePlan | null;
 }
 
 type Stage = (ctx: Context) => void;
 
-/** Stage 1, a slot for now: tensor parallelism is the next issue. */
+/** Stage 1: tensor (and sequence) parallelism over the tp axis. */
 const tensorParallel: Stage = (ctx) => {
-  if (ctx.mesh.sizes.tp > 1) throw new ValueError(`parallelize: tensor parallelism (tp=${ctx.mesh.sizes.tp}) is not implemented yet; use tp=1`);
+  const g = ctx.mesh.group("tp");
+  const sp = ctx.config.sequenceParallel ?? false;
+  ctx.tp = applyTensorParallel(ctx.model, g, { sequenceParallel: sp });
+  if (g.size > 1) ctx.applied.push(`tensor parallel (tp=${g.size}${sp ? ", sequence parallel" : ""})`);
 };
 
-/** Stage 2. */
+/** Stage 2: the pipeline split over the pp axis. */
+const pipelineSplit: Stage = (ctx) => {
+  const g = ctx.mesh.group("pp");
+  if (g.size === 1) return;
+  if ((ctx.config.zero ?? 0) >= 2) {
+    throw new ValueError(`parallelize: ZeRO-${ctx.config.zero} reduce-scatters gradients on every micro-batch, which a pipeline schedule cannot combine with (as in DeepSpeed); use zero 0 or 1 with pp=${g.size}`);
+  }
+  ctx.pp = splitPipelineStages(ctx.model, g, ctx.config.pipeline);
+  const pl = ctx.pp;
+  ctx.applied.push(`pipeline (pp=${g.size}, ${pl.schedule}${pl.virtualStages > 1 ? `, v=${pl.virtualStages}` : ""}, layers ${pl.chunks.map((c) => `${c.layers[0]}-${c.layers[c.layers.length - 1]}`).join(" ")})`);
+};
+
+/** Stage 3. */
 const activationCheckpointing: Stage = (ctx) => {
   if (ctx.config.activationCheckpointing !== undefined) ctx.model.activationCheckpointing = ctx.config.activationCheckpointing;
   const ac = ctx.model.activationCheckpointing;
   if (ac) ctx.applied.push(ac === "selective" ? "activation checkpointing (selective)" : "activation checkpointing");
 };
 
-/** Stage 3: DDP or ZeRO over the dp axis; builds the optimizer either way. */
+/** Stage 4: DDP or ZeRO over the dp axis; builds the optimizer either way. */
 const dataParallel: Stage = (ctx) => {
   const { model, config } = ctx;
   const group = ctx.mesh.group("dp");
@@ -130,6 +169,7 @@ const dataParallel: Stage = (ctx) => {
 /** The stages, in the order they apply. */
 const STAGES: ReadonlyArray<readonly [string, Stage]> = [
   ["tensor parallel", tensorParallel],
+  ["pipeline split", pipelineSplit],
   ["activation checkpointing", activationCheckpointing],
   ["data parallel", dataParallel],
 ];
@@ -144,16 +184,53 @@ const STAGES: ReadonlyArray<readonly [string, Stage]> = [
  * optimizer.step({ gradScale: (await optimizer.gradNorm(1)).clipCoef }); optimizer.zeroGrad();
  */
 export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeConfig = {}): Parallelized {
-  const ctx: Context = { model, mesh, config, optimizer: null, gradSync: [], fsdp: null, applied: [] };
+  const ctx: Context = { model, mesh, config, optimizer: null, gradSync: [], fsdp: null, applied: [], tp: null, pp: null };
   for (const [, stage] of STAGES) stage(ctx);
   const fsdp = ctx.fsdp;
+  const optimizer = ctx.optimizer ?? new AdamW(model.parameters(), config.optimizer);
+  const gradSync = composeGradSync(ctx.gradSync);
+  const tp = ctx.tp!;
+  let schedule: TrainSchedule;
+  if (ctx.pp) {
+    const pipe = new PipelineSchedule(model, mesh.group("pp"), gradSync, ctx.pp, tp.sequenceParallel ? tp.group.size : 1);
+    schedule = pipe;
+    setNormScope(optimizer, normScope(model, mesh, tp, (p) => pipe.countsForNorm(p)));
+  } else {
+    schedule = new PlainSchedule(model, gradSync);
+    setNormScope(optimizer, normScope(model, mesh, tp, () => true));
+  }
   return {
     model,
-    optimizer: ctx.optimizer ?? new AdamW(model.parameters(), config.optimizer),
-    gradSync: composeGradSync(ctx.gradSync),
+    optimizer,
+    gradSync,
     dpGroup: mesh.group("dp"),
     withFullParams: async (fn, opts) => (fsdp ? await fsdp.withFullParams(fn, opts) : await fn()),
     fsdp,
     applied: ctx.applied,
+    schedule,
+    tensorParallel: tp,
+    pipeline: ctx.pp,
+    mesh,
   };
+}
+
+/**
+ * The gradient norm over model-parallel ranks: a tp-sharded parameter counts on every tp rank,
+ * a replicated one on tp rank 0 only (the copies hold the same gradient), the pipeline says
+ * which of its parameters count (not the last stage's tied-embedding copy), and the ranks'
+ * sums are added over tp and then pp. Null when neither axis is split.
+ */
+function normScope(model: GPT, mesh: DeviceMesh, tp: TensorParallelPlan, stageCounts: (p: Tensor) => boolean): GradNormScope | null {
+  const tpG = mesh.group("tp"), ppG = mesh.group("pp");
+  if (tpG.size === 1 && ppG.size === 1) return null;
+  const counted = model.namedParameters().map(([name, p]) => {
+    const spec = tp.specs.get(name) ?? { kind: "replicated" };
+    return (spec.kind !== "replicated" || tpG.rank === 0) && stageCounts(p);
+  });
+  return { counted: (i) => counted[i] ?? true, reduce: (sq) => sumOverGroup(sumOverGroup(sq, tpG), ppG) };
+}
+
+function setNormScope(opt: Optimizer, scope: GradNormScope | null): void {
+  if (opt instanceof AdamW || opt instanceof ShardedAdamW) opt.normScope = scope;
+  else if (scope) throw new ValueError("parallelize: the optimizer cannot take a model-parallel gradient norm scope");
 }

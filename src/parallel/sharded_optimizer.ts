@@ -22,7 +22,7 @@
 import { ValueError } from "../core/errors.js";
 import { Tensor, zeros, withCategory, keep, reduceSumSq, tensor } from "../tensor/index.js";
 import {
-  adamwState, adamwStepHyper, adamwUpdate, clearGrads, clipCoefficient, momentsOf, resolveAdamWOptions,
+  adamwState, adamwStepHyper, adamwUpdate, clearGrads, clipCoefficient, type GradNormScope, momentsOf, resolveAdamWOptions,
   type AdamWOptions, type AdamWState, type GradNormResult, type Optimizer, type OptimizerStateDict, type StepOptions,
 } from "../optim/index.js";
 import { allReduce, broadcast, reduceScatterAsync, type ProcessGroup, type Work } from "./collectives.js";
@@ -84,6 +84,8 @@ export class ShardedAdamW implements Optimizer, GradSync {
    * every micro-step because they cannot keep full gradients.
    */
   syncEnabled = true;
+  /** Model parallelism: which gradients the norm counts and how the other axes combine it (parallelize sets it). */
+  normScope: GradNormScope | null = null;
   /** Overlap accounting like DataParallel's: commMs on the communication thread, waitedMs in synchronize(). */
   readonly timings = { launched: 0, commMs: 0, waitedMs: 0 };
   private readonly ready: number[];
@@ -202,12 +204,22 @@ export class ShardedAdamW implements Optimizer, GradSync {
    */
   gradNorm(maxNorm = Infinity): GradNormResult {
     let sq = 0;
+    const counted = this.normScope?.counted;
     if (this.stage === 1) {
       for (const u of this.shards.units) {
         for (const pc of u.pieces) {
           const g = this.params[pc.param]!.grad;
-          if (!g) continue;
+          if (!g || (counted && !counted(pc.param))) continue;
           const v = flatRange(g, pc.start, pc.len);
+          sq += reduceSumSq(v);
+          v.dispose();
+        }
+      }
+    } else if (counted) {
+      for (const u of this.shards.units) {
+        for (const pc of u.pieces) {
+          if (!counted(pc.param)) continue;
+          const v = flatRange(this.gradShard!, u.base + pc.shardOffset, pc.len);
           sq += reduceSumSq(v);
           v.dispose();
         }
@@ -215,13 +227,9 @@ export class ShardedAdamW implements Optimizer, GradSync {
     } else {
       sq = reduceSumSq(this.gradShard!);
     }
-    // float32 all-reduce of a float64 sum: send it as a high and a low part.
-    const hi = Math.fround(sq);
-    const t = tensor([hi, sq - hi]);
-    allReduce(t, this.group, "sum");
-    const [a, b] = t.toArray() as number[];
-    t.dispose();
-    const norm = Math.sqrt(a! + b!);
+    sq = sumOverGroup(sq, this.group);
+    if (this.normScope?.reduce) sq = this.normScope.reduce(sq);
+    const norm = Math.sqrt(sq);
     return { norm, clipCoef: clipCoefficient(norm, maxNorm) };
   }
 
@@ -283,4 +291,19 @@ export class ShardedAdamW implements Optimizer, GradSync {
       }
     }
   }
+}
+
+/**
+ * A float64 sum over the group's ranks, sent through a float32 all-reduce as a high and a
+ * low part (the sum of squares of millions of gradients needs more than float32's 24 bits).
+ * A collective; the identity at group size 1.
+ */
+export function sumOverGroup(x: number, g: ProcessGroup): number {
+  if (g.size === 1) return x;
+  const hi = Math.fround(x);
+  const t = tensor([hi, x - hi]);
+  allReduce(t, g, "sum");
+  const [a, b] = t.toArray() as number[];
+  t.dispose();
+  return a! + b!;
 }

@@ -33,11 +33,13 @@ import {
 } from "../checkpoint/index.js";
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
-import { type TrainConfig, tokensPerStep } from "./config.js";
+import { type TrainConfig, tokensPerStep, worldSizeOf } from "./config.js";
+import { startTrace, stopTrace, traceStep, traceSpan, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
   type Parallelized, type ProcessGroup, type ZeroStage,
 } from "../parallel/index.js";
+import { saveLogicalCheckpoint, restoreLogical, isModelParallel } from "./_logical_checkpoint.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -116,6 +118,8 @@ export class Trainer {
   private consecutiveNonFinite = 0;
   /** The data-parallel group (a group of one in a single process). */
   private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
+  /** Training FLOPs per token of the whole (logical) model, counted before any sharding. */
+  private modelFlopsPerToken = 0;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -133,16 +137,18 @@ export class Trainer {
   /** Prepares data, builds (or loads) the model and optimizer, and restores a checkpoint if asked. */
   async setup(): Promise<void> {
     const c = this.config;
-    // Parallel layout: the world (mpirun) must match the config's axes.
-    if (!underMpi() && c.parallel.dp > 1) {
-      throw new ValueError(`parallel.dp=${c.parallel.dp} needs ${c.parallel.dp} ranks; start it with \`megalith launch -n ${c.parallel.dp} -- train ...\` (or mpirun -np ${c.parallel.dp})`);
+    // Parallel layout: the world (mpirun) must match the config's axes (dp x tp x pp).
+    const pc = c.parallel, need = worldSizeOf(c);
+    if (!underMpi() && need > 1) {
+      throw new ValueError(`parallel.dp=${pc.dp} x parallel.tp=${pc.tp} x parallel.pp=${pc.pp} needs ${need} ranks; start it with \`megalith launch -n ${need} -- train ...\` (or mpirun -np ${need})`);
     }
-    const mesh = new DeviceMesh({ dp: c.parallel.dp });
+    const mesh = new DeviceMesh({ dp: pc.dp, tp: pc.tp, pp: pc.pp });
     this.dpGroup = mesh.group("dp");
     if (underMpi()) {
       this.opts.rank = mesh.world.rank;
       this.opts.worldSize = this.dpGroup.size;
     }
+    if (c.train.trace) startTrace({ path: c.train.trace, rank: mesh.world.rank });
     mkdirSync(c.out_dir, { recursive: true });
     // Data: the built-in Brown corpus is prepared (and cached) on first use.
     if (c.data.source === "brown") {
@@ -170,11 +176,15 @@ export class Trainer {
       { seed: c.train.seed },
     );
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
+    const params = this.model.numParameters();
+    this.modelFlopsPerToken = this.model.flopsPerToken(c.model.block_size);
     this.parallel = parallelize(this.model, mesh, {
       zero: c.parallel.zero as 0 | ZeroStage, zero3Prefetch: c.parallel.zero3_prefetch, bucketBytes: c.parallel.bucket_mb * 2 ** 20,
       reduceDtype: c.parallel.reduce_dtype === "bf16" ? "bfloat16" : "float32",
       activationCheckpointing: c.train.activation_checkpointing,
       optimizer: { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay },
+      sequenceParallel: pc.sp,
+      pipeline: { schedule: pc.pp_schedule, virtualStages: pc.pp_schedule === "interleaved" ? pc.pp_virtual_stages : 1, layers: pc.pp_layers },
     });
     this.optimizer = this.parallel.optimizer;
     const ls = c.train.loss_scale;
@@ -183,9 +193,9 @@ export class Trainer {
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
     });
-    const params = this.model.numParameters();
     this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
-      `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)`);
+      `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)` +
+      (this.parallel.applied.length ? `; ${mesh.toString()}: ${this.parallel.applied.join(", ")}` : ""));
     if (c.eval.batches > 0 && this.valBatchCount() === 0) {
       this.say(`warning: the val split of ${this.dataDir} holds no full window of ${c.model.block_size + 1} tokens; eval is skipped (prepare with a larger --val-fraction)`);
     }
@@ -210,29 +220,14 @@ export class Trainer {
     const lossScale = policy.lossScale;
     const accum = c.train.grad_accum_steps;
     const lr = this.lrAt(this.step);
-    let lossSum = 0;
     this.model.train();
-    const { gradSync } = this.parallel;
-    for (let micro = 0; micro < accum; micro++) {
-      const isLast = micro === accum - 1;
-      gradSync.beforeMicroStep(isLast);
-      const batch = this.loader.nextBatch();
-      lossSum += withScope(() => {
-        const B = batch.batchSize, T = batch.blockSize;
-        const x = tensor(batch.inputs, { shape: [B, T], dtype: "int32" });
-        const y = tensor(batch.targets, { shape: [B, T], dtype: "int32" });
-        const { loss } = policy.forward(() => this.model.forward(x, y));
-        const l = loss!;
-        const value = l.item();
-        // Scale so accumulated gradients are the mean over micro-batches, times the fp16 loss
-        // scale (1 otherwise), which the optimizer step divides back out.
-        const factor = lossScale / accum;
-        const scaled = factor === 1 ? l : l.mul(factor);
-        scaled.backward();
-        return value;
-      });
-      await gradSync.afterBackward(isLast);
-    }
+    if (tracing()) traceStep(this.step);
+    const batches = Array.from({ length: accum }, () => this.loader.nextBatch());
+    // Scale so accumulated gradients are the mean over micro-batches, times the fp16 loss
+    // scale (1 otherwise), which the optimizer step divides back out.
+    const lossSum = await this.parallel.schedule.run(batches, {
+      forward: (fn) => policy.forward(fn), lossFactor: lossScale / accum, activationDtype: policy.computeDtype,
+    });
     // Gradients are complete here: this is when ZeRO's per-stage accounting applies.
     const memAtGrads = memoryStats();
     let loss = lossSum / accum;
@@ -271,13 +266,15 @@ export class Trainer {
       return { step: stepNumber, skipped: true, reason };
     }
     this.consecutiveNonFinite = 0;
-    this.optimizer.step({ lr, gradScale: clipCoef / lossScale });
-    this.optimizer.zeroGrad();
+    traceSpan("optimizer", "optimizer", () => {
+      this.optimizer.step({ lr, gradScale: clipCoef / lossScale });
+      this.optimizer.zeroGrad();
+    });
     this.step++;
     const dt = (performance.now() - t0) / 1000;
     const tokens = tokensPerStep(c);
     this.tokensSeen += tokens;
-    const flops = (this.model.flopsPerToken(c.model.block_size) * tokens) / dt;
+    const flops = (this.modelFlopsPerToken * tokens) / dt;
     const mem = memoryStats();
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
@@ -301,8 +298,8 @@ export class Trainer {
     }
   }
 
-  /** Mean loss over `eval.batches` validation batches (NaN when the val split has none). */
-  evaluate(): number {
+  /** Mean loss over `eval.batches` validation batches (NaN when the val split has none). A collective. */
+  async evaluate(): Promise<number> {
     const c = this.config;
     this.model.eval();
     let sum = 0, n = 0;
@@ -310,16 +307,11 @@ export class Trainer {
     // A small validation split may hold fewer batches than eval.batches asks for: use what is there.
     const numBatches = Math.min(c.eval.batches, this.valBatchCount());
     if (numBatches === 0) return NaN;
-    noGrad(() => {
-      for (const b of evalBatches({ ...layout, numBatches })) {
-        sum += withScope(() => {
-          const x = tensor(b.inputs, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
-          const y = tensor(b.targets, { shape: [b.batchSize, b.blockSize], dtype: "int32" });
-          return this.precision.forward(() => this.model.forward(x, y)).loss!.item();
-        });
-        n++;
-      }
-    });
+    const fns = { forward: <T>(fn: () => T) => noGrad(() => this.precision.forward(fn)), activationDtype: this.precision.computeDtype };
+    for (const b of evalBatches({ ...layout, numBatches })) {
+      sum += await this.parallel.schedule.evalLoss(b, fns);
+      n++;
+    }
     this.model.train();
     return n ? sum / n : NaN;
   }
@@ -347,24 +339,36 @@ export class Trainer {
         const perStep = (performance.now() - t0) / 1000 / Math.max(1, this.step - startStep);
         process.stderr.write(`${line} | eta ${fmtEta(perStep * (c.train.max_steps - this.step))}\n`);
       }
-      if (c.eval.interval > 0 && this.step % c.eval.interval === 0 && this.step < c.train.max_steps) this.logEval(metricsFile);
+      if (tracing() && this.step - startStep >= c.train.trace_steps) this.finishTrace();
+      if (c.eval.interval > 0 && this.step % c.eval.interval === 0 && this.step < c.train.max_steps) await this.logEval(metricsFile);
       if (c.checkpoint.interval > 0 && this.step % c.checkpoint.interval === 0 && this.step < c.train.max_steps) await this.saveCheckpoint();
     }
+    if (tracing()) this.finishTrace();
     // Save first: nothing after the last step may cost the run.
     await this.saveCheckpoint();
     const finalDir = join(c.out_dir, "final");
-    // Sharded parameters are gathered for it (a collective: every rank joins); rank 0 writes them.
-    await this.parallel.withFullParams(async () => {
-      if (this.isMain) await this.saveModel(finalDir);
-    });
-    this.logEval(metricsFile);
+    if (isModelParallel(this.parallel)) {
+      await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: finalDir, isMain: this.isMain, tokenizer: this.tokenizer });
+    } else {
+      // Sharded parameters are gathered for it (a collective: every rank joins); rank 0 writes them.
+      await this.parallel.withFullParams(async () => {
+        if (this.isMain) await this.saveModel(finalDir);
+      });
+    }
+    await this.logEval(metricsFile);
     this.say(`done: ${this.step} steps; final model in ${finalDir}`);
     return { finalLoss: last?.loss ?? NaN, finalDir };
   }
 
-  private logEval(metricsFile: string): void {
+  /** Writes this rank's trace file (the first train.trace_steps steps). */
+  private finishTrace(): void {
+    const file = stopTrace();
+    if (file && this.isMain) this.say(`trace: ${file} (megalith launch merges the ranks' files into ${this.config.train.trace})`);
+  }
+
+  private async logEval(metricsFile: string): Promise<void> {
     if (this.valBatchCount() === 0) return;
-    const loss = this.evaluate();
+    const loss = await this.evaluate();
     if (!this.isMain) return;
     appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss }) + "\n");
     this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}`);
@@ -387,6 +391,19 @@ export class Trainer {
   async saveCheckpoint(): Promise<string> {
     const c = this.config;
     const dir = join(c.out_dir, checkpointDirName(this.step));
+    if (isModelParallel(this.parallel)) {
+      // tp/pp: the shards are joined into the logical files one process would write.
+      await saveCheckpointCollective(dir, this.saveGroup(this.parallel.mesh.world), async (tmp) => {
+        await saveLogicalCheckpoint(this.parallel, this.model.config, { checkpointDir: tmp, isMain: this.isMain, trainerState: this.trainerState() });
+      }, { step: this.step, kind: "gpt-train", dp: this.dpGroup.size, parallel: this.parallel.applied }, {
+        expectFiles: ["model.safetensors", "trainer_state.json", "optimizer.safetensors"],
+      });
+      if (this.isMain) {
+        await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+        this.say(`checkpoint: ${dir} (logical tensors gathered from ${this.parallel.mesh.toString()})`);
+      }
+      return dir;
+    }
     const { rank, size } = this.dpGroup;
     const names = this.model.namedParameters().map(([n]) => n);
     const optFiles = optimizerFiles(this.optimizer.stateDict(), names);
@@ -410,8 +427,7 @@ export class Trainer {
   }
 
   /** The data-parallel group as the checkpoint writer sees it (barriers, rank 0's numbers). */
-  private saveGroup(): SaveGroup {
-    const g = this.dpGroup;
+  private saveGroup(g: ProcessGroup = this.dpGroup): SaveGroup {
     // Writing can take far longer than a collective should: give the barriers room.
     const slow = { timeoutS: Math.max(collectiveTimeoutS(), 3600) };
     return {
@@ -456,6 +472,11 @@ export class Trainer {
       return false;
     }
     const state = JSON.parse(readFileSync(join(latest.dir, "trainer_state.json"), "utf8")) as TrainerState;
+    if (isModelParallel(this.parallel)) {
+      await restoreLogical(this.parallel, this.model.config, latest.dir, state.optimizer);
+      this.restoreRest(state, latest.dir);
+      return true;
+    }
     // Sharded parameters take what was loaded into the gathered ones as their new shards.
     await this.parallel.withFullParams(() => loadGPTWeights(this.model, latest.dir), { writeBack: true });
     // Moments come back logical whatever layout saved them; each optimizer keeps what it holds.
@@ -466,13 +487,18 @@ export class Trainer {
       this.optimizer.loadStateDict({ state: state.optimizer, moments });
       for (const ts of Object.values(moments)) for (const t of ts) t.dispose();
     });
+    this.restoreRest(state, latest.dir);
+    return true;
+  }
+
+  /** Data position, RNG, step counters and the loss scaler from a checkpoint's trainer state. */
+  private restoreRest(state: TrainerState, dir: string): void {
     this.loader.restore(state.loader);
     setRngState(state.rng);
     this.step = state.step;
     this.tokensSeen = state.tokens_seen;
     if (this.precision.scaler && state.loss_scaler) this.precision.scaler.load(state.loss_scaler);
-    this.say(`resume: continuing from ${latest.dir} (step ${this.step})`);
-    return true;
+    this.say(`resume: continuing from ${dir} (step ${this.step})`);
   }
 }
 

@@ -109,10 +109,13 @@ export class CausalSelfAttention extends Module {
   }
 
   forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
-    const C = this.cfg.nEmbd;
+    // The width comes from the projection's output, not the config: a module swap may hand
+    // this layer a slice of the heads (a tensor-parallel shard holds nHead / tp whole heads).
     const qkv = this.c_attn.forward(x);                                        // (B, T, 3C)
+    const C = qkv.shape[qkv.ndim - 1]! / 3;
+    const H = C / (this.cfg.nEmbd / this.cfg.nHead);
     const [q, k, v] = qkv.split(C, -1);                                       // 3 x (B, T, C)
-    const y = causalAttention(q!, k!, v!, this.cfg.nHead, ctx, this.layer);    // (B, T, C)
+    const y = causalAttention(q!, k!, v!, H, ctx, this.layer);                // (B, T, C)
     let out = this.c_proj.forward(y);                                          // (B, T, C)
     if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
     return out;
@@ -196,6 +199,12 @@ export class GPT extends Module {
   /** The LM head module (C -> V); null = tied to the token embedding, logits = h @ wte^T. */
   readonly lm_head: Projection | null = null;
   activationCheckpointing: ActivationCheckpointing;
+  /**
+   * The training loss over logits rows (N, V) and targets (N) (ignore index -100); null = mean
+   * cross-entropy. A stand-in computes the same value from another form of the logits (e.g.
+   * the vocabulary-parallel cross-entropy over vocabulary shards).
+   */
+  lossFunction: ((logits: Tensor, targets: Tensor) => Tensor) | null = null;
 
   constructor(config: GPTConfig, opts: GPTOptions = {}) {
     super();
@@ -226,36 +235,64 @@ export class GPT extends Module {
    * those rows of the flattened (B * T) tokens only.
    */
   forward(idx: Tensor, targets?: Tensor | null, ctxIn: AttentionContext | KVCache = CAUSAL): GPTOutput {
+    const ctx: AttentionContext = isKVCache(ctxIn) ? { kind: "kv", cache: ctxIn } : ctxIn;
+    const T = idx.shape[1]!;
+    let x = this.embed(idx, ctx);                                               // (B, T, C)
+    x = this.runBlocks(x, ctx);                                                 // (B, T, C)
+    advanceContext(ctx, T);
+    if (targets && (targets.ndim !== 2 || targets.shape[0] !== idx.shape[0] || targets.shape[1] !== T)) {
+      throw new ValueError(`GPT.forward: targets shape ${fmtShape(targets.shape)} must equal idx shape ${fmtShape(idx.shape)}`);
+    }
+    return this.head(x, targets ?? null, ctx);
+  }
+
+  // The forward in its three parts, in order. `forward` chains them; a pipeline stage runs the
+  // parts it holds (the embedding on the first stage, some blocks, the head on the last).
+
+  /** Token + position embeddings (+ dropout): idx (B, T) int32 -> (B, T, C). */
+  embed(idx: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
     if (idx.dtype !== "int32" || idx.ndim !== 2) {
       throw new ValueError(`GPT.forward: idx must be an int32 tensor of shape (B, T), got ${idx.dtype} ${fmtShape(idx.shape)}`);
     }
-    const ctx: AttentionContext = isKVCache(ctxIn) ? { kind: "kv", cache: ctxIn } : ctxIn;
-    const [B, T] = idx.shape as [number, number];
-    const C = this.config.nEmbd;
+    const T = idx.shape[1]!;
     const pos = contextPositions(ctx, T, this.config.blockSize, "GPT.forward"); // (T)
     const tok = this.wte.forward(idx);                                        // (B, T, C)
     const pe = this.wpe.forward(pos);                                         // (T, C)
     let x = tok.add(pe);                                                      // (B, T, C)
     pos.dispose();
     if (this.config.dropout > 0) x = F.dropout(x, this.config.dropout, this.training);
+    return x;
+  }
+
+  /** The transformer blocks (default: all of `h`, in order), with activation checkpointing in training. */
+  runBlocks(x: Tensor, ctx: AttentionContext = CAUSAL, blocks: readonly Block[] = this.h): Tensor {
     const ac = this.training && ctx.kind === "causal" ? this.activationCheckpointing : false;
     const full = ac === true || ac === "full";
     const bctx: AttentionContext = ac === "selective" && ctx.kind === "causal" ? { ...ctx, recomputeCore: true } : ctx;
-    for (const block of this.h) {
+    for (const block of blocks) {
       x = full ? checkpoint((h: Tensor) => block.forward(h, bctx), x) : block.forward(x, bctx);   // (B, T, C)
     }
-    advanceContext(ctx, T);
+    return x;
+  }
+
+  /**
+   * Final LayerNorm, LM head and (with targets) the loss: x (B, T, C) -> logits (B, T, V), or
+   * (S, V) for the context's `logitsRows`. The loss is `lossFunction` over (B*T, V) rows.
+   */
+  head(x: Tensor, targets: Tensor | null, ctx: AttentionContext = CAUSAL): GPTOutput {
     if (ctx.logitsRows) {
       if (targets) throw new ValueError("GPT.forward: targets and logitsRows cannot be combined (the loss needs every row)");
-      x = F.embedding(ctx.logitsRows, x.view([B * T, C]));                      // (S, C) gather
+      const C = x.shape[x.ndim - 1]!;
+      x = F.embedding(ctx.logitsRows, x.view([x.numel / C, C]));                // (S, C) gather
     }
     const logits = this.lmHead(this.ln_f.forward(x));                          // (B, T, V) or (S, V)
     if (!targets) return { logits, loss: null };
-    if (targets.ndim !== 2 || targets.shape[0] !== B || targets.shape[1] !== T) {
-      throw new ValueError(`GPT.forward: targets shape ${fmtShape(targets.shape)} must equal idx shape ${fmtShape(idx.shape)}`);
+    const V = logits.shape[logits.ndim - 1]!;
+    const rows = logits.view([logits.numel / V, V]), flat = targets.view([targets.numel]);
+    if (rows.shape[0] !== flat.shape[0]) {
+      throw new ValueError(`GPT.forward: targets hold ${flat.shape[0]} tokens, the logits ${rows.shape[0]} rows`);
     }
-    const V = this.config.vocabSize;
-    const loss = F.crossEntropy(logits.view([B * T, V]), targets.view([B * T]));
+    const loss = this.lossFunction ? this.lossFunction(rows, flat) : F.crossEntropy(rows, flat);
     return { logits, loss };
   }
 

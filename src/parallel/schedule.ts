@@ -1,0 +1,91 @@
+/**
+ * TrainSchedule: how one optimizer step's micro-batches go through forward and backward. The
+ * trainer hands it the step's micro-batches and gets the loss back; whether that is a plain
+ * accumulation loop or a pipeline schedule across stages is the schedule's business, so the
+ * trainer has no pipeline branch (DESIGN.md: "an Optimizer interface and a schedule").
+ *
+ * Both forms leave the same thing behind: every parameter gradient (or gradient shard) of the
+ * step complete and reduced over data parallelism, scaled by `lossFactor`, ready for the
+ * optimizer.
+ */
+import { tensor, withScope, type Tensor, type DType } from "../tensor/index.js";
+import type { GPT } from "../models/index.js";
+import type { GradSync } from "./grad_sync.js";
+import { traceSpan } from "../core/trace.js";
+
+/** One micro-batch of token windows: inputs and next-token targets, (batchSize, blockSize) each. */
+export interface MicroBatch {
+  inputs: Int32Array;
+  targets: Int32Array;
+  batchSize: number;
+  blockSize: number;
+}
+
+/** What the trainer's policy contributes to a step. */
+export interface StepFunctions {
+  /** Runs a forward under the precision policy (autocast); returns its result. */
+  forward<T>(fn: () => T): T;
+  /** Each micro-batch's loss is multiplied by this before backward (loss scale / micro-batches). */
+  lossFactor: number;
+  /** dtype of the activations that cross pipeline stages (the policy's compute dtype). Default float32. */
+  activationDtype?: DType;
+}
+
+export interface TrainSchedule {
+  /** "plain" or the pipeline schedule's name. */
+  readonly name: string;
+  /**
+   * Forward and backward over the step's micro-batches, gradient reduction included. Resolves
+   * to the sum of the micro-batches' losses, on every rank of the model-parallel group (a
+   * pipeline sends it from its last stage). A collective over the model's groups.
+   */
+  run(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number>;
+  /** The loss of one batch, no gradients (evaluation); on every rank. A collective. */
+  evalLoss(batch: MicroBatch, fns: Pick<StepFunctions, "forward" | "activationDtype">): Promise<number>;
+}
+
+/** The batch's tensors (B, T) int32, inside the caller's scope. */
+export function batchTensors(b: MicroBatch): { x: Tensor; y: Tensor } {
+  return {
+    x: tensor(b.inputs, { shape: [b.batchSize, b.blockSize], dtype: "int32" }),
+    y: tensor(b.targets, { shape: [b.batchSize, b.blockSize], dtype: "int32" }),
+  };
+}
+
+/**
+ * Gradient accumulation on one stage: for each micro-batch, forward, scaled backward, and the
+ * GradSync hooks (DDP's overlapped all-reduce fires during the last backward). Each micro-step
+ * runs in its own tensor scope, so a micro-batch's activations are freed before the next.
+ * @example
+ * const schedule = new PlainSchedule(model, gradSync);
+ * const lossSum = await schedule.run(batches, { forward: (f) => f(), lossFactor: 1 / batches.length });
+ */
+export class PlainSchedule implements TrainSchedule {
+  readonly name = "plain";
+  constructor(private readonly model: GPT, private readonly gradSync: GradSync) {}
+
+  async run(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number> {
+    let lossSum = 0;
+    for (let i = 0; i < batches.length; i++) {
+      const isLast = i === batches.length - 1;
+      this.gradSync.beforeMicroStep(isLast);
+      lossSum += withScope(() => {
+        const { x, y } = batchTensors(batches[i]!);
+        const loss = traceSpan("forward", "forward", () => fns.forward(() => this.model.forward(x, y)).loss!, { microBatch: i });
+        const value = loss.item();
+        const scaled = fns.lossFactor === 1 ? loss : loss.mul(fns.lossFactor);
+        traceSpan("backward", "backward", () => scaled.backward(), { microBatch: i });
+        return value;
+      });
+      await this.gradSync.afterBackward(isLast);
+    }
+    return lossSum;
+  }
+
+  async evalLoss(batch: MicroBatch, fns: Pick<StepFunctions, "forward">): Promise<number> {
+    return withScope(() => {
+      const { x, y } = batchTensors(batch);
+      return fns.forward(() => this.model.forward(x, y)).loss!.item();
+    });
+  }
+}
