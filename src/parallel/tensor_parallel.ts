@@ -58,7 +58,7 @@ export function shardOfLogical(full: Tensor, spec: ShardSpec, rank: number, size
     if (spec.kind === "cols") {
       const n = full.shape[1]! / size;
       const v = full.narrow(1, rank * n, n);
-      const out = v.contiguous();
+      const out = v.clone();
       v.dispose();
       return out;
     }
@@ -73,7 +73,7 @@ export function shardOfLogical(full: Tensor, spec: ShardSpec, rank: number, size
     const start = Math.min(rows, rank * per), end = Math.min(rows, start + per);
     const v = full.narrow(0, start, end - start);
     if (end - start === per) {
-      const out = v.contiguous();
+      const out = v.clone();
       v.dispose();
       return out;
     }
@@ -101,7 +101,7 @@ export function logicalFromShards(shards: readonly Tensor[], spec: ShardSpec): T
     const all = cat([...shards], 0);
     if (all.shape[0] === spec.logicalRows) return all;
     const v = all.narrow(0, 0, spec.logicalRows);
-    const out = v.contiguous();
+    const out = v.clone();
     v.dispose();
     all.dispose();
     return out;
