@@ -24,7 +24,7 @@
  * after the last backward the tied embedding is reduced, then DDP / ZeRO-1 reduce once.
  */
 import { ValueError } from "../../core/errors.js";
-import { traceSpan } from "../../core/trace.js";
+import { traceSpan, traceSpanAsync } from "../../core/trace.js";
 import { noGrad } from "../../autograd/index.js";
 import { Tensor, tensor, withScope, type DType } from "../../tensor/index.js";
 import { CAUSAL } from "../../nn/index.js";
@@ -205,6 +205,12 @@ export class PipelineSchedule implements TrainSchedule {
   }
 
   async run(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number> {
+    // One span around the schedule: the bubble is its time not spent in forward or backward.
+    const lossSum = await traceSpanAsync("pipeline", "step", () => this.runSchedule(batches, fns), { schedule: this.schedule, microBatches: batches.length });
+    return this.finish(lossSum);
+  }
+
+  private async runSchedule(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number> {
     const m = batches.length;
     const dtype = fns.activationDtype ?? "float32";
     const actions = pipelineActions(this.schedule, { stages: this.stages, microBatches: m, virtualStages: this.virtualStages }, this.group.rank);
@@ -260,6 +266,11 @@ export class PipelineSchedule implements TrainSchedule {
     } finally {
       for (const s of inflight.values()) { s.output.dispose(); s.input?.dispose(); }
     }
+    return lossSum;
+  }
+
+  /** After the schedule: the tied embedding's and the data-parallel reductions, and the loss to every stage. */
+  private async finish(lossSum: number): Promise<number> {
     this.reduceTiedEmbedding();
     this.gradSync.beforeMicroStep(true);
     await this.gradSync.afterBackward(true);
