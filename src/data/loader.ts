@@ -34,6 +34,12 @@ export interface Batch {
   blockSize: number;
   /** Epoch of this batch's first row (training) or 0 (evaluation). */
   epoch: number;
+  /**
+   * Each row's sample number in the loader's global order (training): the same sample has the
+   * same number under any data-parallel layout, so per-sample randomness (dropout) can be keyed
+   * by it. Absent for evaluation batches.
+   */
+  rows?: number[];
 }
 
 /** How many open shard files a split keeps at most (the rest are reopened on demand). */
@@ -229,7 +235,7 @@ export class TokenLoader {
       this.windows.readWindow(this.shuffle ? this.permutation(epoch).at(i) : i, inputs, targets, b);
     }
     this.position += this.globalBatchSize;
-    return { inputs, targets, batchSize: B, blockSize: T, epoch: Math.floor(first / N) };
+    return { inputs, targets, batchSize: B, blockSize: T, epoch: Math.floor(first / N), rows: Array.from({ length: B }, (_, b) => first + b) };
   }
 
   /** The position to save; see TokenLoaderState. */

@@ -12,6 +12,21 @@ import { tensor, withScope, type Tensor, type DType } from "../tensor/index.js";
 import type { GPT } from "../models/index.js";
 import type { GradSync } from "./grad_sync.js";
 import { traceSpan } from "../core/trace.js";
+import { nextRandomOffset, withRandomStream } from "../core/rng_state.js";
+
+/**
+ * The step's random stream key, drawn from the global generator (every rank draws it, so it is
+ * the same on all of them). Forwards run on this stream with their rows' sample numbers, so a
+ * sample's dropout masks do not depend on its micro-batch, data-parallel rank or stage.
+ */
+export function stepRandomKey(): number {
+  return nextRandomOffset(1).offset;
+}
+
+/** Runs a micro-batch's forward on the step's stream, naming its rows. */
+export function onStepStream<T>(key: number, b: MicroBatch, fn: () => T): T {
+  return withRandomStream(key, fn, b.rows ? { rows: b.rows } : {});
+}
 
 /** One micro-batch of token windows: inputs and next-token targets, (batchSize, blockSize) each. */
 export interface MicroBatch {
@@ -19,6 +34,8 @@ export interface MicroBatch {
   targets: Int32Array;
   batchSize: number;
   blockSize: number;
+  /** Each row's sample number (the data loader's global order): per-sample random draws (dropout) are keyed by it. */
+  rows?: readonly number[];
 }
 
 /** What the trainer's policy contributes to a step. */
@@ -66,12 +83,13 @@ export class PlainSchedule implements TrainSchedule {
 
   async run(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number> {
     let lossSum = 0;
+    const key = stepRandomKey();
     for (let i = 0; i < batches.length; i++) {
       const isLast = i === batches.length - 1;
       this.gradSync.beforeMicroStep(isLast);
       lossSum += withScope(() => {
         const { x, y } = batchTensors(batches[i]!);
-        const loss = traceSpan("forward", "forward", () => fns.forward(() => this.model.forward(x, y)).loss!, { microBatch: i });
+        const loss = traceSpan("forward", "forward", () => onStepStream(key, batches[i]!, () => fns.forward(() => this.model.forward(x, y))).loss!, { microBatch: i });
         const value = loss.item();
         const scaled = fns.lossFactor === 1 ? loss : loss.mul(fns.lossFactor);
         traceSpan("backward", "backward", () => scaled.backward(), { microBatch: i });

@@ -25,7 +25,7 @@
 import { ValueError } from "../core/errors.js";
 import { noGrad } from "../autograd/index.js";
 import { Tensor, tensor, compare, arange, cat, zeros, keep } from "../tensor/index.js";
-import { Module, F, Linear, Embedding, LayerNorm, type Parameter, type Projection } from "../nn/index.js";
+import { Module, F, Linear, Embedding, LayerNorm, Dropout, type Parameter, type Projection } from "../nn/index.js";
 import type { GPT } from "../models/index.js";
 import { allReduce, type ProcessGroup } from "./collectives.js";
 import { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence } from "./regions.js";
@@ -399,6 +399,9 @@ export function applyTensorParallel(model: GPT, group: ProcessGroup, opts: Tenso
     if (sp) {
       b.setModule("ln_1", new SequenceParallelLayerNorm(b.ln_1, group));
       b.setModule("ln_2", new SequenceParallelLayerNorm(b.ln_2, group));
+      // Dropout on a token shard draws that shard's part of each row's single-device mask.
+      b.attn.setModule("resid_dropout", new Dropout(b.attn.resid_dropout.p, { index: group.rank, count: n }));
+      b.mlp.setModule("dropout", new Dropout(b.mlp.dropout.p, { index: group.rank, count: n }));
     }
   });
   const wte = new VocabParallelEmbedding(model.wte, group, o);
@@ -406,6 +409,7 @@ export function applyTensorParallel(model: GPT, group: ProcessGroup, opts: Tenso
   model.setModule("wte", wte);
   specs.set("wte.weight", { kind: "rows", parts: 1, logicalRows: V });
   if (sp) {
+    model.setModule("drop", new Dropout(model.drop.p, { index: group.rank, count: n }));
     model.setModule("wpe", new SequenceParallelPositionEmbedding(model.wpe, group));
     model.setModule("ln_f", new SequenceParallelLayerNorm(model.ln_f, group));
   }

@@ -3,7 +3,7 @@
 // same global batch, under real mpirun ranks, and must follow its loss curve and end with the
 // same parameters (fp32: 1e-5 relative). Two configs with different seeds, widths, head counts,
 // accumulation and clipping: a layout that only matches on one seed is not done. Config A's
-// vocabulary (50257) is odd, so tp=2 pads and masks it.
+// vocabulary (50257) is odd, so tp=2 pads and masks it; config B trains with dropout 0.1.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -30,12 +30,18 @@ const LAYOUTS: Layout[] = [
   { name: "tp2_pp2", ranks: 4, sets: ["parallel.tp=2", "parallel.pp=2"] },
   { name: "pp2_zero1", ranks: 2, sets: ["parallel.pp=2", "parallel.zero=1"] },
   { name: "tp2_zero3", ranks: 2, sets: ["parallel.tp=2", "parallel.zero=3"] },
+  // Activation checkpointing replays blocks in backward (with their dropout masks) under any layout.
+  { name: "tp2_sp_recompute", ranks: 2, sets: ["parallel.tp=2", "parallel.sp=true", "train.activation_checkpointing=full"] },
+  { name: "pp2_selective", ranks: 2, sets: ["parallel.pp=2", "train.activation_checkpointing=selective"] },
 ];
 
-/** Two configs: different seed, shape, accumulation, clipping and biases. */
+/**
+ * Two configs: different seed, shape, accumulation, clipping and biases. B has dropout: masks
+ * are keyed by (step, sample, layer, site), so every layout draws the single process's masks.
+ */
 const CONFIGS = [
   { name: "A", model: { n_layer: 4, n_head: 4, n_embd: 32, block_size: 32, vocab_size: 50257 }, train: { micro_batch_size: 2, grad_accum_steps: 2, seed: 11, grad_clip: 1.0 } },
-  { name: "B", model: { n_layer: 4, n_head: 2, n_embd: 48, block_size: 16, vocab_size: 50304, bias: false }, train: { micro_batch_size: 2, grad_accum_steps: 4, seed: 23, grad_clip: 0.05 } },
+  { name: "B", model: { n_layer: 4, n_head: 2, n_embd: 48, block_size: 16, vocab_size: 50304, bias: false, dropout: 0.1 }, train: { micro_batch_size: 2, grad_accum_steps: 4, seed: 23, grad_clip: 0.05 } },
 ];
 
 async function prepare(root: string): Promise<string> {

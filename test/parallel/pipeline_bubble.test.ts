@@ -15,16 +15,25 @@ import { rankTracePath, type TraceEvent } from "../../src/core/trace.js";
 
 const haveMpi = spawnSync("mpirun", ["--version"]).status === 0 && existsSync("native/build/Release/megalith_mpi.node");
 
-/** Per rank, the bubble over the traced steps: (pipeline span - compute inside it) / compute. */
-function measuredBubble(events: TraceEvent[]): number {
-  const spans = events.filter((e) => e.ph === "X" && e.name === "pipeline" && e.tid === 0);
-  const compute = events.filter((e) => e.ph === "X" && e.tid === 0 && (e.cat === "forward" || e.cat === "backward"));
-  let total = 0, busy = 0;
-  for (const s of spans) {
-    total += s.dur!;
-    for (const c of compute) if (c.ts >= s.ts && c.ts + c.dur! <= s.ts + s.dur!) busy += c.dur!;
+/**
+ * The bubble of each rank over the traced steps: (makespan - compute) / compute, where a
+ * step's makespan runs from the first stage's start of its "pipeline" span to the last
+ * stage's end (ranks share one clock), as the textbook counts it for a flushed pipeline.
+ */
+function measuredBubbles(ranks: TraceEvent[][]): number[] {
+  const spans = ranks.map((ev) => ev.filter((e) => e.ph === "X" && e.name === "pipeline" && e.tid === 0).sort((a, b) => a.ts - b.ts));
+  const steps = Math.min(...spans.map((s) => s.length));
+  let makespan = 0;
+  for (let i = 0; i < steps; i++) {
+    const start = Math.min(...spans.map((s) => s[i]!.ts)), end = Math.max(...spans.map((s) => s[i]!.ts + s[i]!.dur!));
+    makespan += end - start;
   }
-  return (total - busy) / busy;
+  return ranks.map((ev, r) => {
+    let busy = 0;
+    const compute = ev.filter((e) => e.ph === "X" && e.tid === 0 && (e.cat === "forward" || e.cat === "backward"));
+    for (const s of spans[r]!.slice(0, steps)) for (const c of compute) if (c.ts >= s.ts && c.ts + c.dur! <= s.ts + s.dur!) busy += c.dur!;
+    return (makespan - busy) / busy;
+  });
 }
 
 const CASES: Array<[PipelineScheduleName, number, number]> = [
@@ -44,9 +53,9 @@ test("the measured bubble matches (p-1)/m (GPipe, 1F1B) and (p-1)/(m v) (interle
       });
       assert.equal(r.status, 0, r.stderr);
       const want = bubbleFraction(schedule, { stages: 2, microBatches: m, virtualStages: v });
+      const bubbles = measuredBubbles([0, 1].map((rank) => (JSON.parse(readFileSync(rankTracePath(path, rank), "utf8")) as { traceEvents: TraceEvent[] }).traceEvents));
       for (let rank = 0; rank < 2; rank++) {
-        const events = (JSON.parse(readFileSync(rankTracePath(path, rank), "utf8")) as { traceEvents: TraceEvent[] }).traceEvents;
-        const got = measuredBubble(events);
+        const got = bubbles[rank]!;
         rows.push(`${schedule} m=${m} v=${v} rank ${rank}: ${got.toFixed(3)} (formula ${want.toFixed(3)})`);
         assert.ok(Math.abs(got - want) <= 0.05, `${schedule} m=${m} v=${v} rank ${rank}: measured bubble ${got.toFixed(3)}, formula ${want.toFixed(3)}\n${rows.join("\n")}`);
       }

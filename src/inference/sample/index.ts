@@ -14,8 +14,10 @@
  *
  * This is the one sampler: the server engine, the draft model and `generate()` (`megalith
  * sample`, through models/gpt's `sampleToken`) all draw here, so a seed gives the same text
- * everywhere. A draw is the inverse CDF over the candidates in descending-probability order
- * (ties by id), whether or not top-k/top-p cut them.
+ * everywhere. A draw is the inverse CDF over the candidates in id order, whether or not
+ * top-k/top-p/min-p cut them (they choose which candidates stay by descending probability, ties
+ * by id): last-bit differences in the logits between batch shapes then leave the drawn token
+ * unchanged except with negligible probability (see inverseCdf).
  */
 import { ValueError } from "../../core/errors.js";
 import { backend, RandomKind } from "../../backend/index.js";
@@ -98,8 +100,8 @@ export interface TokenDistribution {
   /** Vocabulary size of the logits it came from. */
   vocabSize: number;
   /**
-   * Candidate ids in draw order; null = every id of the vocabulary (plain temperature
-   * sampling), drawn in descending-weight order without materialising the sort (drawToken).
+   * Candidate ids, ascending (the draw order); null = every id of the vocabulary (plain
+   * temperature sampling). Greedy: the one argmax id.
    */
   ids: Int32Array | null;
   /** Unnormalised probability of each candidate (aligned with ids, or indexed by id when ids is null). */
@@ -138,7 +140,7 @@ export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, pro
     return { vocabSize: V, ids: Int32Array.of(token), weights: Float64Array.of(1), total: 1 };
   }
   if ((p.topK <= 0 || p.topK >= V) && p.topP === 1 && p.minP === 0) {
-    // Plain temperature sampling: every id; drawToken finds the drawn rank without a full sort.
+    // Plain temperature sampling: every id, in id order (total summed in that order: drawToken).
     let m = -Infinity;
     for (const v of logits) if (v > m) m = v;
     const weights = new Float64Array(V);
@@ -146,7 +148,8 @@ export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, pro
     for (let i = 0; i < V; i++) total += weights[i] = Math.exp((logits[i]! - m) / p.temperature);
     return { vocabSize: V, ids: null, weights, total };
   }
-  // Candidates by descending logit (ties by id), cut by top-k.
+  // Truncation needs the candidates by descending logit; ties by id (lower first), so which of
+  // tied tokens top-k / top-p / min-p keep at the cut is deterministic. Cut by top-k.
   let ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
   if (p.topK > 0 && p.topK < V) ids = ids.slice(0, p.topK);
   const m = logits[ids[0]!]!;
@@ -170,128 +173,52 @@ export function tokenDistribution(logitsIn: Float32Array, p: SamplingParams, pro
       probs = probs.slice(0, keep);
     }
   }
-  total = probs.reduce((s, x) => s + x, 0);
-  return { vocabSize: V, ids: Int32Array.from(ids), weights: Float64Array.from(probs), total };
+  // The kept candidates are drawn in id order, like plain sampling: the sort above decides only
+  // which tokens stay, so a near-tie inside the kept set cannot change the draw.
+  const kept = Int32Array.from(ids).sort();
+  const weights = new Float64Array(kept.length);
+  total = 0;
+  for (let j = 0; j < kept.length; j++) total += weights[j] = Math.exp((logits[kept[j]!]! - m) / p.temperature);
+  return { vocabSize: V, ids: kept, weights, total };
 }
 
 /**
  * The token at uniform draw `u` in [0, 1) of a distribution: the inverse CDF over its
- * candidates in draw order (descending probability, ties by id).
+ * candidates in id order (the first candidate whose cumulative weight exceeds u x total).
  */
 export function drawToken(d: TokenDistribution, u: number): number {
-  if (!d.ids) return drawDescending(d.weights, d.total, u);
-  const n = d.weights.length;
-  let r = u * d.total;
-  for (let j = 0; j < n; j++) {
-    r -= d.weights[j]!;
-    if (r < 0) return d.ids[j]!;
-  }
-  return d.ids[n - 1]!;
-}
-
-// Bucket keys for weights come from the float32 bit pattern, which grows with the value for
-// non-negative floats, so buckets are ordered by weight: level 1 is its top 12 bits (exponent
-// and 3 mantissa bits, eighth-of-an-octave buckets), level 2 the next 12 bits within one of
-// those. The sums live in one module-level scratch array, cleared after use (sampling is
-// synchronous), rather than a fresh allocation per token.
-const KEY_F32 = new Float32Array(1);
-const KEY_U32 = new Uint32Array(KEY_F32.buffer);
-const BUCKET_SUMS = new Float64Array(4096);
-const BUCKET_SHIFTS = [20, 8] as const;
-function bucketOf(w: number, shift: number): number {
-  KEY_F32[0] = w;
-  return (KEY_U32[0]! >>> shift) & 0xfff;
+  const j = inverseCdf(d.weights, d.total, u);
+  return d.ids ? d.ids[j]! : j;
 }
 
 /**
- * The inverse-CDF draw over every id in descending-weight order (ties: lower id first), the
- * walk of a full sort, in O(V) instead of O(V log V): a pass sums the weights into buckets
- * ordered by weight, the bucket holding the draw is found from the top, and only its members
- * go on (to a finer bucketing when many, then to an exact ordering: walkDescending). It sums
- * buckets before subtracting them, so a draw exactly on a boundary may round the other way
- * than the one-by-one walk; u is a float32 draw, so this is of no consequence.
- * Cost, V = 50304 on this machine: about 1 ms a draw (a full sort: about 45 ms), beside
- * about 1 ms for tokenDistribution's exp pass.
+ * The inverse-CDF walk every draw goes through: the first index whose cumulative weight
+ * exceeds u x total, walking the weights in their order (id order). `total` must be their sum
+ * accumulated in that same order, as tokenDistribution and sampleFromProbs compute it: the
+ * walk then reproduces the same partial sums, ends at exactly `total`, and u < 1 always finds
+ * an index. Zero weights are never returned (the cumulative sum does not grow there).
+ *
+ * Why id order and not descending probability: the logits of one request differ in their last
+ * bits between batch shapes (a GEMM's accumulation order), and in id order such a change moves
+ * each boundary of the CDF by a comparable amount, so the same u picks the same token except
+ * when it falls within that amount of a boundary (negligible). In descending order two nearly
+ * tied tokens trade places, and a u that fell on either of them picks the other.
+ * One pass, O(V): about 0.1 ms at V = 50304, beside about 1 ms for tokenDistribution's exp pass.
  */
-function drawDescending(w: Float64Array, total: number, u: number): number {
-  const ids = new Int32Array(w.length);
-  for (let i = 0; i < ids.length; i++) ids[i] = i;
-  const state = { ids, r: u * total };
-  for (const shift of BUCKET_SHIFTS) {
-    if (state.ids.length <= 1024) break;
-    narrowToBucket(w, state, shift);
-  }
-  return walkDescending(w, state.ids, state.r);
-}
-
-/** One bucketing level: keeps the ids of the bucket holding mass `r` and makes r relative to it. */
-function narrowToBucket(w: Float64Array, state: { ids: Int32Array; r: number }, shift: number): void {
-  const { ids } = state;
-  const n = ids.length;
-  const sums = BUCKET_SUMS;
-  let top = 0, bottom = sums.length - 1;
-  for (let j = 0; j < n; j++) {
-    const x = w[ids[j]!]!;
-    const b = bucketOf(x, shift);
-    sums[b] += x;
-    if (b > top) top = b;
-    if (b < bottom) bottom = b;
-  }
-  let r = state.r;
-  let target = bottom;  // past the end by rounding: the lowest bucket, whose walk then returns its last
-  for (let b = top; b >= bottom; b--) {
-    if (r < sums[b]!) {
-      target = b;
-      break;
+function inverseCdf(w: Float64Array, total: number, u: number): number {
+  const r = u * total;
+  let acc = 0;
+  let last = -1;
+  for (let i = 0; i < w.length; i++) {
+    const x = w[i]!;
+    if (x > 0) {
+      acc += x;
+      last = i;
+      if (r < acc) return i;
     }
-    r -= sums[b]!;
   }
-  sums.fill(0, bottom, top + 1);
-  let count = 0;
-  for (let j = 0; j < n; j++) if (bucketOf(w[ids[j]!]!, shift) === target) ids[count++] = ids[j]!;
-  state.ids = ids.subarray(0, count);
-  state.r = r;
-}
-
-/**
- * The draw at remaining mass `r` among `ids` (scratch, reordered) in descending-weight order,
- * ties by id; the last of them if r is past their total.
- */
-function walkDescending(w: Float64Array, ids: Int32Array, r: number): number {
-  const ahead = (a: number, b: number) => w[a]! > w[b]! || (w[a] === w[b] && a < b);  // a is drawn before b
-  let lo = 0, hi = ids.length;
-  while (hi - lo > 64) {
-    const a = ids[lo]!, b = ids[(lo + hi) >> 1]!, c = ids[hi - 1]!;
-    const pivot = ahead(a, b) ? (ahead(b, c) ? b : ahead(a, c) ? c : a) : (ahead(a, c) ? a : ahead(b, c) ? c : b);  // median of three
-    let i = lo, sum = 0;
-    for (let j = lo; j < hi; j++) {
-      const x = ids[j]!;
-      if (ahead(x, pivot)) {
-        ids[j] = ids[i]!;
-        ids[i++] = x;
-        sum += w[x]!;
-      }
-    }
-    // [lo, i) are drawn before the pivot, [i, hi) is the pivot and those after it.
-    if (r < sum) {
-      hi = i;
-      continue;
-    }
-    r -= sum;
-    if (r < w[pivot]!) return pivot;
-    r -= w[pivot]!;
-    const at = ids.indexOf(pivot, i);
-    ids[at] = ids[i]!;
-    ids[i] = pivot;
-    lo = i + 1;
-    if (lo >= hi) return pivot;  // past the end by rounding: the last candidate
-  }
-  const rest = Array.from(ids.subarray(lo, hi)).sort((x, y) => (ahead(x, y) ? -1 : 1));
-  for (const id of rest) {
-    r -= w[id]!;
-    if (r < 0) return id;
-  }
-  return rest[rest.length - 1]!;
+  if (last < 0) throw new ValueError(`inverse-CDF draw: the weights sum to ${total}; need a positive entry`);
+  return last;  // only when u >= 1 or the weights are not finite
 }
 
 /** A distribution as a dense, normalised probability vector over the vocabulary. */
@@ -314,18 +241,12 @@ export function processedProbs(logits: Float32Array, p: SamplingParams, prompt: 
   return toProbs(tokenDistribution(logits, p, prompt, output));
 }
 
-/** Inverse-CDF draw (in id order) from a probability vector, with uniform `u` in [0, 1); weights need not be normalised. */
+/** Inverse-CDF draw (in id order, as drawToken) from a probability vector, with uniform `u` in [0, 1); weights need not be normalised. */
 export function sampleFromProbs(probs: Float64Array, u: number): number {
   let total = 0;
-  let last = -1;
-  for (let i = 0; i < probs.length; i++) if (probs[i]! > 0) { total += probs[i]!; last = i; }
-  if (last < 0) throw new ValueError(`sampleFromProbs: the probabilities sum to ${total}; need a positive entry`);
-  let r = u * total;
-  for (let i = 0; i < last; i++) {
-    r -= probs[i]!;
-    if (r < 0 && probs[i]! > 0) return i;
-  }
-  return last;
+  for (let i = 0; i < probs.length; i++) if (probs[i]! > 0) total += probs[i]!;
+  if (!(total > 0)) throw new ValueError(`sampleFromProbs: the probabilities sum to ${total}; need a positive entry`);
+  return inverseCdf(probs, total, u);
 }
 
 /** The model's log-probability of `token` and the `k` most likely alternatives (log-softmax of the raw logits). */

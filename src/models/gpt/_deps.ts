@@ -2,6 +2,7 @@
 export { Tensor, normal, zeros, ones, tensor, withScope, rand } from "../../tensor/index.js";
 export { checkpoint, noGrad } from "../../autograd/index.js";
 export {
-  F, Module, Linear, Embedding, LayerNorm, causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
+  F, Module, Linear, Embedding, LayerNorm, Dropout, causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
   type Projection, type AttentionContext, type KVCache,
 } from "../../nn/index.js";
+export { withRandomStream } from "../../core/rng_state.js";

@@ -16,7 +16,7 @@
  */
 import { ValueError, fmtShape } from "../../core/errors.js";
 import {
-  Tensor, F, Module, Linear, Embedding, LayerNorm, normal, zeros, ones, checkpoint, noGrad,
+  Tensor, F, Module, Linear, Embedding, LayerNorm, Dropout, normal, zeros, ones, checkpoint, noGrad, withRandomStream,
   causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
   type Projection, type AttentionContext, type KVCache,
 } from "./_deps.js";
@@ -102,10 +102,12 @@ function initLinear(l: Linear, std: number, seed: number, name: string): void {
 export class CausalSelfAttention extends Module {
   readonly c_attn: Projection;
   readonly c_proj: Projection;
+  readonly resid_dropout: Dropout;
   constructor(readonly cfg: Required<GPTConfig>, readonly layer = 0) {
     super();
     this.c_attn = this.module("c_attn", new Linear(cfg.nEmbd, 3 * cfg.nEmbd, { bias: cfg.bias }));
     this.c_proj = this.module("c_proj", new Linear(cfg.nEmbd, cfg.nEmbd, { bias: cfg.bias }));
+    this.resid_dropout = this.module("resid_dropout", new Dropout(cfg.dropout));
   }
 
   forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
@@ -116,9 +118,8 @@ export class CausalSelfAttention extends Module {
     const H = C / (this.cfg.nEmbd / this.cfg.nHead);
     const [q, k, v] = qkv.split(C, -1);                                       // 3 x (B, T, C)
     const y = causalAttention(q!, k!, v!, H, ctx, this.layer);                // (B, T, C)
-    let out = this.c_proj.forward(y);                                          // (B, T, C)
-    if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
-    return out;
+    const out = this.c_proj.forward(y);                                        // (B, T, C)
+    return this.cfg.dropout > 0 ? this.resid_dropout.forward(out) : out;
   }
 }
 
@@ -126,17 +127,18 @@ export class CausalSelfAttention extends Module {
 export class MLP extends Module {
   readonly c_fc: Projection;
   readonly c_proj: Projection;
+  readonly dropout: Dropout;
   constructor(readonly cfg: Required<GPTConfig>) {
     super();
     this.c_fc = this.module("c_fc", new Linear(cfg.nEmbd, 4 * cfg.nEmbd, { bias: cfg.bias }));
     this.c_proj = this.module("c_proj", new Linear(4 * cfg.nEmbd, cfg.nEmbd, { bias: cfg.bias }));
+    this.dropout = this.module("dropout", new Dropout(cfg.dropout));
   }
 
   forward(x: Tensor): Tensor {
     const h = F.gelu(this.c_fc.forward(x), { approximate: "tanh" });          // (B, T, 4C)
-    let out = this.c_proj.forward(h);                                          // (B, T, C)
-    if (this.cfg.dropout > 0) out = F.dropout(out, this.cfg.dropout, this.training);
-    return out;
+    const out = this.c_proj.forward(h);                                        // (B, T, C)
+    return this.cfg.dropout > 0 ? this.dropout.forward(out) : out;
   }
 }
 
@@ -146,7 +148,7 @@ export class Block extends Module {
   readonly attn: CausalSelfAttention;
   readonly ln_2: LayerNorm;
   readonly mlp: MLP;
-  constructor(cfg: Required<GPTConfig>, layer = 0) {
+  constructor(cfg: Required<GPTConfig>, readonly layer = 0) {
     super();
     this.ln_1 = this.module("ln_1", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
     this.attn = this.module("attn", new CausalSelfAttention(cfg, layer));
@@ -196,6 +198,8 @@ export class GPT extends Module {
   readonly wpe: Embedding;
   readonly h: Block[];
   readonly ln_f: LayerNorm;
+  /** Dropout on the embeddings (nanoGPT's `transformer.drop`). */
+  readonly drop: Dropout;
   /** The LM head module (C -> V); null = tied to the token embedding, logits = h @ wte^T. */
   readonly lm_head: Projection | null = null;
   activationCheckpointing: ActivationCheckpointing;
@@ -217,6 +221,7 @@ export class GPT extends Module {
     this.h = [];
     for (let i = 0; i < cfg.nLayer; i++) this.h.push(this.module(`h.${i}`, new Block(cfg, i)));
     this.ln_f = this.module("ln_f", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
+    this.drop = this.module("drop", new Dropout(cfg.dropout));
     // GPT-2 init: N(0, 0.02) everywhere, residual projections scaled by 1/sqrt(2 n_layer).
     const projStd = 0.02 / Math.sqrt(2 * cfg.nLayer);
     this.h.forEach((b, i) => {
@@ -249,8 +254,16 @@ export class GPT extends Module {
   // The forward in its three parts, in order. `forward` chains them; a pipeline stage runs the
   // parts it holds (the embedding on the first stage, some blocks, the head on the last).
 
-  /** Token + position embeddings (+ dropout): idx (B, T) int32 -> (B, T, C). */
+  /**
+   * Token + position embeddings (+ dropout): idx (B, T) int32 -> (B, T, C). Random draws come
+   * from the embeddings' own stream (key 0) and each block's from key 1 + its layer index, so
+   * dropout masks do not depend on which parts of the model a process runs.
+   */
   embed(idx: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
+    return withRandomStream(0, () => this.embedTokens(idx, ctx));
+  }
+
+  private embedTokens(idx: Tensor, ctx: AttentionContext): Tensor {
     if (idx.dtype !== "int32" || idx.ndim !== 2) {
       throw new ValueError(`GPT.forward: idx must be an int32 tensor of shape (B, T), got ${idx.dtype} ${fmtShape(idx.shape)}`);
     }
@@ -260,7 +273,7 @@ export class GPT extends Module {
     const pe = this.wpe.forward(pos);                                         // (T, C)
     let x = tok.add(pe);                                                      // (B, T, C)
     pos.dispose();
-    if (this.config.dropout > 0) x = F.dropout(x, this.config.dropout, this.training);
+    if (this.config.dropout > 0) x = this.drop.forward(x);
     return x;
   }
 
@@ -270,7 +283,8 @@ export class GPT extends Module {
     const full = ac === true || ac === "full";
     const bctx: AttentionContext = ac === "selective" && ctx.kind === "causal" ? { ...ctx, recomputeCore: true } : ctx;
     for (const block of blocks) {
-      x = full ? checkpoint((h: Tensor) => block.forward(h, bctx), x) : block.forward(x, bctx);   // (B, T, C)
+      const h = x;
+      x = withRandomStream(1 + block.layer, () => full ? checkpoint((y: Tensor) => block.forward(y, bctx), h) : block.forward(h, bctx));   // (B, T, C)
     }
     return x;
   }

@@ -31,7 +31,7 @@ import { CAUSAL } from "../../nn/index.js";
 import type { GPT, Block } from "../../models/index.js";
 import { allReduce, broadcast, recvAsync, sendAsync, setCommThreadNice, splitGroup, type ProcessGroup, type Work } from "../collectives.js";
 import type { GradSync } from "../grad_sync.js";
-import { batchTensors, type MicroBatch, type StepFunctions, type TrainSchedule } from "../schedule.js";
+import { batchTensors, onStepStream, stepRandomKey, type MicroBatch, type StepFunctions, type TrainSchedule } from "../schedule.js";
 import { locateModelChunk, modelChunkOf, pipelineActions, type PipelineScheduleName } from "./schedules.js";
 
 export interface PipelineOptions {
@@ -217,6 +217,7 @@ export class PipelineSchedule implements TrainSchedule {
     const inflight = new Map<string, InFlight>();
     const sends: Work[] = [];
     let lossSum = 0;
+    const streamKey = stepRandomKey();
     // Accumulate locally; the data-parallel reduction runs once, after the tied embedding's.
     this.gradSync.beforeMicroStep(false);
     try {
@@ -228,13 +229,13 @@ export class PipelineSchedule implements TrainSchedule {
           const input = chunk.first ? null : await this.receive(this.activationShape(b), dtype, chunk.modelChunk - 1, 0, a.microBatch, m);
           const state = traceSpan("forward", "forward", () => withScope(() => {
             if (input) input.requiresGrad_(true);
-            return fns.forward(() => {
+            return onStepStream(streamKey, b, () => fns.forward(() => {
               const { x, y } = batchTensors(b);
               let h = chunk.first ? this.model.embed(x) : input!;
               h = this.model.runBlocks(h, CAUSAL, chunk.blocks);
               if (chunk.last) return { input, output: this.model.head(h, y, CAUSAL).loss! };
               return { input, output: h.dtype === dtype ? h : h.to(dtype) };
-            });
+            }));
           }), { microBatch: a.microBatch, chunk: chunk.modelChunk });
           if (chunk.last) lossSum += state.output.item();
           else this.post(noGrad(() => state.output.contiguous()), chunk.modelChunk + 1, chunk.modelChunk, 0, a.microBatch, m, sends);
