@@ -28,7 +28,7 @@ export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index
 export { underMpi, CommError } from "../backend/mpi.js";
 export { gatherLogical, type LogicalTensor } from "./logical_state.js";
 export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions } from "./schedule.js";
-export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline/runtime.js";
+export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline.js";
 export {
   pipelineActions, simulatePipeline, simulateActionLists, bubbleFraction, modelChunkOf, locateModelChunk,
   type PipelineScheduleName, type PipelineAction, type PipelineShape, type SimulationResult, type SimulationOptions,

@@ -10,7 +10,7 @@
  *                                 it changes which parameters exist on this rank; everything
  *                                 after shards what TP left.
  *   2. pipeline split             over the pp axis: this rank keeps its stage's blocks (and the
- *                                 embeddings / head where they belong), pipeline/runtime.ts.
+ *                                 embeddings / head where they belong), pipeline.ts.
  *   3. activation checkpointing   recompute each block's activations in backward. Before any
  *                                 sharding: FSDP's hooks see the replayed forward and keep the
  *                                 block gathered for the backward that follows it.
@@ -43,7 +43,7 @@ import { composeGradSync, type GradSync } from "./grad_sync.js";
 import type { DeviceMesh } from "./mesh.js";
 import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.js";
 import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
-import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline/runtime.js";
+import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline.js";
 import { PlainSchedule, type TrainSchedule } from "./schedule.js";
 
 /** What to apply (the trainer builds it from `parallel.*` and `train.activation_checkpointing`). */

@@ -140,7 +140,8 @@ export class Trainer {
     // Parallel layout: the world (mpirun) must match the config's axes (dp x tp x pp).
     const pc = c.parallel, need = worldSizeOf(c);
     if (!underMpi() && need > 1) {
-      throw new ValueError(`parallel.dp=${pc.dp} x parallel.tp=${pc.tp} x parallel.pp=${pc.pp} needs ${need} ranks; start it with \`megalith launch -n ${need} -- train ...\` (or mpirun -np ${need})`);
+      const axes = (["dp", "tp", "pp"] as const).filter((a) => pc[a] > 1).map((a) => `parallel.${a}=${pc[a]}`).join(" x ");
+      throw new ValueError(`${axes} needs ${need} ranks; start it with \`megalith launch -n ${need} -- train ...\` (or mpirun -np ${need})`);
     }
     const mesh = new DeviceMesh({ dp: pc.dp, tp: pc.tp, pp: pc.pp });
     this.dpGroup = mesh.group("dp");

@@ -44,7 +44,12 @@ test("`validateConfig` fills documented defaults for a minimal config", () => {
   assert.equal(c.optimizer.decay_steps, null);
   assert.deepEqual(c.eval, { interval: 0, batches: 10 });
   assert.deepEqual(c.checkpoint, { interval: 0, keep: 2 });
-  assert.deepEqual(c.parallel, { dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true, reduce_dtype: "fp32" });
+  assert.deepEqual(c.parallel, {
+    dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true, reduce_dtype: "fp32",
+    tp: 1, sp: false, pp: 1, pp_schedule: "1f1b", pp_microbatches: null, pp_virtual_stages: 1, pp_layers: null,
+  });
+  assert.equal(c.train.trace, null);
+  assert.equal(c.train.trace_steps, 3);
   assert.equal(c.train.precision, "fp32");
   assert.equal(c.train.activation_checkpointing, false);
   assert.deepEqual(c.train.loss_scale, { initial: 65536, growth_interval: 2000, growth_factor: 2, backoff_factor: 0.5 });
@@ -55,6 +60,25 @@ test("`validateConfig` rejects an unknown precision, reduce dtype or recomputati
   rejects({ ...minimal(), parallel: { reduce_dtype: "fp8" } }, /parallel\.reduce_dtype/);
   rejects({ ...minimal(), train: { ...(minimal().train as object), activation_checkpointing: "some" } }, /train\.activation_checkpointing/);
   rejects({ ...minimal(), train: { ...(minimal().train as object), loss_scale: { initial: -1 } } }, /train\.loss_scale\.initial/);
+});
+
+test("`validateConfig` refuses impossible tensor/sequence/pipeline layouts, naming the keys", () => {
+  const m = minimal() as { model: Record<string, unknown>; train: Record<string, unknown> };
+  const withP = (parallel: Record<string, unknown>, model: Record<string, unknown> = {}, train: Record<string, unknown> = {}) =>
+    ({ ...m, model: { ...m.model, ...model }, train: { ...m.train, ...train }, parallel });
+  rejects(withP({ tp: 3 }, { n_head: 4, n_embd: 64 }), /parallel\.tp: model\.n_head \(4\) must be divisible by parallel\.tp \(3\)/);
+  rejects(withP({ sp: true }), /parallel\.sp: .*needs parallel\.tp > 1/);
+  rejects(withP({ tp: 2, sp: true }, { n_head: 4, n_embd: 64, block_size: 33 }), /parallel\.sp: model\.block_size \(33\) must be divisible by parallel\.tp \(2\)/);
+  rejects(withP({ pp: 3 }, { n_layer: 4 }), /parallel\.pp: model\.n_layer \(4\) must be divisible by parallel\.pp \(3\)/);
+  rejects(withP({ pp: 2, pp_schedule: "interleaved", pp_virtual_stages: 3 }, { n_layer: 4 }, { grad_accum_steps: 4 }), /parallel\.pp_virtual_stages: model\.n_layer \(4\) must be divisible by parallel\.pp x parallel\.pp_virtual_stages \(2 x 3\)/);
+  rejects(withP({ pp: 2, pp_virtual_stages: 2 }, { n_layer: 4 }), /parallel\.pp_virtual_stages: .*"interleaved"/);
+  rejects(withP({ pp: 2, pp_layers: [1, 2] }, { n_layer: 4 }), /parallel\.pp_layers: \[1,2\] sums to 3, expected model\.n_layer \(4\)/);
+  rejects(withP({ pp: 2, pp_layers: [4] }, { n_layer: 4 }), /parallel\.pp_layers: lists 1 stages, expected 2/);
+  rejects(withP({ pp: 2, zero: 2 }, { n_layer: 4 }), /parallel\.zero: ZeRO-2 .*pipeline/);
+  rejects(withP({ pp: 2, pp_microbatches: 4 }, { n_layer: 4 }, { grad_accum_steps: 2 }), /parallel\.pp_microbatches: 4 conflicts with train\.grad_accum_steps \(2\)/);
+  // pp_microbatches is the accumulation count in a pipeline.
+  const ok = validateConfig(withP({ pp: 2, pp_microbatches: 4, pp_layers: [1, 3] }, { n_layer: 4 }));
+  assert.equal(ok.train.grad_accum_steps, 4);
 });
 
 test("`validateConfig` names the dotted path of a value of the wrong type", () => {

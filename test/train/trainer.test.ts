@@ -83,6 +83,7 @@ test("`Trainer.setup` explains a bad data source, a too-small vocab and unsuppor
   await assert.rejects(setup({ data: { source: join(dir, "nowhere") } }), (e: unknown) => e instanceof ValueError && /is neither "brown" nor a directory prepared by `megalith prepare` \(no meta\.json\)/.test(e.message));
   await assert.rejects(setup({ model: { vocab_size: 200 } }), (e: unknown) => e instanceof ValueError && /model\.vocab_size 200 is smaller than the data's vocabulary \(300\)/.test(e.message));
   await assert.rejects(setup({ parallel: { dp: 2 } }), (e: unknown) => e instanceof ValueError && /parallel\.dp=2 needs 2 ranks; start it with `megalith launch -n 2/.test(e.message));
+  await assert.rejects(setup({ parallel: { tp: 2, pp: 2 } }), (e: unknown) => e instanceof ValueError && /parallel\.tp=2 x parallel\.pp=2 needs 4 ranks; start it with `megalith launch -n 4/.test(e.message));
     await assert.rejects(setup({ model: { block_size: 8192 } }), /the train split of .* not enough for one window of blockSize \+ 1 = 8193 tokens/);
 });
 

@@ -23,16 +23,16 @@
  * Gradient accumulation across micro-batches happens in `.grad` with data-parallel hooks off;
  * after the last backward the tied embedding is reduced, then DDP / ZeRO-1 reduce once.
  */
-import { ValueError } from "../../core/errors.js";
-import { traceSpan, traceSpanAsync } from "../../core/trace.js";
-import { noGrad } from "../../autograd/index.js";
-import { Tensor, tensor, withScope, type DType } from "../../tensor/index.js";
-import { CAUSAL } from "../../nn/index.js";
-import type { GPT, Block } from "../../models/index.js";
-import { allReduce, broadcast, recvAsync, sendAsync, setCommThreadNice, splitGroup, type ProcessGroup, type Work } from "../collectives.js";
-import type { GradSync } from "../grad_sync.js";
-import { batchTensors, onStepStream, stepRandomKey, type MicroBatch, type StepFunctions, type TrainSchedule } from "../schedule.js";
-import { locateModelChunk, modelChunkOf, pipelineActions, type PipelineScheduleName } from "./schedules.js";
+import { ValueError } from "../core/errors.js";
+import { traceSpan, traceSpanAsync } from "../core/trace.js";
+import { noGrad } from "../autograd/index.js";
+import { Tensor, tensor, withScope, type DType } from "../tensor/index.js";
+import { CAUSAL } from "../nn/index.js";
+import type { GPT, Block } from "../models/index.js";
+import { allReduce, broadcast, recvAsync, sendAsync, setCommThreadNice, splitGroup, type ProcessGroup, type Work } from "./collectives.js";
+import type { GradSync } from "./grad_sync.js";
+import { batchTensors, onStepStream, stepRandomKey, type MicroBatch, type StepFunctions, type TrainSchedule } from "./schedule.js";
+import { locateModelChunk, modelChunkOf, pipelineActions, type PipelineScheduleName } from "./pipeline/schedules.js";
 
 export interface PipelineOptions {
   /** Default "1f1b". */
