@@ -192,7 +192,9 @@ export class PipelineSchedule implements TrainSchedule {
   private async receive(shape: number[], dtype: DType, fromChunk: number, dir: number, mb: number, m: number): Promise<Tensor> {
     const from = locateModelChunk(fromChunk, this.stages).stage;
     const buf = Tensor.empty(shape, dtype);
-    await recvAsync(buf, this.p2p, from, { tag: this.tag(dir, fromChunk, mb, m) }).wait();
+    const work = recvAsync(buf, this.p2p, from, { tag: this.tag(dir, fromChunk, mb, m) });
+    // The stage has nothing to compute until this arrives: the pipeline bubble, as the trace shows it.
+    await traceSpanAsync(dir === 1 ? "wait for gradient" : "wait for activation", "idle", () => work.wait(), { fromStage: from, microBatch: mb });
     this.counters.recvBytes += buf.numel * (dtype === "float32" ? 4 : 2);
     return buf;
   }
