@@ -40,7 +40,7 @@ function checkSeq(op: string, x: Tensor, n: number, whole: boolean): void {
 }
 
 /** x (B, T/n, ...) on every rank -> (B, T, ...), rank order along dim 1. Outside autograd. */
-function gatherSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
+export function gatherSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
   const n = g.size;
   const [B, Tl, ...rest] = x.shape as number[];
   return noGrad(() => {
@@ -57,7 +57,7 @@ function gatherSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
 }
 
 /** x (B, T, ...) -> this rank's (B, T/n, ...) of the sum over ranks. Outside autograd. */
-function reduceScatterSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
+export function reduceScatterSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
   const n = g.size;
   const [B, T, ...rest] = x.shape as number[];
   const Tl = T! / n;

@@ -23,12 +23,12 @@
  * Initialisation is layout-free because the shards are cut from the full, seeded model.
  */
 import { ValueError } from "../core/errors.js";
-import { noGrad } from "../autograd/index.js";
-import { Tensor, tensor, compare, arange, cat, zeros, keep } from "../tensor/index.js";
+import { noGrad, recordNode } from "../autograd/index.js";
+import { Tensor, tensor, compare, arange, cat, zeros, keep, autocastDtype } from "../tensor/index.js";
 import { Module, F, Linear, Embedding, LayerNorm, Dropout, type Parameter, type Projection } from "../nn/index.js";
 import type { GPT } from "../models/index.js";
 import { allReduce, type ProcessGroup } from "./collectives.js";
-import { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence } from "./regions.js";
+import { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence, gatherSeqRaw, reduceScatterSeqRaw } from "./regions.js";
 
 /**
  * How a local parameter relates to its logical (single-device) tensor:
@@ -149,11 +149,51 @@ export class ColumnParallelLinear extends Module implements Projection {
   }
 
   forward(x: Tensor): Tensor {
-    const xi = this.opts.sequenceParallel ? gatherFromSequence(x, this.group) : copyToRegion(x, this.group);   // (B, T, in)
-    const y = F.linear(xi, this.weight, this.bias);                                                           // (B, T, out/tp)
+    if (this.opts.sequenceParallel && this.group.size > 1) return sequenceParallelLinear(x, this.weight, this.bias, this.group);
+    const xi = copyToRegion(x, this.group);                                                   // (B, T, in)
+    const y = F.linear(xi, this.weight, this.bias);                                           // (B, T, out/tp)
     xi.dispose();
     return y;
   }
+}
+
+/**
+ * y = gather(x) W^T + b, where x (B, T/tp, in) is this rank's token shard: the all-gathered
+ * (B, T, in) input is used and dropped, and backward gathers it again (Korthikanti et al.
+ * 2022, §4.2.2: storing the gathered input would undo sequence parallelism's saving, since
+ * every column-parallel layer's input is one of the activations it shards). Backward also
+ * reduce-scatters the input gradient back to token shards. Under autocast the products run in
+ * the autocast dtype, as F.linear's would, and the weight and bias gradients come back in the
+ * parameters' dtype.
+ */
+export function sequenceParallelLinear(x: Tensor, weight: Tensor, bias: Tensor | null, g: ProcessGroup): Tensor {
+  const dt = autocastDtype();
+  const y = noGrad(() => {
+    const full = gatherSeqRaw(x, g);                                                          // (B, T, in)
+    const out = F.linear(full, weight, bias);                                                 // (B, T, out)
+    full.dispose();
+    return out;
+  });
+  const saved = x.saveForBackward();
+  return recordNode("sp_linear", y, [x, weight, bias], (gyIn) => {
+    const gy = gyIn as Tensor;
+    const out = weight.shape[0]!, inF = weight.shape[1]!;
+    const full = gatherSeqRaw(saved, g);                                                      // (B, T, in) again
+    const N = full.numel / inF;
+    const xc = dt && full.dtype !== dt ? full.to(dt) : full;
+    const wc = dt && weight.dtype !== dt ? weight.to(dt) : weight;
+    const gy2 = gy.reshape([N, out]);
+    const gxFull = gy2.matmul(wc).reshape(full.shape);                                         // (B, T, in)
+    const gxLocal = reduceScatterSeqRaw(gxFull, g);                                            // (B, T/tp, in)
+    const gyt = gy2.t(), x2 = xc.reshape([N, inF]);
+    const gw0 = gyt.matmul(x2);                                                                // (out, in)
+    const gw = gw0.dtype === weight.dtype ? gw0 : gw0.to(weight.dtype);
+    const gb0 = bias ? gy2.sum(0) : null;
+    const gb = gb0 && bias && gb0.dtype !== bias.dtype ? gb0.to(bias.dtype) : gb0;
+    const gx = gxLocal.dtype === x.dtype ? gxLocal : gxLocal.to(x.dtype);
+    for (const t of new Set([full, xc, wc, gy2, gxFull, gyt, x2, gw0, gb0, gxLocal])) if (t && t !== gw && t !== gb && t !== gx && t !== weight) t.dispose();
+    return [gx, gw, gb];
+  }, [saved]);
 }
 
 /**
