@@ -22,6 +22,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   serve: () => import("./serve.js"),
   comm: () => import("./comm.js"),
   precision: () => import("./precision.js"),
+  parallel: () => import("./parallel.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);
