@@ -137,11 +137,17 @@ test("`generate` restores the model's training mode and validates its arguments"
 });
 
 test("`sampleToken` applies temperature, top-k and top-p as documented", () => {
-  const logits = Float32Array.from([0, 3, 1, 2]); // order by logit: 1, 3, 2, 0
+  // The draw is the inverse CDF over the candidates in id order. Probabilities at temperature 1:
+  // 0.032, 0.644, 0.087, 0.237, so u in [0, 0.032) picks id 0, [0.032, 0.676) id 1, and so on.
+  const logits = Float32Array.from([0, 3, 1, 2]);
   assert.equal(sampleToken(logits, { temperature: 0 }, 0.999), 1);
-  assert.equal(sampleToken(logits, { temperature: 1 }, 0), 1);
-  assert.equal(sampleToken(logits, { temperature: 1 }, 0.999999), 0, "u near 1 picks the least likely");
+  assert.equal(sampleToken(logits, { temperature: 1 }, 0), 0, "u = 0 picks the first id");
+  assert.equal(sampleToken(logits, { temperature: 1 }, 0.5), 1);
+  assert.equal(sampleToken(logits, { temperature: 1 }, 0.7), 2);
+  assert.equal(sampleToken(logits, { temperature: 1 }, 0.999999), 3, "u near 1 picks the last id");
+  assert.equal(sampleToken(logits, { temperature: 1, topK: 2 }, 0), 1, "top-k 2 keeps ids 1 and 3");
   assert.equal(sampleToken(logits, { temperature: 1, topK: 2 }, 0.999999), 3, "top-k 2 keeps ids 1 and 3");
+  assert.equal(sampleToken(logits, { temperature: 1, topP: 0.5 }, 0), 1, "top-p 0.5 keeps only the top token (p = 0.64)");
   assert.equal(sampleToken(logits, { temperature: 1, topP: 0.5 }, 0.999999), 1, "top-p 0.5 keeps only the top token (p = 0.64)");
   // Uniform logits: u in [j/4, (j+1)/4) picks the j-th id (ties broken by id).
   const flat = new Float32Array(4);
