@@ -23,6 +23,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   comm: () => import("./comm.js"),
   precision: () => import("./precision.js"),
   parallel: () => import("./parallel.js"),
+  bubble: () => import("./bubble.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);
