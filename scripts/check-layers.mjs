@@ -15,7 +15,7 @@ const LAYERS = [
   ["data", "nn"],
   ["optim", "models", "inference"],
   ["parallel"],
-  ["train", "serve"],
+  ["train", "serve", "dashboard"],
   ["cli"],
   ["index.ts"],
 ];

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(build-essential python3 libopenblas-dev libdnnl-dev openmpi-bin libopenmpi-dev python3-torch python3-numpy)
+APT_PACKAGES=(build-essential python3 libopenblas-dev libdnnl-dev openmpi-bin libopenmpi-dev python3-torch python3-numpy chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

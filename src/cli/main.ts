@@ -15,6 +15,8 @@ import { register as demo } from "./demo.js";
 import { register as serve } from "./serve.js";
 import { register as launch } from "./launch.js";
 import { register as env } from "./env.js";
+import { register as dashboard } from "./dashboard.js";
+import { register as plot } from "./plot.js";
 
 const program = new Command();
 program
@@ -23,7 +25,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, sample, evaluate, serve, demo, env];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, dashboard, plot, sample, evaluate, serve, demo, env];
 
 for (const register of registrations) register(program);
 
