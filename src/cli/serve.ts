@@ -1,13 +1,18 @@
 /**
  * `megalith serve --model DIR [--port 8000] [--host 127.0.0.1] [--api-key KEY]
+ *   [--served-model-name NAME]... [--max-model-len N] [--chat-template FILE]
+ *   [--max-num-seqs N] [--max-waiting N] [--max-connections N]
  *   [--speculative-tokens N [--speculative-method ngram|draft] [--draft-model DIR]]`
+ *
+ * Flags that need no model (port, names, counts) are checked before the weights load, so a typo
+ * costs no loading time.
  */
 import type { Command } from "commander";
 import { basename } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT } from "../models/index.js";
 import { Engine, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
-import { createServer } from "../serve/index.js";
+import { createServer, loadChatTemplate } from "../serve/index.js";
 import { modelDirTokenizer } from "./_model_dir.js";
 
 export function register(program: Command): void {
@@ -15,13 +20,17 @@ export function register(program: Command): void {
     .command("serve")
     .description("serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache)")
     .requiredOption("--model <dir>", "Hugging Face style directory: config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt")
-    .option("--port <n>", "port", "8000")
+    .option("--port <n>", "port (1-65535)", "8000")
     .option("--host <addr>", "address to bind", "127.0.0.1")
     .option("--api-key <key>", "require Authorization: Bearer <key> (default: $MEGALITH_API_KEY)")
     .option("--kv-cache-mb <n>", "KV-cache memory budget in MiB", "256")
     .option("--max-num-seqs <n>", "most requests running at once", "32")
     .option("--max-num-batched-tokens <n>", "token budget per step", "512")
-    .option("--max-waiting <n>", "waiting-queue bound (429 beyond it)", "256")
+    .option("--max-waiting <n>", "waiting-queue bound: requests beyond it get 429 with Retry-After", "256")
+    .option("--served-model-name <name>", "a name clients pass as `model` (repeatable; default: the model directory's name); others get 404", (v: string, prev: string[] = []) => [...prev, v])
+    .option("--max-model-len <n>", "most tokens (prompt + completion) per request (default and maximum: the model's block size)")
+    .option("--chat-template <file>", "Jinja chat template for /v1/chat/completions (default: tokenizer_config.json's chat_template, else \"role: content\" lines)")
+    .option("--max-connections <n>", "open-connection cap; beyond it the longest-idle connection is closed", "1000")
     .option("--dtype <dtype>", "weights and compute: float32 | bfloat16 (half the bytes per decoded token)", "float32")
     .option("--kv-cache-dtype <dtype>", "KV cache: auto (the serving dtype) | float32 | bfloat16", "auto")
     .option("--quantize <kind>", "weight quantization at load: none | int8 (per-output-channel int8 projections)", "none")
@@ -32,9 +41,20 @@ export function register(program: Command): void {
       const dir = o.model!;
       const int = (name: string, v: string) => {
         const n = Number(v);
-        if (!Number.isInteger(n) || n <= 0) throw new ValueError(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
+        if (!/^\s*\d+\s*$/.test(v) || !Number.isSafeInteger(n) || n <= 0) throw new ValueError(`--${name} must be a positive integer, got ${JSON.stringify(v)}`);
         return n;
       };
+      const port = Number(o.port);
+      if (!/^\d+$/.test(o.port!) || !(port >= 1 && port <= 65535)) throw new ValueError(`--port must be an integer from 1 to 65535, got ${JSON.stringify(o.port)}`);
+      const names = (o.servedModelName as unknown as string[] | undefined) ?? [basename(dir.replace(/\/+$/, ""))];
+      for (const n of names) if (!n.trim()) throw new ValueError(`--served-model-name must not be empty`);
+      const maxModelLen = o.maxModelLen !== undefined ? int("max-model-len", o.maxModelLen) : undefined;
+      const maxConnections = int("max-connections", o.maxConnections!);
+      const sizes = {
+        kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20, maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!),
+        maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!), maxWaiting: int("max-waiting", o.maxWaiting!),
+      };
+      const chatTemplate = loadChatTemplate(dir, o.chatTemplate);
       const tokenizer = modelDirTokenizer(dir);
       const model = await GPT.fromPretrained(dir);
       const dtypes = ["float32", "bfloat16"];
@@ -46,18 +66,18 @@ export function register(program: Command): void {
         const q = quantizeModelInt8(model);
         process.stderr.write(`quantized ${q.linears} projections to int8: ${(q.bytesFloat32 / 2 ** 20).toFixed(1)} -> ${(q.bytesInt8 / 2 ** 20).toFixed(1)} MiB\n`);
       }
+      if (maxModelLen !== undefined && maxModelLen > model.config.blockSize) {
+        throw new ValueError(`--max-model-len ${maxModelLen} is larger than the model's block size ${model.config.blockSize} (it has no positions beyond); use at most ${model.config.blockSize}`);
+      }
       const speculative = await speculativeFrom(o, model);
       const engine = new Engine(model, tokenizer, {
-        modelName: basename(dir.replace(/\/+$/, "")), kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20,
-        maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!), maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!),
-        maxWaiting: int("max-waiting", o.maxWaiting!),
+        modelName: names[0]!, ...(maxModelLen !== undefined ? { maxModelLen } : {}), ...sizes,
         ...(speculative ? { speculative } : {}),
         ...(o.kvCacheDtype !== "auto" ? { kvCacheDtype: o.kvCacheDtype as "float32" | "bfloat16" } : {}),
       });
-      const app = createServer({ engine, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
-      const port = int("port", o.port!);
+      const app = createServer({ engine, servedModelNames: names, chatTemplate, maxConnections, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
       await app.listen({ port, host: o.host! });
-      process.stderr.write(`serving ${engine.modelName} on http://${o.host}:${port}/v1 (${engine.blocks.numBlocks} KV blocks of ${engine.blocks.blockSize} tokens)\n`);
+      process.stderr.write(`serving ${names.join(", ")} on http://${o.host}:${port}/v1 (${engine.blocks.numBlocks} KV blocks of ${engine.blocks.blockSize} tokens, max model length ${engine.contextLength}, chat template: ${chatTemplate.source})\n`);
       const stop = async () => {
         await app.close();
         await engine.shutdown();

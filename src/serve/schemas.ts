@@ -24,6 +24,10 @@ const sampling = {
   stream: z.boolean().nullable().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).strict().nullable().optional(),
   user: z.string().optional(),
+  /** OpenAI's map of token id (a string) -> bias in [-100, 100]; keys and range checked by the server. */
+  logit_bias: z.record(z.string(), z.number()).nullable().optional(),
+  /** Only {type: "text"} is served; any other type gets a 400 from the server that says so. */
+  response_format: z.object({ type: z.string() }).passthrough().nullable().optional(),
 };
 
 export const CompletionBody = z

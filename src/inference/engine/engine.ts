@@ -32,6 +32,11 @@ import { EngineRejection, type EngineEvent, type EngineLike, type EngineStats, t
 
 export interface EngineOptions {
   modelName?: string;
+  /**
+   * Longest sequence (prompt + generated tokens) a request may reach. Default and upper bound:
+   * the model's block size (its learned positions end there).
+   */
+  maxModelLen?: number;
   /** Bytes for the KV cache. Default 256 MiB (capped at what maxNumSeqs full contexts need). */
   kvCacheBytes?: number;
   blockSize?: number;
@@ -93,6 +98,8 @@ export class Engine implements EngineLike {
   readonly modelName: string;
   readonly contextLength: number;
   readonly eotToken: number;
+  readonly vocabSize: number;
+  readonly maxTokenBytes: number;
   readonly blocks: BlockManager;
   readonly scheduler: Scheduler;
   readonly runner: ModelRunner;
@@ -113,22 +120,33 @@ export class Engine implements EngineLike {
   constructor(model: GPT, tokenizer: Tokenizer, o: EngineOptions = {}) {
     const c = model.config;
     this.modelName = o.modelName ?? "megalith-gpt";
-    this.contextLength = c.blockSize;
+    const maxModelLen = o.maxModelLen ?? c.blockSize;
+    if (!Number.isInteger(maxModelLen) || maxModelLen < 2 || maxModelLen > c.blockSize) {
+      throw new ValueError(`max model length must be an integer in [2, ${c.blockSize}] (the model's block size: it has no positions beyond), got ${maxModelLen}`);
+    }
+    this.contextLength = maxModelLen;
     this.tokenizer = tokenizer;
     this.eotToken = tokenizer.eotToken;
     this.decodableVocab = Math.min(tokenizer.vocabSize, c.vocabSize);
+    this.vocabSize = this.decodableVocab;
+    // Byte-level BPE covers every byte of a text by exactly one token, so a text of B bytes has
+    // at least B / maxTokenBytes tokens: the server refuses prompts that cannot fit on that bound
+    // without tokenizing them.
+    let longest = 1;
+    for (let i = 0; i < this.decodableVocab; i++) longest = Math.max(longest, tokenizer.decodeBytes([i]).length);
+    this.maxTokenBytes = longest;
     const blockSize = o.blockSize ?? 16;
     const maxNumSeqs = o.maxNumSeqs ?? 32;
     const kvCacheDtype = o.kvCacheDtype ?? ModelRunner.modelDtype(model);
     const wanted = blocksForBudget(o.kvCacheBytes ?? 256 * 2 ** 20, { nLayer: c.nLayer, nKvHeads: c.nHead, headDim: c.nEmbd / c.nHead, blockSize, dtypeBytes: kvCacheDtype === "float32" ? 4 : 2 });
-    const cap = maxNumSeqs * Math.ceil(c.blockSize / blockSize) + 1;
+    const cap = maxNumSeqs * Math.ceil(maxModelLen / blockSize) + 1;
     const numBlocks = Math.min(wanted, cap);
-    if (numBlocks < Math.ceil(c.blockSize / blockSize)) {
-      throw new ValueError(`Engine: the KV-cache budget holds ${numBlocks} blocks, fewer than one full context needs (${Math.ceil(c.blockSize / blockSize)}); raise kvCacheBytes`);
+    if (numBlocks < Math.ceil(maxModelLen / blockSize)) {
+      throw new ValueError(`Engine: the KV-cache budget holds ${numBlocks} blocks, fewer than one full context needs (${Math.ceil(maxModelLen / blockSize)}); raise kvCacheBytes`);
     }
     this.blocks = new BlockManager({ numBlocks, blockSize, enablePrefixCaching: o.enablePrefixCaching ?? true });
     this.scheduler = new Scheduler(this.blocks, {
-      maxNumBatchedTokens: Math.max(o.maxNumBatchedTokens ?? 512, maxNumSeqs), maxNumSeqs, maxWaiting: o.maxWaiting ?? 256, maxModelLen: c.blockSize,
+      maxNumBatchedTokens: Math.max(o.maxNumBatchedTokens ?? 512, maxNumSeqs), maxNumSeqs, maxWaiting: o.maxWaiting ?? 256, maxModelLen,
     });
     this.runner = new ModelRunner(model, { numBlocks, blockSize, kvCacheDtype });
     this.spec = o.speculative ? checkSpeculative(o.speculative, model) : null;
@@ -170,6 +188,7 @@ export class Engine implements EngineLike {
     const V = this.runner.model.config.vocabSize;
     for (const t of req.promptTokens) if (!Number.isInteger(t) || t < 0 || t >= V) throw new ValueError(`prompt token ${t} is outside the vocabulary (0..${V - 1})`);
     if (!Number.isInteger(req.n) || req.n < 1) throw new ValueError(`n must be a positive integer, got ${req.n}`);
+    for (const [t] of req.sampling.logitBias ?? []) if (!Number.isInteger(t) || t < 0 || t >= this.vocabSize) throw new ValueError(`logit_bias token ${t} is outside the vocabulary (0..${this.vocabSize - 1})`);
     if (this.scheduler.numWaiting + 1 > this.scheduler.maxWaiting) {
       this.st.rejections.queue_full = (this.st.rejections.queue_full ?? 0) + 1;
       throw new EngineRejection("queue_full", `the waiting queue is full (${this.scheduler.maxWaiting} requests); retry later`, 1);

@@ -67,7 +67,12 @@ export interface EngineStats {
 /** What the server needs from an engine. */
 export interface EngineLike {
   readonly modelName: string;
+  /** Most tokens (prompt + generated) of one sequence: the max model length. */
   readonly contextLength: number;
+  /** Token ids 0..vocabSize-1 are valid (logit_bias keys, prompt ids the tokenizer can decode). */
+  readonly vocabSize: number;
+  /** Bytes of the longest token: a text of B bytes has at least B / maxTokenBytes tokens. */
+  readonly maxTokenBytes: number;
   /** Tokenizer used for prompts and detokenization. */
   encode(text: string): number[];
   readonly eotToken: number;

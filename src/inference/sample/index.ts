@@ -1,8 +1,9 @@
 /**
  * Sampling for serving: logits processors and the sampler, per request.
  *
- * Order (vLLM's): repetition penalty (prompt + output tokens), presence/frequency penalties
- * (output tokens), temperature, top-k, top-p, min-p, then a draw. The draw uses the request's
+ * Order (vLLM's): logit bias (OpenAI's `logit_bias`, added to the raw logits), repetition
+ * penalty (prompt + output tokens), presence/frequency penalties (output tokens), temperature,
+ * top-k, top-p, min-p, then a draw. The draw uses the request's
  * own counter-based stream (seed, output index), so a seeded request produces the same text
  * whatever else is in the batch. Logprobs are those of the model's distribution (log-softmax
  * of the raw logits), as the OpenAI API reports them.
@@ -43,6 +44,12 @@ export interface SamplingParams {
   seed: number;
   /** How many top alternatives to report per token (0 = none, just the chosen token's logprob). */
   logprobs: number;
+  /**
+   * OpenAI's `logit_bias`: [token id, bias in [-100, 100]] pairs added to the raw logits before
+   * everything else. -100 effectively bans a token and +100 effectively forces it (a model's
+   * logits span far less than 100). Absent or empty = off. Logprobs stay the model's own.
+   */
+  logitBias?: ReadonlyArray<readonly [number, number]>;
 }
 
 export const DEFAULT_SAMPLING: SamplingParams = {
@@ -61,6 +68,10 @@ export function validateSampling(p: SamplingParams): void {
   if (!(p.frequencyPenalty >= -2 && p.frequencyPenalty <= 2)) throw bad("frequency_penalty", p.frequencyPenalty, "in [-2, 2]");
   if (!Number.isSafeInteger(p.seed) || p.seed < 0) throw bad("seed", p.seed, "a non-negative integer");
   if (!Number.isInteger(p.logprobs) || p.logprobs < 0 || p.logprobs > 20) throw bad("logprobs", p.logprobs, "an integer in [0, 20]");
+  for (const [t, b] of p.logitBias ?? []) {
+    if (!Number.isInteger(t) || t < 0) throw bad("logit_bias token id", t, "a non-negative integer");
+    if (!(b >= -100 && b <= 100)) throw bad(`logit_bias[${t}]`, b, "in [-100, 100]");
+  }
 }
 
 export interface SampleResult {
@@ -110,10 +121,15 @@ export interface TokenDistribution {
   total: number;
 }
 
-/** Applies the penalties to a copy of the logits (repetition over prompt + output, presence/frequency over output). */
+/**
+ * Applies the logit bias, then the penalties, to a copy of the logits (repetition over prompt +
+ * output, presence/frequency over output). Bias ids outside the row are ignored (the server
+ * refuses them before they get here).
+ */
 function penalized(logitsIn: Float32Array, p: SamplingParams, prompt: readonly number[], output: readonly number[]): Float32Array {
   const V = logitsIn.length;
   const logits = Float32Array.from(logitsIn);
+  for (const [t, b] of p.logitBias ?? []) if (t >= 0 && t < V) logits[t] = logits[t]! + b;
   if (p.repetitionPenalty !== 1) {
     const seen = new Set<number>([...prompt, ...output]);
     for (const t of seen) if (t >= 0 && t < V) logits[t] = logits[t]! > 0 ? logits[t]! / p.repetitionPenalty : logits[t]! * p.repetitionPenalty;
