@@ -63,8 +63,12 @@ export const TrainConfigSchema = z
           })
           .strict()
           .default({}),
-        /** Peak FLOP/s MFU is reported against (default: 2 cores x ~100 GFLOP/s sgemm measured here). */
-        peak_flops: z.number().positive().default(200e9),
+        /**
+         * Peak FLOP/s MFU is reported against. null (default) = this machine's: the planner's
+         * profile when present, else a ~300 ms GEMM measurement cached per CPU, threads and
+         * dtype (src/train/peak_flops.ts).
+         */
+        peak_flops: z.number().positive().nullable().default(null),
         /** Consecutive non-finite steps before the run stops. */
         max_nonfinite_steps: posInt.default(5),
         /**

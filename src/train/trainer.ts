@@ -40,6 +40,8 @@ import {
   type Parallelized, type ProcessGroup, type ZeroStage,
 } from "../parallel/index.js";
 import { saveLogicalCheckpoint, restoreLogical, isModelParallel } from "./_logical_checkpoint.js";
+import { resolvePeakFlops } from "./peak_flops.js";
+import { bitsPerByte, bytesPerToken } from "./bits_per_byte.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -120,6 +122,10 @@ export class Trainer {
   private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
   /** Training FLOPs per token of the whole (logical) model, counted before any sharding. */
   private modelFlopsPerToken = 0;
+  /** Peak FLOP/s MFU is against: train.peak_flops, or this machine's measured peak (peak_flops.ts). */
+  private peakFlops = 0;
+  /** UTF-8 bytes per validation target token, for val_bpb (computed at the first eval). */
+  private valBytesPerToken: number | undefined;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -190,6 +196,9 @@ export class Trainer {
     this.optimizer = this.parallel.optimizer;
     const ls = c.train.loss_scale;
     this.precision = new PrecisionPolicy(c.train.precision, { initial: ls.initial, growthInterval: ls.growth_interval, growthFactor: ls.growth_factor, backoffFactor: ls.backoff_factor });
+    const peak = resolvePeakFlops({ explicit: c.train.peak_flops, dtype: this.precision.computeDtype, processes: mesh.world.size });
+    this.peakFlops = peak.flops;
+    this.say(peak.describe);
     this.loader = new TokenLoader({
       dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
       seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
@@ -279,7 +288,7 @@ export class Trainer {
     const mem = memoryStats();
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
-      mfu: flops / c.train.peak_flops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: Math.max(this.runPeakBytes, mem.peakTotal) / 2 ** 20, step_ms: dt * 1000,
+      mfu: flops / this.peakFlops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: Math.max(this.runPeakBytes, mem.peakTotal) / 2 ** 20, step_ms: dt * 1000,
       mem_params_mb: memAtGrads.live.params / 2 ** 20, mem_grads_mb: memAtGrads.live.grads / 2 ** 20, mem_optimizer_mb: memAtGrads.live.optimizer / 2 ** 20,
       mem_act_peak_mb: mem.peak.activations / 2 ** 20,
       ...(scaler ? { loss_scale: scaler.scale, skipped_steps: scaler.skippedSteps } : {}),
@@ -371,8 +380,20 @@ export class Trainer {
     if (this.valBatchCount() === 0) return;
     const loss = await this.evaluate();
     if (!this.isMain) return;
-    appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss }) + "\n");
-    this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}`);
+    const bpb = this.valBitsPerByte(loss);
+    appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss, ...(bpb !== undefined ? { val_bpb: bpb } : {}) }) + "\n");
+    this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}${bpb !== undefined ? ` (${bpb.toFixed(3)} bits/byte)` : ""}`);
+  }
+
+  /** The val loss in bits per byte (bits_per_byte.ts): comparable across tokenizers. Undefined without a tokenizer. */
+  private valBitsPerByte(loss: number): number | undefined {
+    if (!this.tokenizer || !Number.isFinite(loss)) return undefined;
+    const c = this.config;
+    this.valBytesPerToken ??= bytesPerToken(this.tokenizer, {
+      dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
+      numBatches: Math.min(c.eval.batches, this.valBatchCount()),
+    });
+    return bitsPerByte(loss, this.valBytesPerToken);
   }
 
   /** Writes an HF directory (config.json, model.safetensors, tokenizer.json when known). */

@@ -51,7 +51,7 @@ before(async () => {
   page.on("pageerror", (e) => consoleErrors.push(`pageerror: ${e.message}`));
   page.on("requestfailed", (r) => consoleErrors.push(`requestfailed: ${r.url()}`));
   await page.goto(url);
-  await page.waitForFunction(() => (window as unknown as { __megalith?: { ready: boolean } }).__megalith?.ready === true, null, { timeout: 20_000 });
+  await page.waitForFunction(() => (globalThis as unknown as { __megalith?: { ready: boolean } }).__megalith?.ready === true, null, { timeout: 20_000 });
 });
 
 after(async () => {
@@ -61,7 +61,7 @@ after(async () => {
 });
 
 const plotted = (id: string): Promise<Plotted | undefined> =>
-  page!.evaluate((chart) => (window as unknown as { __megalith: { plotted: Record<string, Plotted> } }).__megalith.plotted[chart], id);
+  page!.evaluate((chart) => (globalThis as unknown as { __megalith: { plotted: Record<string, Plotted> } }).__megalith.plotted[chart], id);
 
 /** The (x, y) pairs uPlot holds for one legend label (its aligned x column, nulls dropped). */
 function pointsOf(p: Plotted, label: string): Array<[number, number]> {
@@ -99,10 +99,10 @@ test("the plotted points equal metrics.jsonl for every series of both runs", { s
 });
 
 test("a line appended to metrics.jsonl becomes a new point on the page", { skip }, async () => {
-  const before = (await page!.evaluate(() => (window as unknown as { __megalith: { updates: number } }).__megalith.updates));
+  const before = (await page!.evaluate(() => (globalThis as unknown as { __megalith: { updates: number } }).__megalith.updates));
   const row = trainRow(12);
   appendFileSync(join(root, "base", "metrics.jsonl"), JSON.stringify(row) + "\n");
-  await page!.waitForFunction((n) => (window as unknown as { __megalith: { updates: number } }).__megalith.updates > n, before, { timeout: 10_000 });
+  await page!.waitForFunction((n) => (globalThis as unknown as { __megalith: { updates: number } }).__megalith.updates > n, before, { timeout: 10_000 });
   const loss = pointsOf((await plotted("loss"))!, "base: train loss");
   assert.equal(loss.length, 12, "11 train steps (one was skipped) + the new one");
   assert.deepEqual(loss.at(-1), [12, row.loss]);
