@@ -211,3 +211,53 @@ test("`megalith serve --api-key` answers 401 with an OpenAI error body without t
   assert.equal(health.status, 200);
   assert.deepEqual(await health.json(), { status: "ok" });
 });
+
+test("`megalith serve` lists the model directory's name at /v1/models and 404s any other model", async () => {
+  await waitFor(`${base}/health`, 60_000, server!, () => serverErr);
+  const models = (await (await fetch(`${base}/v1/models`, { headers: auth })).json()) as { data: Array<{ id: string; max_model_len: number }> };
+  assert.deepEqual(models.data.map((m) => [m.id, m.max_model_len]), [["model", 128]]);
+  const r = await complete("the cat", { model: "gpt-4" });
+  assert.equal(r.status, 404);
+  assert.equal(((await r.json()) as { error: { code: string } }).error.code, "model_not_found");
+});
+
+test("`megalith serve --port` outside 1..65535 or not an integer is refused before the model loads", async () => {
+  for (const port of ["99999", "0", "80.5", "http"]) {
+    // A model directory that does not exist: the port error must come first.
+    const r = await megalith("serve", "--model", join(root, "no-such-model"), "--port", port);
+    assert.equal(r.code, 2, `--port ${port}: ${r.stderr}`);
+    assert.equal(r.stderr, `megalith: error: --port must be an integer from 1 to 65535, got "${port}"\n`);
+  }
+});
+
+test("`megalith serve --max-model-len` above the block size is refused at startup", async () => {
+  const r = await megalith("serve", "--model", modelDir, "--port", String(await freePort()), "--max-model-len", "129");
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /^megalith: error: --max-model-len 129 is larger than the model's block size 128/);
+});
+
+test("`megalith serve --served-model-name a --served-model-name b --max-model-len 32 --chat-template FILE`", async () => {
+  const template = join(root, "chat.jinja");
+  writeFileSync(template, "{% for m in messages %}{{ m.content }}{% endfor %}");
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  let err = "";
+  const proc = spawn(process.execPath, [BIN, "serve", "--model", modelDir, "--port", String(port), "--served-model-name", "a", "--served-model-name", "b", "--max-model-len", "32", "--chat-template", template], { env: ENV, stdio: ["ignore", "ignore", "pipe"] });
+  proc.stderr!.on("data", (d: Buffer) => { err += d.toString(); });
+  try {
+    await waitFor(`${url}/health`, 60_000, proc, () => err);
+    assert.match(err, /serving a, b on .* max model length 32, chat template: .*chat\.jinja\)/);
+    const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: Array<{ id: string; max_model_len: number }> };
+    assert.deepEqual(models.data.map((m) => [m.id, m.max_model_len]), [["a", 32], ["b", 32]]);
+    const post = (path: string, body: unknown) => fetch(`${url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const over = await post("/v1/completions", { model: "b", prompt: "the cat", max_tokens: 31 });
+    assert.equal(over.status, 400);
+    assert.match(((await over.json()) as { error: { message: string } }).error.message, /maximum context length is 32 tokens.*requested 33 tokens \(2 in the prompt, 31 in the completion\)/);
+    const chat = await post("/v1/chat/completions", { model: "a", messages: [{ role: "user", content: "the cat" }], max_tokens: 2, temperature: 0 });
+    assert.equal(chat.status, 200);
+    assert.equal(((await chat.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens, 2, "the template renders just the content: 2 tokens");
+  } finally {
+    proc.kill("SIGTERM");
+    await new Promise((r) => (proc.exitCode !== null ? r(null) : proc.once("exit", r)));
+  }
+});
