@@ -25,7 +25,7 @@
 import { mkdir, open, readdir, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { ValueError } from "../core/errors.js";
-import { fsyncDir, uniqueSuffix, writeFully } from "./_fs.js";
+import { fsyncDir, listTree, uniqueSuffix, writeFully } from "./_fs.js";
 import { buildManifest, MANIFEST_NAME, verifyCheckpointDir, type CheckpointManifest, type ManifestInfo } from "./manifest.js";
 
 /** Options for `createCheckpointTempDir()`. */
@@ -74,6 +74,14 @@ export interface PruneOptions {
    * process are never removed. Default: one hour.
    */
   staleTempAgeMs?: number;
+  /**
+   * The step the caller has just saved (and reported). It is never removed, and only steps at
+   * or below it count towards `keep`: a directory with a higher step belongs to some other run
+   * (a used out_dir, or a newer checkpoint a resume skipped as damaged), and keeping "the
+   * newest" by number would otherwise delete the checkpoint just written. Higher steps are left
+   * alone. Default: none (the `keep` highest steps are kept).
+   */
+  current?: number;
 }
 
 const DEFAULT_PREFIX = "ckpt-";
@@ -146,23 +154,7 @@ export async function commitCheckpointDir(
   for (const d of subdirs.reverse()) await fsyncDir(d); // deepest first
   await fsyncDir(tmpDir);
 
-  const parent = dirname(finalDir);
-  const existing = await stat(finalDir).catch(() => null);
-  if (existing === null) {
-    await rename(tmpDir, finalDir);
-    await fsyncDir(parent);
-    return manifest;
-  }
-  const old = `${finalDir}.old-${uniqueSuffix()}`;
-  await rename(finalDir, old);
-  try {
-    await rename(tmpDir, finalDir);
-  } catch (err) {
-    await rename(old, finalDir).catch(() => {}); // put the previous checkpoint back
-    throw err;
-  }
-  await fsyncDir(parent);
-  await rm(old, { recursive: true, force: true });
+  await replaceDir(tmpDir, finalDir);
   return manifest;
 }
 
@@ -190,6 +182,59 @@ export async function writeCheckpointDir(
     await rm(tmp, { recursive: true, force: true }).catch(() => {});
     throw err;
   }
+}
+
+/**
+ * Writes a plain directory (no manifest; e.g. an exported model directory) atomically:
+ * `writeContents(tmp)` fills `<dir>.tmp-<pid>-<hex>`, every file is fsynced, and the directory
+ * is renamed to `dir`. An existing `dir` is moved aside first and deleted once the new one is in
+ * place, so readers see the old directory or the new one, never a mix or a half-written file.
+ * If `writeContents` throws, the temp dir is removed and `dir` is untouched.
+ *
+ * @example
+ * await writeDirAtomic("runs/x/final", async (tmp) => { await model.savePretrained(tmp); });
+ */
+export async function writeDirAtomic(dir: string, writeContents: (tmpDir: string) => Promise<void> | void): Promise<void> {
+  const tmp = await createCheckpointTempDir(dir);
+  try {
+    await writeContents(tmp);
+    const { files, dirs } = await listTree(tmp);
+    for (const f of files) {
+      const fh = await open(join(tmp, f), "r+");
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    }
+    for (const d of dirs.reverse()) await fsyncDir(d);
+    await fsyncDir(tmp);
+    await replaceDir(tmp, dir);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true }).catch(() => {});
+    throw err;
+  }
+}
+
+/** Renames `tmpDir` to `finalDir`, moving an existing `finalDir` aside first and deleting it after. */
+async function replaceDir(tmpDir: string, finalDir: string): Promise<void> {
+  const parent = dirname(finalDir);
+  const existing = await stat(finalDir).catch(() => null);
+  if (existing === null) {
+    await rename(tmpDir, finalDir);
+    await fsyncDir(parent);
+    return;
+  }
+  const old = `${finalDir}.old-${uniqueSuffix()}`;
+  await rename(finalDir, old);
+  try {
+    await rename(tmpDir, finalDir);
+  } catch (err) {
+    await rename(old, finalDir).catch(() => {}); // put the previous one back
+    throw err;
+  }
+  await fsyncDir(parent);
+  await rm(old, { recursive: true, force: true });
 }
 
 function escapeRegExp(s: string): string {
@@ -295,7 +340,10 @@ export async function pruneCheckpoints(outDir: string, keep: number, options: Pr
   const complete = await listCheckpoints(outDir, { prefix });
   // Steps whose final-named dir verified: their .old- leftovers are no longer needed.
   const finalOk = new Set(complete.filter((c) => !basename(c.dir).includes(".old-")).map((c) => c.step));
-  const dropSteps = new Set(complete.slice(0, Math.max(0, complete.length - keep)).map((c) => c.step));
+  const current = options.current;
+  const ours = current === undefined ? complete : complete.filter((c) => c.step <= current);
+  const dropSteps = new Set(ours.slice(0, Math.max(0, ours.length - keep)).map((c) => c.step));
+  if (current !== undefined) dropSteps.delete(current);
 
   const removed: string[] = [];
   const now = Date.now();

@@ -56,6 +56,7 @@ export {
   createCheckpointTempDir,
   commitCheckpointDir,
   writeCheckpointDir,
+  writeDirAtomic,
   listCheckpoints,
   findLatestCheckpoint,
   pruneCheckpoints,

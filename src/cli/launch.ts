@@ -9,6 +9,10 @@
  *   --mca btl_vader_single_copy_mechanism none   containers usually forbid the ptrace CMA copies
  *   --mca mpi_yield_when_idle 1           waiting ranks yield their core to compute
  *
+ * Signals: the first SIGINT or SIGTERM of a `train` job becomes SIGUSR1 / SIGUSR2 for mpirun,
+ * which forwards them to every rank: the ranks finish the same step, save a checkpoint and
+ * exit, and launch exits 130 / 143. A second signal ends the job at once.
+ *
  * Failure: when a rank exits non-zero, Megalith's exit hook prints "rank R of N is exiting
  * with code C" and calls MPI_Abort, and mpirun kills the other ranks; when a rank is killed
  * by a signal, mpirun itself ends the job ("mpirun noticed that process rank R ... exited on
@@ -133,9 +137,21 @@ export function register(program: Command): void {
       if (o.hostfile && !existsSync(o.hostfile)) throw new ValueError(`--hostfile ${JSON.stringify(o.hostfile)} does not exist`);
       // One compute thread per rank by default when ranks share this machine's cores.
       process.env.MEGALITH_NUM_THREADS ??= "1";
-      const child = spawn("mpirun", mpirunArgs(n, command, o.hostfile), { stdio: "inherit" });
-      // Ctrl-C / termination reach the ranks through mpirun, which forwards them.
-      const forward = (sig: NodeJS.Signals) => child.kill(sig);
+      // A train job runs in its own process group, so a terminal's Ctrl-C reaches launch alone.
+      const graceful = command[0] === "train";
+      const child = spawn("mpirun", mpirunArgs(n, command, o.hostfile), { stdio: "inherit", detached: graceful });
+      // Open MPI's mpirun answers SIGINT/SIGTERM by killing every rank within a second, but
+      // forwards SIGUSR1/SIGUSR2 to them: a train job gets those for its first signal and
+      // stops gracefully (all ranks finish the same step and save; see cli/train.ts). A second
+      // signal, or any signal for other commands, goes to mpirun as it is: the job ends at once.
+      let stopSignal: NodeJS.Signals | null = null;
+      const forward = (sig: NodeJS.Signals) => {
+        if (graceful && stopSignal === null) {
+          stopSignal = sig;
+          process.stderr.write(`megalith launch: ${sig}: every rank finishes its step and saves a checkpoint (${sig} again ends the job at once)\n`);
+          child.kill(sig === "SIGINT" ? "SIGUSR1" : "SIGUSR2");
+        } else child.kill(sig === "SIGINT" ? "SIGINT" : "SIGTERM");
+      };
       process.on("SIGINT", forward);
       process.on("SIGTERM", forward);
       const code = await new Promise<number>((resolve) => {
@@ -147,6 +163,8 @@ export function register(program: Command): void {
         child.on("exit", (c, sig) => resolve(c ?? 128 + (sig === "SIGKILL" ? 9 : sig === "SIGINT" ? 2 : 15)));
       });
       if (code !== 127) await mergeLaunchTraces(command);
+      // The ranks saved and exited 0 after a graceful stop: report the signal as the exit code.
+      if (code === 0 && stopSignal !== null) process.exit(stopSignal === "SIGINT" ? 130 : 143);
       if (code !== 0 && code !== 127) {
         process.stderr.write(`megalith launch: the job failed (mpirun exit code ${code}${code === 124 ? ": a collective timed out" : ""}); the [job,rank] tags above show which rank failed\n`);
       }

@@ -25,6 +25,7 @@ interface PrepareFlags {
   format: InputFormat;
   docSeparator?: string;
   overwrite?: boolean;
+  strictUtf8?: boolean;
   progress: boolean;
 }
 
@@ -65,6 +66,7 @@ export function register(program: Command): void {
     .addOption(new Option("--format <format>", "input format; auto = jsonl for .jsonl/.ndjson, text otherwise").choices(["auto", "text", "jsonl"]).default("auto"))
     .option("--doc-separator <sep>", 'split plain text files into documents at this string, e.g. "\\n\\n" (escapes \\n \\t \\r \\\\); default: one file = one document')
     .option("--overwrite", "replace --out if it already exists")
+    .option("--strict-utf8", "refuse input files that are not valid UTF-8 (default: replace invalid bytes with U+FFFD and report how many)")
     .option("--no-progress", "do not print progress lines")
     .action(async (flags: PrepareFlags) => {
       const valFraction = parseNumber("--val-fraction", flags.valFraction, false);
@@ -72,6 +74,7 @@ export function register(program: Command): void {
       const spec = flags.tokenizer === "gpt2" ? "gpt2" : resolve(flags.tokenizer);
       const tokenizer = loadTokenizer(spec);
       const inputs: PrepareInput[] = flags.input.map((i) => (i === "brown" ? brownSource() : i));
+      const replaced: Array<[string, number]> = [];
       const meta = await prepareData({
         tokenizer,
         tokenizerSpec: spec,
@@ -83,8 +86,14 @@ export function register(program: Command): void {
         docSeparator: flags.docSeparator === undefined ? undefined : unescapeSeparator(flags.docSeparator),
         overwrite: flags.overwrite ?? false,
         progress: flags.progress,
+        strictUtf8: flags.strictUtf8 ?? false,
+        onInvalidUtf8: (file, bytes) => replaced.push([file, bytes]),
       });
       process.stdout.write(`${summary(flags.out, meta)}\n`);
+      for (const [file, bytes] of replaced) {
+        process.stderr.write(`megalith: warning: ${file}: ${bytes.toLocaleString("en-US")} byte(s) of invalid UTF-8 were replaced with U+FFFD ` +
+          "(is it Latin-1 or binary?); pass --strict-utf8 to refuse such input\n");
+      }
       if (valFraction > 0 && meta.splits.val.documents === 0) {
         const docs = meta.splits.train.documents;
         process.stderr.write(

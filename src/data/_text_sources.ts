@@ -9,6 +9,7 @@
 
 import { createReadStream } from "node:fs";
 import { FormatError } from "../core/errors.js";
+import { Utf8Checker } from "./_utf8.js";
 
 /** A bounded piece of a document's text. `first` marks the start of a new document. */
 export interface TextPiece {
@@ -114,6 +115,7 @@ export async function* textFilePieces(
   separator: string | undefined,
   onBytes: (n: number) => void,
   sizes: PieceSizes = DEFAULT_PIECE_SIZES,
+  utf8: Utf8Checker = new Utf8Checker(path),
 ): AsyncGenerator<TextPiece> {
   const decoder = new TextDecoder("utf-8", { fatal: false });
   const splitter = new PieceSplitter(sizes);
@@ -148,8 +150,10 @@ export async function* textFilePieces(
     }
   };
   for await (const chunk of byteChunks(path, onBytes)) {
+    utf8.push(chunk);
     yield* handle(decoder.decode(chunk, { stream: true }), false);
   }
+  utf8.end();
   yield* handle(decoder.decode(), true);
   yield* emit([splitter.flush()]);
 }
@@ -163,6 +167,7 @@ export async function* jsonlFilePieces(
   path: string,
   onBytes: (n: number) => void,
   sizes: PieceSizes = DEFAULT_PIECE_SIZES,
+  utf8: Utf8Checker = new Utf8Checker(path),
 ): AsyncGenerator<TextPiece> {
   let lineNo = 0;
   let rest: Buffer[] = [];
@@ -193,6 +198,7 @@ export async function* jsonlFilePieces(
     }
   }
   for await (const chunk of byteChunks(path, onBytes)) {
+    utf8.push(chunk);
     let start = 0;
     for (;;) {
       const nl = chunk.indexOf(0x0a, start);
@@ -205,6 +211,7 @@ export async function* jsonlFilePieces(
     }
     if (start < chunk.length) rest.push(chunk.subarray(start));
   }
+  utf8.end();
   if (rest.length) yield* parse(Buffer.concat(rest));
 }
 

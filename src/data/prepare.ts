@@ -39,6 +39,7 @@ import {
   type SplitInfo,
 } from "./meta.js";
 import { ShardWriter, tokenDtypeFor, type TokenDtype } from "./shards.js";
+import { Utf8Checker } from "./_utf8.js";
 
 /**
  * The part of a Tokenizer that data preparation uses: any object with these members works
@@ -85,6 +86,13 @@ export interface PrepareOptions {
   progress?: boolean;
   /** Piece sizes for tokenizing long documents; tests shrink them. Default 256 Ki / 8 Mi chars. */
   pieceSizes?: PieceSizes;
+  /**
+   * Refuse input files that are not valid UTF-8 (a FormatError naming the file and byte
+   * offset). Default false: invalid bytes become U+FFFD, as any decoder does, and are counted.
+   */
+  strictUtf8?: boolean;
+  /** Called once per input file that held invalid UTF-8, with the number of bytes replaced. */
+  onInvalidUtf8?: (file: string, bytes: number) => void;
 }
 
 /**
@@ -178,6 +186,8 @@ class SplitWriter {
 interface ResolvedInput {
   info: SourceInfo;
   pieces: (onBytes: (n: number) => void) => AsyncGenerator<TextPiece>;
+  /** Files only: counts (or, strict, refuses) invalid UTF-8 as the file is read. */
+  utf8?: Utf8Checker;
 }
 
 async function resolveInputs(opts: PrepareOptions, sizes: PieceSizes): Promise<ResolvedInput[]> {
@@ -198,9 +208,10 @@ async function resolveInputs(opts: PrepareOptions, sizes: PieceSizes): Promise<R
       if (!st.isFile()) throw new ValueError(`input is not a regular file: ${input}`);
       const fmt = format === "auto" ? (/\.(jsonl|ndjson)$/i.test(input) ? "jsonl" : "text") : format;
       const info: SourceInfo = { path: input, bytes: st.size, format: fmt };
+      const utf8 = new Utf8Checker(input, opts.strictUtf8 ?? false);
       return fmt === "jsonl"
-        ? { info, pieces: (on) => jsonlFilePieces(input, on, sizes) }
-        : { info, pieces: (on) => textFilePieces(input, opts.docSeparator, on, sizes) };
+        ? { info, utf8, pieces: (on) => jsonlFilePieces(input, on, sizes, utf8) }
+        : { info, utf8, pieces: (on) => textFilePieces(input, opts.docSeparator, on, sizes, utf8) };
     }),
   );
 }
@@ -299,6 +310,7 @@ export async function prepareData(opts: PrepareOptions): Promise<PreparedMeta> {
         }
         await current.append(tok.encode(piece.text));
       }
+      if (input.utf8 && input.utf8.invalidBytes > 0) opts.onInvalidUtf8?.(input.info.path, input.utf8.invalidBytes);
     }
     const splits = { train: await writers.train.close(), val: await writers.val.close() };
     progress?.done();

@@ -19,6 +19,7 @@ export type { Tokenizer, EncodeOptions, SpecialTokenSet } from "./tokenizer.js";
 export { ByteLevelBpe, END_OF_TEXT } from "./byte_level_bpe.js";
 export type { BpeModel, ByteLevelBpeOptions } from "./byte_level_bpe.js";
 export { trainBpe } from "./train_bpe.js";
+export { hfTokenizerConfig, hfSpecialTokensMap, saveHfTokenizer, type HfTokenizerOptions } from "./hf_export.js";
 export type { TrainBpeOptions } from "./train_bpe.js";
 export { GPT2_PATTERN, pretokenize } from "./_pretokenize.js";
 

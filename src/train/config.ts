@@ -6,7 +6,8 @@
  * snake_case like the JSON users write. Global batch = micro-batch x accumulation x dp is
  * derived, never asked for twice.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { z } from "zod";
 import { ValueError, FormatError } from "../core/errors.js";
 
@@ -222,23 +223,98 @@ export function applyOverrides(raw: Record<string, unknown>, sets: readonly stri
   return out;
 }
 
-/** Validates a raw config; the error lists every problem with its dotted path. */
-export function validateConfig(raw: unknown, source = "config"): TrainConfig {
-  const r = TrainConfigSchema.safeParse(raw);
-  if (!r.success) {
-    const lines = r.error.issues.map((i) => `  ${i.path.join(".") || "(root)"}: ${i.message}`);
-    throw new ValueError(`${source} is invalid:\n${lines.join("\n")}`);
+/** A `--set key=value` item split into its dotted key and raw value text. */
+interface Override {
+  item: string;
+  key: string;
+  value: string;
+}
+
+function parseOverrideItems(sets: readonly string[]): Override[] {
+  return sets.flatMap((item) => {
+    const eq = item.indexOf("=");
+    return eq > 0 ? [{ item, key: item.slice(0, eq), value: item.slice(eq + 1) }] : [];
+  });
+}
+
+/** The last override that set `path` (or a section above it), if any: the one a problem is about. */
+function overrideFor(path: string, overrides: readonly Override[]): Override | undefined {
+  for (let i = overrides.length - 1; i >= 0; i--) {
+    const o = overrides[i]!;
+    if (path === o.key || path.startsWith(`${o.key}.`)) return o;
   }
+  return undefined;
+}
+
+/** Edit distance, for "did you mean" on unknown keys. */
+function editDistance(a: string, b: string): number {
+  const d = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = d[0]!;
+    d[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = d[j]!;
+      d[j] = Math.min(d[j]! + 1, d[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return d[b.length]!;
+}
+
+/** One problem as a line: `  --set k=v: ...` when an override caused it, else `  dotted.path: ...`. */
+function issueLines(issue: z.ZodIssue, overrides: readonly Override[]): Array<{ line: string; fromOverride: boolean }> {
+  const path = issue.path.join(".");
+  if (issue.code === "unrecognized_keys") {
+    // One line per unknown key, so an unknown key typed in --set names that --set item.
+    return issue.keys.map((k) => {
+      const full = path ? `${path}.${k}` : k;
+      const o = overrideFor(full, overrides);
+      const section = schemaAt(issue.path.map(String));
+      const known = section ? unwrapSchema(section).inner : undefined;
+      const keys = known instanceof z.ZodObject ? Object.keys(known.shape as object) : [];
+      const near = keys.map((c) => [c, editDistance(k, c)] as const).filter(([, dist]) => dist <= 2).sort((a, b) => a[1] - b[1])[0]?.[0];
+      const hint = near ? ` (did you mean ${path ? `${path}.` : ""}${near}?)` : keys.length ? ` (${path || "the config"} has ${keys.join(", ")})` : "";
+      return o
+        ? { line: `  --set ${o.item}: there is no key ${full}${hint}`, fromOverride: true }
+        : { line: `  ${path || "(root)"}: Unrecognized key(s) in object: '${k}'${hint}`, fromOverride: false };
+    });
+  }
+  const o = overrideFor(path, overrides);
+  if (!o) return [{ line: `  ${path || "(root)"}: ${issue.message}`, fromOverride: false }];
+  const expected = issue.code === "invalid_type" ? `expected ${issue.expected}, got ${JSON.stringify(o.value)} (${issue.received})` : issue.message;
+  return [{ line: `  --set ${o.item}: ${path === o.key ? "" : `${path}: `}${expected}`, fromOverride: true }];
+}
+
+/** The error for a list of problems: the header names the file, the overrides, or both. */
+function invalidConfig(source: string, lines: ReadonlyArray<{ line: string; fromOverride: boolean }>): ValueError {
+  const fromOverrides = lines.filter((l) => l.fromOverride).length;
+  const header = fromOverrides === 0 ? `${source} is invalid:`
+    : fromOverrides === lines.length ? `invalid --set override${fromOverrides > 1 ? "s" : ""} (for ${source}):`
+      : `${source} with its --set overrides is invalid:`;
+  return new ValueError(`${header}\n${lines.map((l) => l.line).join("\n")}`);
+}
+
+/**
+ * Validates a raw config; the error lists every problem with its dotted path. Problems caused by
+ * one of `overrides` (the `--set` items already applied to `raw`) name that item, its value and
+ * what was expected, instead of blaming the file.
+ */
+export function validateConfig(raw: unknown, source = "config", overrides: readonly string[] = []): TrainConfig {
+  const items = parseOverrideItems(overrides);
+  const r = TrainConfigSchema.safeParse(raw);
+  if (!r.success) throw invalidConfig(source, r.error.issues.flatMap((i) => issueLines(i, items)));
   const c = r.data;
-  const bad = (key: string, msg: string): never => {
-    throw new ValueError(`${source} is invalid:\n  ${key}: ${msg}`);
+  // `also`: other keys the check reads, so an override of any of them is the one named.
+  const bad = (key: string, msg: string, also: readonly string[] = []): never => {
+    const o = [key, ...also].map((k) => overrideFor(k, items)).find((x) => x !== undefined);
+    throw invalidConfig(source, [o ? { line: `  --set ${o.item}: ${key}: ${msg}`, fromOverride: true } : { line: `  ${key}: ${msg}`, fromOverride: false }]);
   };
-  if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`);
+  if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`, ["model.n_head"]);
   const p = c.parallel;
-  if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`);
+  if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`, ["model.n_head"]);
   if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);
   if (p.sp && p.tp === 1) bad("parallel.sp", "sequence parallelism shards along tensor-parallel ranks: it needs parallel.tp > 1");
-  if (p.sp && c.model.block_size % p.tp !== 0) bad("parallel.sp", `model.block_size (${c.model.block_size}) must be divisible by parallel.tp (${p.tp}) to shard the sequence`);
+  if (p.sp && c.model.block_size % p.tp !== 0) bad("parallel.sp", `model.block_size (${c.model.block_size}) must be divisible by parallel.tp (${p.tp}) to shard the sequence`, ["model.block_size"]);
   if (p.pp_microbatches !== null && p.pp > 1) {
     if (c.train.grad_accum_steps !== 1 && c.train.grad_accum_steps !== p.pp_microbatches) {
       bad("parallel.pp_microbatches", `${p.pp_microbatches} conflicts with train.grad_accum_steps (${c.train.grad_accum_steps}): in a pipeline the micro-batches are the accumulation steps; set one of them`);
@@ -276,10 +352,23 @@ export function loadConfig(file: string, sets: readonly string[] = []): TrainCon
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === "ENOENT") throw new ValueError(`config file ${file} not found`);
+    if (err.code === "EISDIR") throw new ValueError(`--config ${file} is a directory; pass a JSON file${configsIn(file)}`);
+    if (err.code) throw new ValueError(`config file ${file} cannot be read: ${err.message}`);
     throw new FormatError(file, `not valid JSON (${err.message})`);
   }
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new FormatError(file, "must contain a JSON object");
-  return validateConfig(applyOverrides(raw as Record<string, unknown>, sets), file);
+  return validateConfig(applyOverrides(raw as Record<string, unknown>, sets), file, sets);
+}
+
+/** ", e.g. DIR/a.json (it holds a.json, b.json)" for a directory holding JSON files, else "". */
+function configsIn(dir: string): string {
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith(".json")).sort();
+  } catch {
+    return "";
+  }
+  return names.length ? `, e.g. ${join(dir, names[0]!)} (it holds ${names.slice(0, 6).join(", ")}${names.length > 6 ? ", ..." : ""})` : "";
 }
 
 /** Tokens per optimizer step (global batch), derived. */

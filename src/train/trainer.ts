@@ -14,6 +14,7 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MegalithError, ValueError } from "../core/errors.js";
+import { checkMemoryBudget, checkResumeConfig, previousRun, clearPreviousRun, truncateMetrics } from "./_run_dir.js";
 
 /** 1h02m / 3m05s style durations for the progress line. */
 function fmtEta(seconds: number): string {
@@ -25,14 +26,14 @@ import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
 import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "../tensor/index.js";
 import { PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
-import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js";
+import { GPT, loadGPTWeights, gptToRecords, hfConfig, generationConfig, type SpecialTokenIds } from "../models/index.js";
 import { cosineLr, type AdamWState, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
 import {
-  findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles,
+  findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles, writeDirAtomic,
   optimizerFileNames, readOptimizerMoments, type OptimizerFiles, type SaveGroup, type TensorRecord,
 } from "../checkpoint/index.js";
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
-import { loadTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, tokensPerStep, worldSizeOf } from "./config.js";
 import { startTrace, stopTrace, traceStep, traceSpan, tracing } from "../core/trace.js";
 import {
@@ -78,9 +79,35 @@ export interface SkippedStep {
   skipped_steps?: number;
 }
 
+/** The signals that stop a run gracefully: finish the step, save, exit 128 + signal number. */
+export type StopSignal = "SIGINT" | "SIGTERM";
+
+/** Signal numbers, which the ranks all-reduce (max) to agree on a stop. */
+const SIGNAL_NUMBERS: Record<StopSignal, number> = { SIGINT: 2, SIGTERM: 15 };
+
+/** How `Trainer.run()` ended early on a stop request. */
+export interface StoppedRun {
+  /** The signal that asked for the stop (under MPI: the highest-numbered one any rank got). */
+  signal: StopSignal;
+  /** Optimizer steps completed (the checkpoint's step). */
+  step: number;
+  /** The checkpoint to resume from; null when nothing was trained and none existed. */
+  checkpoint: string | null;
+}
+
 export interface TrainerOptions {
   /** Continue from the newest complete checkpoint in out_dir. */
   resume?: boolean;
+  /**
+   * Start afresh in an out_dir that holds a previous run, deleting its checkpoints,
+   * metrics.jsonl and final/ first. Default false: such an out_dir is refused unless resuming.
+   */
+  overwrite?: boolean;
+  /**
+   * Resume although the config differs from the checkpoint's in ways that break a bit-exact
+   * continuation (schedule, batch, seed, model, data...). Default false: refused, naming them.
+   */
+  allowConfigChange?: boolean;
   /** Print progress (rank 0 only under MPI). Default true. */
   log?: boolean;
   /** Data-parallel rank/size (issue 4's launcher fills these). */
@@ -117,6 +144,10 @@ export class Trainer {
   step = 0;
   tokensSeen = 0;
   private readonly opts: Required<TrainerOptions>;
+  /** Set by requestStop() (a signal handler); acted on at the next step boundary. */
+  private stopRequest: StopSignal | null = null;
+  /** The step of the newest checkpoint this process saved or resumed from (-1: none). */
+  private lastCheckpoint = { step: -1, dir: "" };
   private consecutiveNonFinite = 0;
   /** The data-parallel group (a group of one in a single process). */
   private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
@@ -129,7 +160,23 @@ export class Trainer {
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
-    this.opts = { resume: opts.resume ?? false, log: opts.log ?? true, rank: opts.rank ?? 0, worldSize: opts.worldSize ?? 1 };
+    this.opts = {
+      resume: opts.resume ?? false, overwrite: opts.overwrite ?? false, allowConfigChange: opts.allowConfigChange ?? false,
+      log: opts.log ?? true, rank: opts.rank ?? 0, worldSize: opts.worldSize ?? 1,
+    };
+    if (this.opts.resume && this.opts.overwrite) throw new ValueError("--resume and --overwrite contradict each other: --resume continues the run in out_dir, --overwrite deletes it; pass one");
+  }
+
+  /**
+   * Asks the run to stop gracefully: the current step finishes, a checkpoint is saved, and
+   * `run()` returns `stopped`. Safe to call from a signal handler at any time. Under MPI every
+   * rank learns of it at the next step boundary (an all-reduce), so all ranks stop after the
+   * same step even when only some of them got the signal.
+   * @example
+   * process.once("SIGINT", () => trainer.requestStop("SIGINT"));
+   */
+  requestStop(signal: StopSignal): void {
+    this.stopRequest ??= signal;
   }
 
   private get isMain(): boolean {
@@ -156,6 +203,20 @@ export class Trainer {
       this.opts.worldSize = this.dpGroup.size;
     }
     if (c.train.trace) startTrace({ path: c.train.trace, rank: mesh.world.rank });
+    // A used out_dir: continue it (--resume), clear it (--overwrite), or refuse. Appending a new
+    // run to an old one mixes their metrics and lets pruning delete the new checkpoints.
+    const previous = previousRun(c.out_dir);
+    if (previous && !this.opts.resume) {
+      if (!this.opts.overwrite) {
+        throw new ValueError(`out_dir ${c.out_dir} already holds a run (${previous.summary}). Pass --resume to continue it, ` +
+          "or --overwrite to delete it and start again (or choose another out_dir)");
+      }
+      if (this.isMain) {
+        clearPreviousRun(c.out_dir, previous);
+        this.say(`overwrite: deleted the previous run in ${c.out_dir} (${previous.summary})`);
+      }
+      if (underMpi()) barrier(mesh.world);
+    }
     mkdirSync(c.out_dir, { recursive: true });
     // Data: the built-in Brown corpus is prepared (and cached) on first use.
     if (c.data.source === "brown") {
@@ -177,6 +238,9 @@ export class Trainer {
     } catch {
       this.tokenizer = null;  // sampling text from the final model then needs an explicit tokenizer
     }
+    // Refuse a model that cannot fit before allocating it (V8 or the allocator would fail
+    // half-way, without a useful message).
+    checkMemoryBudget(c, underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1);
     manualSeed(c.train.seed);
     this.model = new GPT(
       { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias },
@@ -326,14 +390,50 @@ export class Trainer {
     return n ? sum / n : NaN;
   }
 
-  /** Runs until train.max_steps, with logging, eval and checkpoints. */
-  async run(): Promise<{ finalLoss: number; finalDir: string }> {
+  /**
+   * Whether to stop now, agreed by every rank: lets pending signal handlers run (a step may
+   * never yield to the event loop otherwise), then, under MPI, all-reduces the highest signal
+   * number over the world group. Every rank calls it at the same points of the loop.
+   */
+  private async stopAgreed(): Promise<boolean> {
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    let code = this.stopRequest ? SIGNAL_NUMBERS[this.stopRequest] : 0;
+    const world = this.parallel.mesh.world;
+    if (underMpi() && world.size > 1) {
+      const t = tensor([code]);
+      allReduce(t, world, "max");
+      code = t.item();
+      t.dispose();
+    }
+    if (code === 0) return false;
+    this.stopRequest = code === SIGNAL_NUMBERS.SIGTERM ? "SIGTERM" : "SIGINT";
+    return true;
+  }
+
+  /** Saves a checkpoint at the step reached (unless one exists for it) and describes the stop. */
+  private async stopNow(): Promise<StoppedRun> {
+    const signal = this.stopRequest!;
+    let checkpoint: string | null = this.lastCheckpoint.step === this.step ? this.lastCheckpoint.dir : null;
+    if (checkpoint === null && this.step > 0) checkpoint = await this.saveCheckpoint();
+    return { signal, step: this.step, checkpoint };
+  }
+
+  /**
+   * Runs until train.max_steps, with logging, eval and checkpoints. After `requestStop()` it
+   * returns early with `stopped` set, once the step in progress is done and saved.
+   */
+  async run(): Promise<{ finalLoss: number; finalDir: string; stopped?: StoppedRun }> {
     const c = this.config;
     const metricsFile = join(c.out_dir, "metrics.jsonl");
     const startStep = this.step;
     const t0 = performance.now();
     let last: StepMetrics | null = null;
+    const finalDir = join(c.out_dir, "final");
     while (this.step < c.train.max_steps) {
+      if (await this.stopAgreed()) {
+        if (tracing()) this.finishTrace();
+        return { finalLoss: last?.loss ?? NaN, finalDir, stopped: await this.stopNow() };
+      }
       const m = await this.trainStep();
       if (this.isMain) appendFileSync(metricsFile, JSON.stringify(m) + "\n");
       if ("skipped" in m) {
@@ -355,19 +455,51 @@ export class Trainer {
     }
     if (tracing()) this.finishTrace();
     // Save first: nothing after the last step may cost the run.
-    await this.saveCheckpoint();
-    const finalDir = join(c.out_dir, "final");
-    if (isModelParallel(this.parallel)) {
-      await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: finalDir, isMain: this.isMain, tokenizer: this.tokenizer });
-    } else {
-      // Sharded parameters are gathered for it (a collective: every rank joins); rank 0 writes them.
-      await this.parallel.withFullParams(async () => {
-        if (this.isMain) await this.saveModel(finalDir);
-      });
-    }
+    if (this.lastCheckpoint.step !== this.step) await this.saveCheckpoint();
+    await this.exportFinal(finalDir);
+    // A stop asked for now skips only the closing evaluation: the run is complete and saved.
+    if (await this.stopAgreed()) return { finalLoss: last?.loss ?? NaN, finalDir, stopped: await this.stopNow() };
     await this.logEval(metricsFile);
     this.say(`done: ${this.step} steps; final model in ${finalDir}`);
     return { finalLoss: last?.loss ?? NaN, finalDir };
+  }
+
+  /**
+   * Writes the final HF model directory, atomically: into a temporary sibling that is renamed
+   * to `dir` when complete, so `final/` is always the old model or the new one, whole. A
+   * collective (sharded parameters are gathered); rank 0 writes.
+   */
+  private async exportFinal(dir: string): Promise<void> {
+    if (isModelParallel(this.parallel)) {
+      if (!this.isMain) {
+        await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: dir, isMain: false });
+        return;
+      }
+      await writeDirAtomic(dir, async (tmp) => {
+        await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: tmp, isMain: true, tokenizer: this.tokenizer });
+        this.writeModelDirExtras(tmp);
+      });
+      return;
+    }
+    await this.parallel.withFullParams(async () => {
+      if (this.isMain) await writeDirAtomic(dir, (tmp) => this.saveModel(tmp));
+    });
+  }
+
+  /** bos/eos ids for config.json and generation_config.json: the tokenizer's end-of-text. */
+  private specialTokenIds(): SpecialTokenIds {
+    return this.tokenizer ? { bosTokenId: this.tokenizer.eotToken, eosTokenId: this.tokenizer.eotToken } : {};
+  }
+
+  /**
+   * (Re)writes what makes a model directory complete for Hugging Face tools: config.json and
+   * generation_config.json with this tokenizer's ids, and the tokenizer's files.
+   */
+  private writeModelDirExtras(dir: string): void {
+    const ids = this.specialTokenIds();
+    writeFileSync(join(dir, "config.json"), JSON.stringify(hfConfig(this.model.config, ids), null, 2) + "\n");
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig(ids), null, 2) + "\n");
+    if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.config.model.block_size });
   }
 
   /** Writes this rank's trace file (the first train.trace_steps steps). */
@@ -396,10 +528,13 @@ export class Trainer {
     return bitsPerByte(loss, this.valBytesPerToken);
   }
 
-  /** Writes an HF directory (config.json, model.safetensors, tokenizer.json when known). */
+  /**
+   * Writes an HF directory: config.json, generation_config.json, model.safetensors and, when the
+   * tokenizer is known, tokenizer.json, tokenizer_config.json and special_tokens_map.json.
+   */
   async saveModel(dir: string): Promise<void> {
-    await this.model.savePretrained(dir);
-    this.tokenizer?.save(join(dir, "tokenizer.json"));
+    await this.model.savePretrained(dir, this.specialTokenIds());
+    if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.config.model.block_size });
   }
 
   /**
@@ -421,9 +556,10 @@ export class Trainer {
         expectFiles: ["model.safetensors", "trainer_state.json", "optimizer.safetensors"],
       });
       if (this.isMain) {
-        await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+        await pruneCheckpoints(c.out_dir, c.checkpoint.keep, { current: this.step });
         this.say(`checkpoint: ${dir} (logical tensors gathered from ${this.parallel.mesh.toString()})`);
       }
+      this.lastCheckpoint = { step: this.step, dir };
       return dir;
     }
     const { rank, size } = this.dpGroup;
@@ -442,9 +578,11 @@ export class Trainer {
       expectFiles: ["model.safetensors", "trainer_state.json", ...optimizerFileNames(optFiles)],
     });
     if (rank === 0) {
-      await pruneCheckpoints(c.out_dir, c.checkpoint.keep);
+      // The step just saved is kept whatever else is in out_dir (see PruneOptions.current).
+      await pruneCheckpoints(c.out_dir, c.checkpoint.keep, { current: this.step });
       this.say(`checkpoint: ${dir}${optFiles.kind === "sharded" ? ` (optimizer sharded over ${size} ranks)` : ""}`);
     }
+    this.lastCheckpoint = { step: this.step, dir };
     return dir;
   }
 
@@ -494,6 +632,9 @@ export class Trainer {
       return false;
     }
     const state = JSON.parse(readFileSync(join(latest.dir, "trainer_state.json"), "utf8")) as TrainerState;
+    // Every difference is reported; those that break a bit-exact continuation are refused
+    // unless allowed (throws before anything is loaded).
+    checkResumeConfig(state.config, this.config, { allow: this.opts.allowConfigChange, say: (m) => this.say(m), checkpoint: latest.dir });
     if (isModelParallel(this.parallel)) {
       await restoreLogical(this.parallel, this.model.config, latest.dir, state.optimizer);
       this.restoreRest(state, latest.dir);
@@ -520,6 +661,13 @@ export class Trainer {
     this.step = state.step;
     this.tokensSeen = state.tokens_seen;
     if (this.precision.scaler && state.loss_scaler) this.precision.scaler.load(state.loss_scaler);
+    this.lastCheckpoint = { step: this.step, dir };
+    // metrics.jsonl may run past the checkpoint (the run went on, then stopped or crashed):
+    // drop those rows, which the resumed run logs again.
+    if (this.isMain) {
+      const dropped = truncateMetrics(join(this.config.out_dir, "metrics.jsonl"), this.step);
+      if (dropped > 0) this.say(`resume: dropped ${dropped} metrics.jsonl row(s) logged after step ${this.step}`);
+    }
     this.say(`resume: continuing from ${dir} (step ${this.step})`);
   }
 }

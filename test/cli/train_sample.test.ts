@@ -65,11 +65,19 @@ test("`megalith train --set ...` trains with the overrides: loss falls, final di
 
 test("`megalith train --resume` continues from the newest checkpoint", async () => {
   assert.ok(existsSync(join(runDir, "ckpt-000030")), "needs the previous test's run");
-  const r = await megalith("train", "--config", configFile, "--set", `out_dir=${runDir}`, "train.max_steps=32", "--resume");
+  // max_steps sets the cosine schedule here (no decay_steps): a change is refused, naming it...
+  const refused = await megalith("train", "--config", configFile, "--set", `out_dir=${runDir}`, "train.max_steps=32", "--resume");
+  assertCleanFailure(refused, /megalith: error: --resume: the config differs .*\n\s+train\.max_steps: 30 -> 32: the cosine schedule decays over train\.max_steps/);
+  assert.match(refused.stderr, /pass --allow-config-change to continue anyway/);
+  // ...and continues with --allow-config-change, warning about it.
+  const r = await megalith("train", "--config", configFile, "--set", `out_dir=${runDir}`, "train.max_steps=32", "--resume", "--allow-config-change");
   assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /resume: warning: train\.max_steps differs from the checkpoint's: 30 -> 32/);
   assert.match(r.stderr, /resume: continuing from .*ckpt-000030 \(step 30\)/);
   const steps = trainLosses(runDir).map((m) => m.step);
   assert.deepEqual(steps.slice(-2), [30, 31]);
+  // The rows logged before are not repeated: each step once.
+  assert.deepEqual(steps, Array.from({ length: 32 }, (_, i) => i));
 });
 
 test("`megalith sample --temperature 0` prints the same text twice", async () => {
@@ -97,7 +105,7 @@ test("`megalith train` with bad flags exits non-zero with a clear message", asyn
   assertCleanFailure(await megalith("train", "--config", configFile, "--set", "train.max_steps"), /megalith: error: --set "train\.max_steps": expected key=value/);
   assertCleanFailure(
     await megalith("train", "--config", configFile, "--set", `out_dir=${bad}`, "train.max_steps=abc", "model.n_layrs=3"),
-    /megalith: error: .*config\.json is invalid:\n\s+model: Unrecognized key\(s\) in object: 'n_layrs'\n\s+train\.max_steps: Expected number, received string/,
+    /megalith: error: invalid --set overrides \(for .*config\.json\):\n\s+--set model\.n_layrs=3: there is no key model\.n_layrs \(did you mean model\.n_layer\?\)\n\s+--set train\.max_steps=abc: expected number, got "abc" \(string\)/,
   );
   assertCleanFailure(await megalith("train", "--config", configFile, "--set", `out_dir=${bad}`, `data.source=${join(root, "nowhere")}`), /is neither "brown" nor a directory prepared by `megalith prepare`/);
   assert.ok(!existsSync(join(bad, "metrics.jsonl")));

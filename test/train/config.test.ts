@@ -219,7 +219,8 @@ test("`loadConfig` reads a file, applies --set, and names the file in errors", (
   const c = loadConfig(file, ["train.max_steps=3", "model.dropout=0.1"]);
   assert.equal(c.train.max_steps, 3);
   assert.equal(c.model.dropout, 0.1);
-  assert.throws(() => loadConfig(file, ["train.max_steps=0"]), (e: unknown) => e instanceof ValueError && e.message.startsWith(`${file} is invalid:`) && /train\.max_steps/.test(e.message));
+  // A bad --set value names the override, its value and what was expected, not the file.
+  assert.throws(() => loadConfig(file, ["train.max_steps=0"]), (e: unknown) => e instanceof ValueError && e.message.startsWith(`invalid --set override (for ${file}):`) && /--set train\.max_steps=0: Number must be greater than 0/.test(e.message));
   assert.throws(() => loadConfig(join(dir, "nope.json")), (e: unknown) => e instanceof ValueError && /config file .*nope\.json not found/.test(e.message));
   writeFileSync(file, "{ not json");
   assert.throws(() => loadConfig(file), (e: unknown) => e instanceof FormatError && e.file === file && /not valid JSON/.test(e.message));

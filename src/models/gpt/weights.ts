@@ -6,8 +6,8 @@
  * Names may carry HF's `transformer.` prefix; the causal-mask buffers `h.N.attn.bias` /
  * `h.N.attn.masked_bias` and the tied `lm_head.weight` are accepted and ignored.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync, lstatSync, realpathSync } from "node:fs";
+import { join, relative, isAbsolute } from "node:path";
 import { FormatError, ValueError, fmtShape } from "../../core/errors.js";
 import { readSafetensors, writeSafetensors, type TensorRecord } from "../../checkpoint/index.js";
 import { bf16BytesToFloat32, f16BytesToFloat32 } from "../../checkpoint/_dtype.js";
@@ -64,23 +64,76 @@ function toFloat32(name: string, r: TensorRecord, file: string): Float32Array {
   }
 }
 
+/** Options for reading a model directory's weights. */
+export interface LoadWeightsOptions {
+  /**
+   * Follow a model.safetensors (or config.json) that is a symlink resolving outside the model
+   * directory. Default false: such a link is refused, so a directory handed over by someone
+   * else cannot make us read an arbitrary file. Links that stay inside the directory are fine.
+   */
+  allowSymlinks?: boolean;
+  /**
+   * Called with the names of tensors that hold NaN or Inf (a diverged run's export, a corrupted
+   * file). Default: a `megalith: warning:` line on stderr naming them. The model still loads.
+   */
+  onNonFinite?: (file: string, tensors: string[]) => void;
+}
+
+/** Refuses `file` when it is a symlink that resolves outside `dir` (unless allowed). */
+function checkInsideDir(file: string, dir: string, allow: boolean | undefined): void {
+  let st;
+  try {
+    st = lstatSync(file);
+  } catch {
+    return;  // missing: the caller reports it
+  }
+  if (!st.isSymbolicLink() || allow) return;
+  const target = realpathSync(file), root = realpathSync(dir);
+  const rel = relative(root, target);
+  if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
+    throw new ValueError(`${file} is a symlink to ${target}, outside the model directory ${dir}; refusing to follow it. ` +
+      "Copy the file into the directory, or pass --allow-symlinks if you trust the link.");
+  }
+}
+
+function warnNonFinite(file: string, names: string[]): void {
+  process.stderr.write(`megalith: warning: ${file}: ${names.length} tensor(s) hold NaN or Inf values: ${names.slice(0, 8).join(", ")}${names.length > 8 ? ", ..." : ""}; ` +
+    "the model will produce NaN (was it saved from a diverged run?)\n");
+}
+
+/** Whether a float32 array holds a NaN or an infinity. */
+function hasNonFinite(x: Float32Array): boolean {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i]!;
+    if (v - v !== 0) return true;  // NaN - NaN and Inf - Inf are NaN; finite - finite is 0
+  }
+  return false;
+}
+
 /**
  * Loads a GPT from a Hugging Face style directory.
  * @example
  * const model = await GPT.fromPretrained("runs/tiny/final");
  */
-export async function loadGPT<M extends GPT>(dir: string, opts: GPTOptions = {}, make: (c: GPTConfig, o: GPTOptions) => M = (c, o) => new GPT(c, o) as M): Promise<M> {
+export async function loadGPT<M extends GPT>(dir: string, opts: GPTOptions & LoadWeightsOptions = {}, make: (c: GPTConfig, o: GPTOptions) => M = (c, o) => new GPT(c, o) as M): Promise<M> {
+  checkInsideDir(join(dir, "config.json"), dir, opts.allowSymlinks);
   const config = readGPTConfig(dir);
   const model = make(config, opts);
-  await loadGPTWeights(model, dir);
+  await loadGPTWeights(model, dir, opts);
   return model;
 }
 
-/** Copies the weights of `dir`/model.safetensors into an existing model of the same shape. */
-export async function loadGPTWeights(model: GPT, dir: string): Promise<void> {
+/**
+ * Copies the weights of `dir`/model.safetensors into an existing model of the same shape.
+ * A model.safetensors linking outside `dir` is refused (see LoadWeightsOptions.allowSymlinks);
+ * tensors holding NaN or Inf are reported (LoadWeightsOptions.onNonFinite).
+ */
+export async function loadGPTWeights(model: GPT, dir: string, opts: LoadWeightsOptions = {}): Promise<void> {
   const file = join(dir, "model.safetensors");
   if (!existsSync(file)) throw new FormatError(file, "not found");
+  checkInsideDir(file, dir, opts.allowSymlinks);
   const { tensors } = await readSafetensors(file);
+  const nonFinite: string[] = [];
   const own = new Map(model.namedParameters());
   const seen = new Set<string>();
   const unexpected: string[] = [];
@@ -98,7 +151,9 @@ export async function loadGPTWeights(model: GPT, dir: string): Promise<void> {
       if (rec.shape.length !== want.length || rec.shape.some((s, i) => s !== want[i])) {
         throw new FormatError(file, `tensor ${rawName} has shape ${fmtShape(rec.shape)}, expected ${fmtShape(want)} for this config`);
       }
-      const t = tensor(toFloat32(rawName, rec, file), { shape: want });
+      const values = toFloat32(rawName, rec, file);
+      if (hasNonFinite(values)) nonFinite.push(rawName);
+      const t = tensor(values, { shape: want });
       if (conv) {
         const tt = t.t();
         p.copy_(tt);
@@ -112,10 +167,22 @@ export async function loadGPTWeights(model: GPT, dir: string): Promise<void> {
   if (missing.length || unexpected.length) {
     throw new FormatError(file, `weights do not match the config: missing ${JSON.stringify(missing.slice(0, 8))}${missing.length > 8 ? "..." : ""}, unexpected ${JSON.stringify(unexpected.slice(0, 8))}`);
   }
+  if (nonFinite.length) (opts.onNonFinite ?? warnNonFinite)(file, nonFinite);
 }
 
-/** HF config.json fields for a GPT config. */
-export function hfConfig(c: GPTConfig): Record<string, unknown> {
+/** Special token ids recorded in config.json and generation_config.json. */
+export interface SpecialTokenIds {
+  /** Beginning of sequence. GPT-2 uses its end-of-text token for both. Default 50256. */
+  bosTokenId?: number;
+  /** End of sequence (generation stops here). Default 50256. */
+  eosTokenId?: number;
+}
+
+/**
+ * HF config.json fields for a GPT config. The bos/eos ids default to GPT-2's 50256; pass the
+ * tokenizer's end-of-text id for another vocabulary.
+ */
+export function hfConfig(c: GPTConfig, ids: SpecialTokenIds = {}): Record<string, unknown> {
   const r = resolveGPTConfig(c);
   return {
     architectures: ["GPT2LMHeadModel"],
@@ -132,10 +199,26 @@ export function hfConfig(c: GPTConfig): Record<string, unknown> {
     embd_pdrop: r.dropout,
     attn_pdrop: r.dropout,
     bias: r.bias,
-    bos_token_id: 50256,
-    eos_token_id: 50256,
+    bos_token_id: ids.bosTokenId ?? 50256,
+    eos_token_id: ids.eosTokenId ?? 50256,
     tie_word_embeddings: true,
   };
+}
+
+/**
+ * HF generation_config.json: the token ids `generate()` starts and stops with.
+ * @example
+ * writeFileSync("final/generation_config.json", JSON.stringify(generationConfig({ eosTokenId: 0 }), null, 2));
+ */
+export function generationConfig(ids: SpecialTokenIds = {}): Record<string, unknown> {
+  return { _from_model_config: true, bos_token_id: ids.bosTokenId ?? 50256, eos_token_id: ids.eosTokenId ?? 50256 };
+}
+
+/** Writes `value` as JSON to `dir/name` through a temporary name. */
+function writeJsonFile(dir: string, name: string, value: unknown): void {
+  const tmp = join(dir, `.${name}.tmp-${process.pid}`);
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n");
+  renameSync(tmp, join(dir, name));
 }
 
 /** The model's tensors as safetensors records with HF names and layouts. */
@@ -154,14 +237,14 @@ export function gptToRecords(model: GPT): Record<string, TensorRecord> {
 }
 
 /**
- * Writes config.json and model.safetensors (HF GPT-2 names, Conv1D layout). Each file is written
- * to a temporary name and renamed when complete.
+ * Writes config.json, generation_config.json and model.safetensors (HF GPT-2 names, Conv1D
+ * layout). Each file is written to a temporary name and renamed when complete. `ids` are the
+ * tokenizer's special tokens (GPT-2's 50256 by default).
  */
-export async function saveGPT(model: GPT, dir: string): Promise<void> {
+export async function saveGPT(model: GPT, dir: string, ids: SpecialTokenIds = {}): Promise<void> {
   if (!dir) throw new ValueError("savePretrained: a directory is required");
   mkdirSync(dir, { recursive: true });
   await writeSafetensors(join(dir, "model.safetensors"), gptToRecords(model), { format: "pt" });
-  const tmp = join(dir, `.config.json.tmp-${process.pid}`);
-  writeFileSync(tmp, JSON.stringify(hfConfig(model.config), null, 2) + "\n");
-  renameSync(tmp, join(dir, "config.json"));
+  writeJsonFile(dir, "config.json", hfConfig(model.config, ids));
+  writeJsonFile(dir, "generation_config.json", generationConfig(ids));
 }
