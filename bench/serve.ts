@@ -1,5 +1,6 @@
 /**
- * `npm run bench -- serve [--quick]`:
+ * `npm run bench -- serve [--quick]`, or `npm run bench -- serve --clients 64 --seconds 60`
+ * (sustained load only, see sustainedLoad below):
  *  1. A load generator on loopback (Poisson arrivals, fixed request count, prompt and output
  *     lengths from a fixed seeded distribution) against the HTTP server, for continuous
  *     batching vs one request at a time vs static batching: throughput, TTFT and inter-token
@@ -10,7 +11,7 @@
  *  3. Perplexity of a small GPT trained on the Brown corpus, float32 and int8, on the Brown
  *     validation split (the quality cost of `--quantize int8`).
  */
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { GPT, Trainer, validateConfig, ensurePreparedBrown, loadTokenizer, randn, zeros, backend } from "../src/index.js";
@@ -225,8 +226,145 @@ async function qualityBench(quick: boolean) {
   };
 }
 
+/** The value after `--name` in args, as a positive integer, or undefined when absent. */
+function intArg(args: string[], name: string): number | undefined {
+  const i = args.indexOf(name);
+  if (i < 0) return undefined;
+  const v = Number(args[i + 1]);
+  if (!Number.isInteger(v) || v <= 0) throw new Error(`${name} wants a positive integer, got ${JSON.stringify(args[i + 1])}`);
+  return v;
+}
+
+/**
+ * Sustained load: `clients` closed-loop clients stream requests back to back over loopback for
+ * `seconds` (prompts of 16-127 tokens, 16-63 generated tokens, greedy), and one in ten
+ * disconnects after its third chunk, as impatient users do. Meanwhile a prober GETs /health every
+ * 100 ms from a separate process: its latency is how responsive HTTP stays while the engine
+ * generates. A request fails
+ * when it gets a status other than 200, a network error, or a stream that ends without
+ * `data: [DONE]` (disconnects we made are not failures). After the clients stop, the KV blocks
+ * in use must drop back to 0 (every finished or cancelled request freed its blocks).
+ */
+async function sustainedLoad(model: GPT, clients: number, seconds: number) {
+  const tok = loadTokenizer("gpt2");
+  const engine = new Engine(model, tok, { modelName: "bench", kvCacheBytes: 512 * 2 ** 20, maxNumBatchedTokens: 512, maxNumSeqs: 32, maxWaiting: 256 });
+  const app = createServer({ engine });
+  await app.listen({ port: 0, host: "127.0.0.1" });
+  const base = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`;
+  const deadline = performance.now() + seconds * 1000;
+  let completed = 0, disconnected = 0, tokens = 0;
+  const failures: string[] = [];
+  const ttft: number[] = [], itl: number[] = [], health: number[] = [];
+  let healthFailures = 0, peakRunning = 0, peakWaiting = 0, peakKv = 0, slowestProbeAt = 0;
+
+  const client = async (c: number) => {
+    const r = lcg(1000 + c);
+    while (performance.now() < deadline) {
+      const len = 16 + Math.floor(r() * 112);
+      const prompt = Array.from({ length: len }, () => Math.floor(r() * 50000));
+      const maxTokens = 16 + Math.floor(r() * 48);
+      const leave = r() < 0.1;
+      const ctrl = new AbortController();
+      const t0 = performance.now();
+      try {
+        const res = await fetch(`${base}/v1/completions`, {
+          method: "POST", headers: { "content-type": "application/json" }, signal: ctrl.signal,
+          body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, stream: true }),
+        });
+        if (res.status !== 200) {
+          failures.push(`status ${res.status}: ${(await res.text()).slice(0, 200)}`);
+          continue;
+        }
+        const reader = res.body!.getReader();
+        const dec = new TextDecoder();
+        let buf = "", chunks = 0, last = 0, done = false;
+        for (;;) {
+          const { done: end, value } = await reader.read();
+          if (end) break;
+          buf += dec.decode(value, { stream: true });
+          let i: number;
+          while ((i = buf.indexOf("\n\n")) >= 0) {
+            const ev = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            if (ev === "data: [DONE]") { done = true; continue; }
+            const j = JSON.parse(ev.slice(6)) as { choices?: Array<{ finish_reason: string | null }>; error?: { message: string } };
+            if (j.error) failures.push(`stream error: ${j.error.message}`);
+            if (!j.choices?.[0] || j.choices[0].finish_reason) continue;
+            const now = performance.now();
+            if (chunks === 0) ttft.push(now - t0);
+            else itl.push(now - last);
+            last = now;
+            chunks++;
+            tokens++;
+          }
+          if (leave && chunks >= 3) {
+            ctrl.abort();
+            disconnected++;
+            break;
+          }
+        }
+        if (leave && chunks >= 3) continue;
+        if (done) completed++;
+        else failures.push("stream ended without data: [DONE]");
+      } catch (e) {
+        if (!ctrl.signal.aborted) failures.push(`network: ${(e as Error).message}`);
+      }
+    }
+  };
+  // The /health prober runs in its own process, so its numbers are the server's responsiveness,
+  // not the scheduling of 64 in-process clients around it.
+  const PROBER = `const [base, ms] = process.argv.slice(1); const end = Date.now() + Number(ms); const out = { lat: [], fail: 0, slowestAt: 0 }; const t0 = performance.now();
+    while (Date.now() < end) { const s = performance.now(); try { const r = await fetch(base + "/health"); await r.text(); if (r.status === 200) { const d = performance.now() - s; if (d > Math.max(0, ...out.lat)) out.slowestAt = (s - t0) / 1000; out.lat.push(d); } else out.fail++; } catch { out.fail++; } await new Promise((r) => setTimeout(r, 100)); }
+    process.stdout.write(JSON.stringify(out));`;
+  const prober = new Promise<{ lat: number[]; fail: number; slowestAt: number }>((resolve, reject) => {
+    execFile(process.execPath, ["--input-type=module", "-e", PROBER, base, String(seconds * 1000)], { maxBuffer: 1 << 24 }, (err, stdout) => (err ? reject(err) : resolve(JSON.parse(stdout))));
+  });
+  const watcher = (async () => {
+    while (performance.now() < deadline) {
+      const s = engine.stats();
+      peakRunning = Math.max(peakRunning, s.running);
+      peakWaiting = Math.max(peakWaiting, s.waiting);
+      peakKv = Math.max(peakKv, s.kvUsage);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  })();
+  const t0 = performance.now();
+  await Promise.all([...Array.from({ length: clients }, (_, c) => client(c)), watcher]);
+  const probe = await prober;
+  health.push(...probe.lat);
+  healthFailures = probe.fail;
+  slowestProbeAt = probe.slowestAt;
+  const elapsed = (performance.now() - t0) / 1000;
+  // Cancelled requests are freed at the engine's next step: give it a moment.
+  let used = engine.blocks.usage().used;
+  for (let i = 0; i < 50 && used > 0; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    used = engine.blocks.usage().used;
+  }
+  const after = engine.stats();
+  await app.close();
+  await engine.shutdown();
+  const f = (x: number) => +x.toFixed(1);
+  return {
+    name: `sustained: ${clients} streaming clients x ${seconds} s`, requests_completed: completed, requests_disconnected_by_client: disconnected,
+    requests_failed: failures.length, first_failures: failures.slice(0, 3).join(" | "), tokens_per_s: f(tokens / elapsed),
+    ttft_p50_ms: f(pct(ttft, 0.5)), ttft_p99_ms: f(pct(ttft, 0.99)), itl_p50_ms: f(pct(itl, 0.5)), itl_p99_ms: f(pct(itl, 0.99)),
+    health_p50_ms: f(pct(health, 0.5)), health_p99_ms: f(pct(health, 0.99)), health_max_ms: f(Math.max(...health)), health_slowest_at_s: f(slowestProbeAt), health_probes: health.length, health_failures: healthFailures,
+    peak_running: peakRunning, peak_waiting: peakWaiting, peak_kv_usage: +peakKv.toFixed(3),
+    kv_blocks_used_after: used, running_after: after.running, waiting_after: after.waiting, wall_s: f(elapsed),
+  };
+}
+
 export async function run(args: string[]): Promise<BenchResult> {
   const quick = args.includes("--quick");
+  const clients = intArg(args, "--clients");
+  if (clients !== undefined) {
+    const seconds = intArg(args, "--seconds") ?? 60;
+    const model = new GPT({ nLayer: 4, nHead: 4, nEmbd: 256, blockSize: 256, vocabSize: 50304 }, { seed: 1 });
+    console.error(`serve bench: ${clients} streaming clients for ${seconds} s, /health probed every 100 ms...`);
+    const row = await sustainedLoad(model, clients, seconds);
+    return { suite: "serve", env: { threads: backend.numThreads(), loadModel: "GPT 4L/4H/256, random weights", clients, seconds }, rows: [row] };
+  }
   const rows: BenchResult["rows"] = [];
   const model = new GPT({ nLayer: 4, nHead: 4, nEmbd: 256, blockSize: 256, vocabSize: 50304 }, { seed: 1 });
   const reqs = workload(quick ? 12 : 32, 6, 50257);
