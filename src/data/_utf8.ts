@@ -25,6 +25,7 @@ export class Utf8Checker {
   private lower = 0x80;   // allowed range of the next continuation byte
   private upper = 0xbf;
   private start = 0;      // offset of the current sequence's lead byte
+  private lead = 0;       // and its value
 
   constructor(private readonly file: string, private readonly strict = false) {}
 
@@ -39,6 +40,7 @@ export class Utf8Checker {
       if (this.needed === 0) {
         if (b <= 0x7f) continue;
         this.start = at;
+        this.lead = b;
         if (b >= 0xc2 && b <= 0xdf) this.needed = 1;
         else if (b >= 0xe0 && b <= 0xef) {
           if (b === 0xe0) this.lower = 0xa0;
@@ -53,7 +55,7 @@ export class Utf8Checker {
       }
       if (b < this.lower || b > this.upper) {
         // The sequence so far is replaced; this byte starts afresh.
-        this.invalid(this.start, this.seen + 1, b);
+        this.invalid(this.start, this.seen + 1, this.lead);
         this.reset();
         i--;
         continue;

@@ -175,16 +175,26 @@ export function gptParameterCount(m: TrainConfig["model"]): number {
   return m.vocab_size * C + m.block_size * C + m.n_layer * (12 * C * C + 13 * C) + 2 * C;
 }
 
-/** Bytes one rank holds for parameters, gradients and AdamW moments (fp32), under its layout. */
-export function trainingStateBytes(c: TrainConfig): { params: number; perRank: number } {
+/**
+ * Bytes one rank holds for parameters, gradients and AdamW moments (fp32, 16 per parameter,
+ * divided as tp/pp split the model and ZeRO shards it), and a rough floor for the activations
+ * a micro-batch keeps for backward: Korthikanti et al.'s s*b*h*(34 + 5*a*s/h) per layer at 16
+ * bits, doubled for fp32 (one layer's worth plus the layer inputs under recomputation).
+ */
+export function trainingStateBytes(c: TrainConfig): { params: number; state: number; activations: number; perRank: number } {
   const params = gptParameterCount(c.model);
-  const p = c.parallel;
+  const p = c.parallel, m = c.model;
   const local = params / (p.tp * p.pp);
   const dp = p.dp;
   const weights = 4 * local / (p.zero >= 3 ? dp : 1);
   const grads = 4 * local / (p.zero >= 2 ? dp : 1);
   const moments = 8 * local / (p.zero >= 1 ? dp : 1);
-  return { params, perRank: weights + grads + moments };
+  const state = weights + grads + moments;
+  const tokens = c.train.micro_batch_size * m.block_size;
+  const perLayer = (tokens * (68 * m.n_embd + 10 * m.n_head * m.block_size)) / p.tp;
+  const layers = m.n_layer / p.pp;
+  const activations = c.train.activation_checkpointing ? perLayer + layers * tokens * m.n_embd * 4 : layers * perLayer;
+  return { params, state, activations, perRank: state + activations };
 }
 
 /** Memory this process may still use: MemAvailable, capped by a cgroup limit when there is one. */
@@ -199,21 +209,23 @@ const gib = (n: number) => `${(n / 2 ** 30).toFixed(n < 2 ** 30 ? 3 : 1)} GiB`;
 
 /**
  * Refuses a config whose parameters, gradients and AdamW state (16 bytes per parameter in
- * fp32, divided as the layout shards them) cannot fit in the memory available, times the ranks
- * sharing this machine; activations come on top, so passing is necessary, not sufficient.
+ * fp32, divided as the layout shards them) plus a floor for its activations cannot fit in the
+ * memory available, times the ranks sharing this machine. An estimate from below: passing is
+ * necessary, not sufficient.
  * @example
  * checkMemoryBudget(config, 1); // throws for model.n_layer=100000
  */
 export function checkMemoryBudget(c: TrainConfig, ranksOnMachine = 1, available = availableBytes()): void {
-  const { params, perRank } = trainingStateBytes(c);
+  const { params, state, activations, perRank } = trainingStateBytes(c);
   const need = perRank * Math.max(1, ranksOnMachine);
   if (need <= available) return;
   const m = c.model;
   throw new ValueError(
     `the model is too large for this machine: model.n_layer=${m.n_layer}, n_embd=${m.n_embd}, vocab_size=${m.vocab_size}, block_size=${m.block_size} ` +
-      `make ${(params / 1e6).toFixed(1)}M parameters, whose weights, gradients and AdamW state need ${gib(need)}` +
-      `${ranksOnMachine > 1 ? ` over the ${ranksOnMachine} ranks on this machine` : ""} (16 bytes per parameter, before activations), ` +
+      `make ${(params / 1e6).toFixed(1)}M parameters; training them needs at least ${gib(need)}` +
+      `${ranksOnMachine > 1 ? ` over the ${ranksOnMachine} ranks on this machine` : ""} (per rank: weights, gradients and AdamW state ${gib(state)}, ` +
+      `16 bytes per parameter; activations of a micro-batch ${gib(activations)}), ` +
       `but only ${gib(available)} of ${gib(totalmem())} is available. Shrink the model (model.n_layer, model.n_embd, model.vocab_size) ` +
-      "or shard it (parallel.zero, parallel.tp, parallel.pp over more machines).",
+      "or shard it (parallel.zero, parallel.tp, parallel.pp over more machines; train.activation_checkpointing for activations).",
   );
 }

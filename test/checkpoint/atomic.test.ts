@@ -14,6 +14,7 @@ import {
   readSafetensors,
   verifyCheckpointDir,
   writeCheckpointDir,
+  writeDirAtomic,
   writeSafetensors,
   type TensorRecord,
 } from "../../src/checkpoint/index.js";
@@ -269,4 +270,36 @@ test("`pruneCheckpoints()` keeps the newest complete checkpoints and removes sta
   assert.deepEqual(await pruneCheckpoints(out, 2, { staleTempAgeMs: 0 }), [recentTmp]);
   assert.deepEqual((await listCheckpoints(out)).map((c) => c.step), [400, 500]);
   await assert.rejects(pruneCheckpoints(out, 0), ValueError);
+});
+
+test("`pruneCheckpoints({ current })` never deletes the step just saved, nor counts or touches higher steps", async () => {
+  const out = await scratchDir();
+  // Another run's checkpoints at 100 and 200; this run has saved 10, 20, 30.
+  for (const s of [100, 200, 10, 20, 30]) await save(out, s);
+  // Without `current`, keep=2 would keep 100 and 200 and delete the 30 just saved: the old defect.
+  const removed = await pruneCheckpoints(out, 2, { current: 30 });
+  assert.deepEqual(removed.map((p) => p.slice(out.length + 1)).sort(), ["ckpt-000010"]);
+  assert.deepEqual((await listCheckpoints(out)).map((c) => c.step), [20, 30, 100, 200]);
+  await pruneCheckpoints(out, 1, { current: 30 });
+  assert.deepEqual((await listCheckpoints(out)).map((c) => c.step), [30, 100, 200]);
+});
+
+test("`writeDirAtomic()` replaces a directory whole, and leaves it untouched when writing fails", async () => {
+  const out = await scratchDir();
+  const dir = join(out, "final");
+  await writeDirAtomic(dir, async (tmp) => {
+    assert.ok(tmp.startsWith(`${dir}.tmp-`));
+    await writeFile(join(tmp, "a.txt"), "one");
+  });
+  assert.equal(await readFile(join(dir, "a.txt"), "utf8"), "one");
+  await writeDirAtomic(dir, async (tmp) => {
+    await writeFile(join(tmp, "b.txt"), "two");
+  });
+  assert.deepEqual(await readdir(dir), ["b.txt"], "the old directory's files are gone with it");
+  await assert.rejects(writeDirAtomic(dir, async (tmp) => {
+    await writeFile(join(tmp, "c.txt"), "half");
+    throw new Error("disk full");
+  }), /disk full/);
+  assert.deepEqual(await readdir(dir), ["b.txt"]);
+  assert.deepEqual((await readdir(out)).sort(), ["final"], "no temp or old directory is left behind");
 });
