@@ -15,7 +15,7 @@ const LAYERS = [
   ["data", "nn"],
   ["optim", "models", "inference"],
   ["parallel"],
-  ["train", "serve", "dashboard"],
+  ["train", "serve", "dashboard", "plan"],
   ["cli"],
   ["index.ts"],
 ];

@@ -18,6 +18,7 @@ import { register as launch } from "./launch.js";
 import { register as env } from "./env.js";
 import { register as dashboard } from "./dashboard.js";
 import { register as plot } from "./plot.js";
+import { register as plan } from "./plan.js";
 
 /** The package's version, from package.json (two levels up from src/cli, three from dist/src/cli). */
 function packageVersion(): string {
@@ -40,7 +41,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, train, launch, dashboard, plot, sample, evaluate, serve, demo, env];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, plan, train, launch, dashboard, plot, sample, evaluate, serve, demo, env];
 
 for (const register of registrations) register(program);
 
