@@ -25,7 +25,7 @@
 import { ValueError } from "../core/errors.js";
 import { noGrad, recordNode } from "../autograd/index.js";
 import { Tensor, tensor, compare, arange, cat, zeros, keep, autocastDtype } from "../tensor/index.js";
-import { Module, F, Linear, Embedding, LayerNorm, Dropout, type Parameter, type Projection } from "../nn/index.js";
+import { Module, F, Linear, Embedding, LayerNorm, Dropout, MoE, type Parameter, type Projection } from "../nn/index.js";
 import type { GPT } from "../models/index.js";
 import { allReduce, type ProcessGroup } from "./collectives.js";
 import { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence, gatherSeqRaw, reduceScatterSeqRaw } from "./regions.js";
@@ -422,6 +422,7 @@ export function applyTensorParallel(model: GPT, group: ProcessGroup, opts: Tenso
   const drop = (l: Linear, keepBias = false) => replaced.push(l.weight, ...(l.bias && !keepBias ? [l.bias] : []));
   model.h.forEach((b, i) => {
     const p = `h.${i}.`;
+    if (b.mlp instanceof MoE) throw new ValueError("tensor parallelism does not split mixture-of-experts MLPs yet (model.moe with parallel.tp > 1)");
     drop(b.attn.c_attn as Linear);
     drop(b.attn.c_proj as Linear, true);
     drop(b.mlp.c_fc as Linear);

@@ -125,7 +125,7 @@ test("`quantizeModelInt8()` swaps Int8Linear in for the projections: int8 logits
   // 1 byte per weight + a 4-byte scale per row of 64 (C = 64 here; 768 in GPT-2: ~3.98x).
   assert.ok(summary.bytesInt8 < summary.bytesFloat32 / 3.5, `int8 bytes ${summary.bytesInt8} vs fp32 ${summary.bytesFloat32}`);
   assert.ok(isQuantizedInt8(model));
-  assert.ok(model.h[1]!.mlp.c_proj instanceof Int8Linear);
+  assert.ok("c_proj" in model.h[1]!.mlp && model.h[1]!.mlp.c_proj instanceof Int8Linear);
   assert.ok(model.getSubmodule("h.0.attn.c_attn") === model.h[0]!.attn.c_attn, "the field and the module tree agree");
   // The state dict keeps its names, less the four float weights per block (the biases are shared).
   const after = model.namedParameters().map(([n]) => n);

@@ -20,6 +20,6 @@ export class GPT extends GPTBase {
   }
 }
 
-export { type GPTConfig, type GPTOptions, type GPTOutput, type KVCache, type ActivationCheckpointing, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
+export { type GPTConfig, type GPTMoEConfig, type ResolvedGPTConfig, isMoELayer, type GPTOptions, type GPTOutput, type KVCache, type ActivationCheckpointing, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
 export { readGPTConfig, hfConfig, generationConfig, gptToRecords, loadGPTWeights, type LoadWeightsOptions, type SpecialTokenIds } from "./weights.js";
 export { generate, sampleToken, type GenerateOptions, type SampleOptions } from "./generate.js";

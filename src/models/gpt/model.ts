@@ -17,8 +17,8 @@
 import { ValueError, fmtShape } from "../../core/errors.js";
 import {
   Tensor, F, Module, Linear, Embedding, LayerNorm, Dropout, normal, zeros, ones, checkpoint, noGrad, withRandomStream,
-  causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL,
-  type Projection, type AttentionContext, type KVCache,
+  causalAttention, contextPositions, advanceContext, isKVCache, CAUSAL, MoE,
+  type Projection, type AttentionContext, type KVCache, type RouterLosses,
 } from "./_deps.js";
 
 export type { KVCache, AttentionContext } from "./_deps.js";
@@ -41,6 +41,36 @@ export interface GPTConfig {
   bias?: boolean;
   /** LayerNorm epsilon (layer_norm_epsilon). Default 1e-5. */
   layerNormEpsilon?: number;
+  /** Mixture of experts in the MLP slot of some blocks (nn/moe.ts). Default null (dense). */
+  moe?: GPTMoEConfig | null;
+}
+
+/** A sparse MLP's hyper-parameters (the training config's `model.moe`, camelCased). */
+export interface GPTMoEConfig {
+  /** Experts per MoE layer. */
+  numExperts: number;
+  /** Experts per token: 1 or 2. */
+  topK: 1 | 2;
+  /** Training capacity factor: slots per expert = ceil(factor * tokens * k / experts). Default 1.25. */
+  capacityFactor?: number;
+  /** Capacity factor in eval mode (eval, generation, serving). Default 2.0. */
+  evalCapacityFactor?: number;
+  /** Weight of the load-balancing loss in the training loss. Default 0.01. */
+  auxLossCoef?: number;
+  /** Weight of the router z-loss in the training loss. Default 0.001. */
+  zLossCoef?: number;
+  /** Blocks i with (i + 1) % every === 0 get the MoE MLP (1: all; 2: blocks 1, 3, ...). Default 1. */
+  every?: number;
+  /** Multiplicative router-input noise U(1 - j, 1 + j) in training. Default 0. */
+  routerJitter?: number;
+}
+
+/** A config with every default filled in, the MoE section's included. */
+export type ResolvedGPTConfig = Required<GPTConfig> & { moe: Required<GPTMoEConfig> | null };
+
+/** Whether block `layer` holds a mixture of experts under `cfg`. */
+export function isMoELayer(cfg: ResolvedGPTConfig, layer: number): boolean {
+  return cfg.moe !== null && (layer + 1) % cfg.moe.every === 0;
 }
 
 export interface GPTOptions {
@@ -58,7 +88,7 @@ export interface GPTOptions {
 export type ActivationCheckpointing = boolean | "full" | "selective";
 
 /** Validates a config and fills defaults; errors name the bad field. */
-export function resolveGPTConfig(c: GPTConfig): Required<GPTConfig> {
+export function resolveGPTConfig(c: GPTConfig): ResolvedGPTConfig {
   const need = (k: keyof GPTConfig, v: unknown, min = 1) => {
     if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
       throw new ValueError(`GPT config: ${k} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
@@ -72,7 +102,24 @@ export function resolveGPTConfig(c: GPTConfig): Required<GPTConfig> {
   if (c.nEmbd % c.nHead !== 0) throw new ValueError(`GPT config: nEmbd (${c.nEmbd}) must be divisible by nHead (${c.nHead})`);
   const dropout = c.dropout ?? 0;
   if (!(dropout >= 0 && dropout < 1)) throw new ValueError(`GPT config: dropout must be in [0, 1), got ${dropout}`);
-  return { ...c, dropout, bias: c.bias ?? true, layerNormEpsilon: c.layerNormEpsilon ?? 1e-5 };
+  return { ...c, dropout, bias: c.bias ?? true, layerNormEpsilon: c.layerNormEpsilon ?? 1e-5, moe: resolveMoE(c.moe ?? null) };
+}
+
+function resolveMoE(m: GPTMoEConfig | null): Required<GPTMoEConfig> | null {
+  if (m === null) return null;
+  const r: Required<GPTMoEConfig> = {
+    numExperts: m.numExperts, topK: m.topK, capacityFactor: m.capacityFactor ?? 1.25, evalCapacityFactor: m.evalCapacityFactor ?? 2.0,
+    auxLossCoef: m.auxLossCoef ?? 0.01, zLossCoef: m.zLossCoef ?? 0.001, every: m.every ?? 1, routerJitter: m.routerJitter ?? 0,
+  };
+  const bad = (k: string, want: string, v: unknown) => new ValueError(`GPT config: moe.${k} must be ${want}, got ${JSON.stringify(v)}`);
+  if (!Number.isInteger(r.numExperts) || r.numExperts < 1) throw bad("numExperts", "an integer >= 1", r.numExperts);
+  if (r.topK !== 1 && r.topK !== 2) throw bad("topK", "1 or 2", r.topK);
+  if (r.topK > r.numExperts) throw bad("topK", `at most numExperts (${r.numExperts})`, r.topK);
+  if (!Number.isInteger(r.every) || r.every < 1) throw bad("every", "an integer >= 1", r.every);
+  for (const k of ["capacityFactor", "evalCapacityFactor"] as const) if (!(r[k] > 0)) throw bad(k, "> 0", r[k]);
+  for (const k of ["auxLossCoef", "zLossCoef"] as const) if (!(r[k] >= 0 && Number.isFinite(r[k]))) throw bad(k, "a finite number >= 0", r[k]);
+  if (!(r.routerJitter >= 0 && r.routerJitter < 1)) throw bad("routerJitter", "in [0, 1)", r.routerJitter);
+  return r;
 }
 
 /** A stable per-parameter seed: initialisation never depends on creation order or layout. */
@@ -142,18 +189,27 @@ export class MLP extends Module {
   }
 }
 
-/** Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). */
+/**
+ * Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). The MLP slot holds a
+ * mixture of experts (nn/moe.ts) in the blocks `model.moe` picks (isMoELayer).
+ */
 export class Block extends Module {
   readonly ln_1: LayerNorm;
   readonly attn: CausalSelfAttention;
   readonly ln_2: LayerNorm;
-  readonly mlp: MLP;
-  constructor(cfg: Required<GPTConfig>, readonly layer = 0) {
+  readonly mlp: MLP | MoE;
+  constructor(cfg: ResolvedGPTConfig, readonly layer = 0) {
     super();
     this.ln_1 = this.module("ln_1", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
     this.attn = this.module("attn", new CausalSelfAttention(cfg, layer));
     this.ln_2 = this.module("ln_2", new LayerNorm(cfg.nEmbd, cfg.layerNormEpsilon, { bias: cfg.bias }));
-    this.mlp = this.module("mlp", new MLP(cfg));
+    const moe = cfg.moe;
+    this.mlp = this.module("mlp", moe && isMoELayer(cfg, layer)
+      ? new MoE({
+        nEmbd: cfg.nEmbd, numExperts: moe.numExperts, topK: moe.topK, capacityFactor: moe.capacityFactor,
+        evalCapacityFactor: moe.evalCapacityFactor, routerJitter: moe.routerJitter, bias: cfg.bias, dropout: cfg.dropout,
+      })
+      : new MLP(cfg));
   }
 
   forward(x: Tensor, ctx: AttentionContext = CAUSAL): Tensor {
@@ -179,8 +235,17 @@ export class Block extends Module {
 export interface GPTOutput {
   /** (B, T, V) next-token logits; (S, V) for the context's `logitsRows` when it has them. */
   logits: Tensor;
-  /** Mean cross-entropy over targets (ignore index -100), when targets were given. */
+  /**
+   * The training loss, when targets were given: the mean cross-entropy over targets (ignore
+   * index -100), plus, with MoE layers, auxLossCoef x auxLoss + zLossCoef x zLoss.
+   */
   loss: Tensor | null;
+  /** MoE models with targets: the cross-entropy alone (the loss without the router terms). */
+  lmLoss?: Tensor;
+  /** MoE models with targets: the load-balancing losses summed over MoE layers, unscaled. */
+  auxLoss?: Tensor;
+  /** MoE models with targets: the router z-losses summed over MoE layers, unscaled. */
+  zLoss?: Tensor;
 }
 
 /**
@@ -193,7 +258,7 @@ export interface GPTOutput {
  * model.forward(prompt, null, { kind: "kv", cache: kv });                // then one token at a time
  */
 export class GPT extends Module {
-  readonly config: Required<GPTConfig>;
+  readonly config: ResolvedGPTConfig;
   readonly wte: Embedding;
   readonly wpe: Embedding;
   readonly h: Block[];
@@ -227,6 +292,14 @@ export class GPT extends Module {
     this.h.forEach((b, i) => {
       initLinear(b.attn.c_attn as Linear, 0.02, seed, `h.${i}.attn.c_attn.weight`);
       initLinear(b.attn.c_proj as Linear, projStd, seed, `h.${i}.attn.c_proj.weight`);
+      if (b.mlp instanceof MoE) {
+        initLinear(b.mlp.gate, 0.02, seed, `h.${i}.mlp.gate.weight`);
+        b.mlp.experts.forEach((e, j) => {
+          initLinear(e.c_fc, 0.02, seed, `h.${i}.mlp.experts.${j}.c_fc.weight`);
+          initLinear(e.c_proj, projStd, seed, `h.${i}.mlp.experts.${j}.c_proj.weight`);
+        });
+        return;
+      }
       initLinear(b.mlp.c_fc as Linear, 0.02, seed, `h.${i}.mlp.c_fc.weight`);
       initLinear(b.mlp.c_proj as Linear, projStd, seed, `h.${i}.mlp.c_proj.weight`);
     });
@@ -248,7 +321,32 @@ export class GPT extends Module {
     if (targets && (targets.ndim !== 2 || targets.shape[0] !== idx.shape[0] || targets.shape[1] !== T)) {
       throw new ValueError(`GPT.forward: targets shape ${fmtShape(targets.shape)} must equal idx shape ${fmtShape(idx.shape)}`);
     }
-    return this.head(x, targets ?? null, ctx);
+    return this.addRouterLosses(this.head(x, targets ?? null, ctx));
+  }
+
+  /**
+   * With MoE layers: takes the router losses the blocks left behind and, when there is a loss,
+   * adds auxLossCoef x sum(aux) + zLossCoef x sum(z) to it (reported apart as auxLoss/zLoss).
+   * The losses travel beside the activations, so this needs the blocks to have run in this
+   * process without full activation checkpointing (which frees them; the config refuses it).
+   */
+  private addRouterLosses(out: GPTOutput): GPTOutput {
+    const moe = this.config.moe;
+    if (!moe) return out;
+    const taken = this.h.flatMap((b) => (b.mlp instanceof MoE ? [b.mlp.takeLosses()] : []));
+    const losses = taken.filter((l): l is RouterLosses => l !== null);
+    if (!out.loss || losses.length === 0) {
+      for (const l of losses) { l.aux.dispose(); l.z.dispose(); }
+      return out;
+    }
+    const sum = (ts: Tensor[]) => ts.slice(1).reduce((acc, t) => { const s = acc.add(t); acc.dispose(); t.dispose(); return s; }, ts[0]!);
+    const auxLoss = sum(losses.map((l) => l.aux));
+    const zLoss = sum(losses.map((l) => l.z));
+    const a = auxLoss.mul(moe.auxLossCoef), z = zLoss.mul(moe.zLossCoef);
+    const withAux = out.loss.add(a);
+    const loss = withAux.add(z);
+    for (const t of [a, z, withAux]) t.dispose();
+    return { logits: out.logits, loss, lmLoss: out.loss, auxLoss, zLoss };
   }
 
   // The forward in its three parts, in order. `forward` chains them; a pipeline stage runs the
