@@ -20,7 +20,7 @@
 import type { Command } from "commander";
 import { ValueError } from "../core/errors.js";
 import { loadConfig } from "../train/config.js";
-import { calibrationFile, defaultHardwareName, describeLayout, plan, resolveHardware, writeCalibration, type Plan } from "../plan/index.js";
+import { calibrationFile, defaultHardwareName, describeLayout, formatSeconds, plan, resolveHardware, writeCalibration, type Plan } from "../plan/index.js";
 
 const DTYPE = { fp32: "float32", bf16: "bfloat16", fp16: "float16" } as const;
 
@@ -30,7 +30,7 @@ export function planTable(p: Plan, rows: number): string {
   const body = p.layouts.slice(0, rows).map((x, i) => [
     String(i + 1), describeLayout(x.layout), `${(x.memory.total / 2 ** 30).toFixed(3)} GiB`, x.fits ? "yes" : "NO",
     `${(x.bubble * 100).toFixed(1)}%`, `${(Object.values(x.comm_bytes).reduce((a, b) => a + b, 0) / 1e6).toFixed(2)} MB`,
-    `${(x.step_time.total * 1e3).toPrecision(3)} ms`, `${(x.mfu * 100).toFixed(1)}%`,
+    formatSeconds(x.step_time.total), `${(x.mfu * 100).toFixed(1)}%`,
   ]);
   const widths = head.map((h, c) => Math.max(h.length, ...body.map((r) => r[c]!.length)));
   const line = (r: string[]): string => r.map((v, c) => (c === 1 ? v.padEnd(widths[c]!) : v.padStart(widths[c]!))).join("  ").trimEnd();

@@ -21,5 +21,5 @@ export {
 } from "./hardware.js";
 export {
   type Layout, type MemoryPrediction, type CommBytes, type Prediction, type Refusal, type Plan,
-  gptParameters, stageParameters, checkLayout, commBytes, predict, rankPredictions, describeLayout, plan,
+  gptParameters, stageParameters, checkLayout, commBytes, predict, rankPredictions, describeLayout, formatSeconds, plan,
 } from "./planner.js";

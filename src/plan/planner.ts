@@ -301,7 +301,9 @@ export function describeLayout(l: Layout): string {
 }
 
 const gib = (x: number): string => `${(x / 2 ** 30).toFixed(x < 2 ** 30 ? 3 : 2)} GiB`;
-const ms = (x: number): string => `${(x * 1e3).toPrecision(3)} ms`;
+/** Seconds as "83.1 ms" or "16.5 s". */
+export const formatSeconds = (x: number): string => (x >= 1 ? `${x.toPrecision(3)} s` : `${(x * 1e3).toPrecision(3)} ms`);
+const ms = formatSeconds;
 
 /** A few lines on why the first layout is first. */
 function explain(ranked: Prediction[], hw: HardwareProfile): string[] {
@@ -321,7 +323,12 @@ function explain(ranked: Prediction[], hw: HardwareProfile): string[] {
     lines.push(`  runner-up ${describeLayout(next.layout)}: ${(slower * 100).toFixed(1)}% slower, ${gib(next.memory.total)} per rank`);
   }
   if (top.fits && top.layout.recompute === "none") lines.push("  no recomputation: activations fit, so recomputing them would only cost time");
-  else if (top.fits && top.layout.recompute !== "none") lines.push(`  recomputation (${top.layout.recompute}) is needed to fit the activations`);
+  else if (top.fits) {
+    const same = ranked.find((p) => describeLayout(p.layout) === describeLayout({ ...top.layout, recompute: "none" }));
+    lines.push(same && !same.fits
+      ? `  recomputation (${top.layout.recompute}) is what makes it fit: without it this layout needs ${gib(same.memory.total)}`
+      : `  recomputation (${top.layout.recompute}) costs little here and the faster layouts without it do not fit`);
+  }
   return lines;
 }
 
