@@ -10,6 +10,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { ValueError, FormatError } from "../core/errors.js";
+import type { GPTMoEConfig } from "../models/index.js";
 
 const posInt = z.number().int().positive();
 
@@ -28,6 +29,29 @@ export const TrainConfigSchema = z
         bias: z.boolean().default(true),
         /** Load initial weights from a Hugging Face GPT-2 directory instead of random init. */
         init_from: z.string().nullable().default(null),
+        /** Mixture of experts in the MLP slot (src/nn/moe.ts); null = dense. */
+        moe: z
+          .object({
+            /** Experts per MoE layer. */
+            num_experts: posInt,
+            /** Experts per token: 1 (Switch) or 2 (GShard, Mixtral). */
+            top_k: z.union([z.literal(1), z.literal(2)]),
+            /** Training: slots per expert = ceil(capacity_factor x tokens x top_k / num_experts); the overflow is dropped. */
+            capacity_factor: z.number().positive().default(1.25),
+            /** The capacity factor in eval, generation and serving. */
+            eval_capacity_factor: z.number().positive().default(2.0),
+            /** Weight of the load-balancing loss (Switch/GShard) in the training loss. */
+            aux_loss_coef: z.number().nonnegative().finite().default(0.01),
+            /** Weight of the router z-loss (ST-MoE) in the training loss. */
+            z_loss_coef: z.number().nonnegative().finite().default(0.001),
+            /** An MoE MLP in every k-th block (blocks k-1, 2k-1, ...); 1 = every block. */
+            every: posInt.default(1),
+            /** Training: router input times U(1 - j, 1 + j) noise. */
+            router_jitter: z.number().min(0).lt(1).default(0),
+          })
+          .strict()
+          .nullable()
+          .default(null),
       })
       .strict(),
     data: z
@@ -212,7 +236,7 @@ export function applyOverrides(raw: Record<string, unknown>, sets: readonly stri
     let obj: Record<string, unknown> = out;
     for (const key of path.slice(0, -1)) {
       const next = obj[key];
-      if (next === undefined) obj[key] = {};
+      if (next === undefined || next === null) obj[key] = {};  // a key inside an unset section (model.moe=null) creates it
       else if (typeof next !== "object" || next === null || Array.isArray(next)) {
         throw new ValueError(`--set ${JSON.stringify(s)}: ${key} is not a section`);
       }
@@ -311,6 +335,15 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
   };
   if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`, ["model.n_head"]);
   const p = c.parallel;
+  const moe = c.model.moe;
+  if (moe) {
+    if (moe.top_k > moe.num_experts) bad("model.moe.top_k", `${moe.top_k} exceeds model.moe.num_experts (${moe.num_experts})`, ["model.moe.num_experts"]);
+    if (moe.every > c.model.n_layer) bad("model.moe.every", `${moe.every} exceeds model.n_layer (${c.model.n_layer}): no block would hold experts`, ["model.n_layer"]);
+    if (p.tp > 1) bad("model.moe", `mixture of experts does not combine with tensor parallelism yet (parallel.tp=${p.tp}); use parallel.tp=1`, ["parallel.tp"]);
+    if (p.pp > 1) bad("model.moe", `mixture of experts does not combine with pipeline parallelism yet (parallel.pp=${p.pp}): the router losses of earlier stages do not reach the last; use parallel.pp=1`, ["parallel.pp"]);
+    const ac = c.train.activation_checkpointing;
+    if (ac === true || ac === "full") bad("model.moe", `full activation checkpointing frees the router losses of each block; use train.activation_checkpointing "selective" or false with MoE`, ["train.activation_checkpointing"]);
+  }
   if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`, ["model.n_head"]);
   if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);
   if (p.sp && p.tp === 1) bad("parallel.sp", "sequence parallelism shards along tensor-parallel ranks: it needs parallel.tp > 1");
@@ -337,6 +370,20 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
     if (p.zero >= 2) bad("parallel.zero", `ZeRO-${p.zero} shards gradients every micro-batch, which pipeline parallelism cannot combine with (as in DeepSpeed); use parallel.zero=1 or 0 with parallel.pp=${p.pp}`);
   } else if (p.pp_layers !== null && p.pp_layers.length !== 1) bad("parallel.pp_layers", `lists ${p.pp_layers.length} stages but parallel.pp is 1`);
   return c;
+}
+
+/**
+ * The model's MoE section as the GPT config wants it (GPTConfig.moe), or null for a dense model.
+ * @example
+ * new GPT({ ...dims, moe: moeConfigOf(c) });
+ */
+export function moeConfigOf(c: TrainConfig): GPTMoEConfig | null {
+  const m = c.model.moe;
+  if (!m) return null;
+  return {
+    numExperts: m.num_experts, topK: m.top_k, capacityFactor: m.capacity_factor, evalCapacityFactor: m.eval_capacity_factor,
+    auxLossCoef: m.aux_loss_coef, zLossCoef: m.z_loss_coef, every: m.every, routerJitter: m.router_jitter,
+  };
 }
 
 /** Ranks the config's layout needs: dp x tp x pp. */

@@ -379,6 +379,7 @@ export class GPT extends Module {
   runBlocks(x: Tensor, ctx: AttentionContext = CAUSAL, blocks: readonly Block[] = this.h): Tensor {
     const ac = this.training && ctx.kind === "causal" ? this.activationCheckpointing : false;
     const full = ac === true || ac === "full";
+    if (full && this.config.moe) throw new ValueError("GPT: full activation checkpointing would free the MoE router losses; use \"selective\" or none with model.moe");
     const bctx: AttentionContext = ac === "selective" && ctx.kind === "causal" ? { ...ctx, recomputeCore: true } : ctx;
     for (const block of blocks) {
       const h = x;

@@ -12,7 +12,7 @@ import { FormatError, ValueError, fmtShape } from "../../core/errors.js";
 import { readSafetensors, writeSafetensors, type TensorRecord } from "../../checkpoint/index.js";
 import { bf16BytesToFloat32, f16BytesToFloat32 } from "../../checkpoint/_dtype.js";
 import { tensor, noGrad, type Tensor } from "./_deps.js";
-import { GPT, type GPTConfig, type GPTOptions, resolveGPTConfig } from "./model.js";
+import { GPT, type GPTConfig, type GPTMoEConfig, type GPTOptions, resolveGPTConfig } from "./model.js";
 
 const CONV1D = /^h\.\d+\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.weight$/;
 const IGNORED = /^(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$/;
@@ -41,6 +41,7 @@ export function readGPTConfig(dir: string): GPTConfig {
     layerNormEpsilon: typeof raw.layer_norm_epsilon === "number" ? raw.layer_norm_epsilon : 1e-5,
     bias: raw.bias === false ? false : true,
     dropout: 0,
+    moe: readMoEConfig(raw),
   };
   try {
     resolveGPTConfig(cfg);
@@ -48,6 +49,32 @@ export function readGPTConfig(dir: string): GPTConfig {
     throw new FormatError(file, (e as Error).message);
   }
   return cfg;
+}
+
+/**
+ * The MoE fields of config.json (Mixtral's names where it has one; resolveGPTConfig checks the
+ * values), or null for a dense model. Experts' tensors are `h.{i}.mlp.experts.{j}.c_fc.weight`
+ * etc. in nn.Linear [out, in] layout (Mixtral's), the router `h.{i}.mlp.gate.weight`.
+ */
+function readMoEConfig(raw: Record<string, unknown>): GPTMoEConfig | null {
+  if (raw.num_local_experts === undefined || raw.num_local_experts === null) return null;
+  const num = (k: string) => (typeof raw[k] === "number" ? raw[k] : undefined);
+  return {
+    numExperts: raw.num_local_experts as number, topK: raw.num_experts_per_tok as 1 | 2,
+    capacityFactor: num("moe_capacity_factor"), evalCapacityFactor: num("moe_eval_capacity_factor"),
+    auxLossCoef: num("router_aux_loss_coef"), zLossCoef: num("router_z_loss_coef"), every: num("moe_layer_frequency"),
+    routerJitter: num("router_jitter_noise"),
+  };
+}
+
+/** config.json fields for a resolved MoE section (see readMoEConfig). */
+function moeFields(m: Required<GPTMoEConfig> | null): Record<string, unknown> {
+  if (!m) return {};
+  return {
+    num_local_experts: m.numExperts, num_experts_per_tok: m.topK, moe_capacity_factor: m.capacityFactor,
+    moe_eval_capacity_factor: m.evalCapacityFactor, router_aux_loss_coef: m.auxLossCoef, router_z_loss_coef: m.zLossCoef,
+    moe_layer_frequency: m.every, router_jitter_noise: m.routerJitter,
+  };
 }
 
 function toFloat32(name: string, r: TensorRecord, file: string): Float32Array {
@@ -202,6 +229,7 @@ export function hfConfig(c: GPTConfig, ids: SpecialTokenIds = {}): Record<string
     bos_token_id: ids.bosTokenId ?? 50256,
     eos_token_id: ids.eosTokenId ?? 50256,
     tie_word_embeddings: true,
+    ...moeFields(r.moe),
   };
 }
 
