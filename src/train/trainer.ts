@@ -34,7 +34,7 @@ import {
 } from "../checkpoint/index.js";
 import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
 import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
-import { type TrainConfig, tokensPerStep, worldSizeOf } from "./config.js";
+import { type TrainConfig, tokensPerStep, worldSizeOf, moeConfigOf } from "./config.js";
 import { startTrace, stopTrace, traceStep, traceSpan, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
@@ -243,7 +243,7 @@ export class Trainer {
     checkMemoryBudget(c, underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1);
     manualSeed(c.train.seed);
     this.model = new GPT(
-      { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias },
+      { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias, moe: moeConfigOf(c) },
       { seed: c.train.seed },
     );
     if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
