@@ -24,6 +24,7 @@ interface TrainFlags {
   resume: boolean;
   overwrite: boolean;
   allowConfigChange: boolean;
+  allowSymlinks: boolean;
 }
 
 /** A word as a POSIX shell reads it back: bare when safe, else single-quoted. */
@@ -70,9 +71,10 @@ export function register(program: Command): void {
     .option("--resume", "continue from the newest complete checkpoint in out_dir", false)
     .option("--overwrite", "delete the previous run in out_dir (checkpoints, metrics.jsonl, final/) and start again", false)
     .option("--allow-config-change", "with --resume: continue although the config changed in ways that break a bit-exact resume", false)
+    .option("--allow-symlinks", "model.init_from: follow a model.safetensors that links outside its directory", false)
     .action(async (o: TrainFlags) => {
       const config = loadConfig(o.config, o.set);
-      const trainer = new Trainer(config, { resume: o.resume, overwrite: o.overwrite, allowConfigChange: o.allowConfigChange });
+      const trainer = new Trainer(config, { resume: o.resume, overwrite: o.overwrite, allowConfigChange: o.allowConfigChange, allowSymlinks: o.allowSymlinks });
       const world = underMpi() ? worldGroup() : { rank: 0, size: 1 };
       const say = (line: string) => {
         if (world.rank === 0) process.stderr.write(`${line}\n`);

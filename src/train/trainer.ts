@@ -108,6 +108,8 @@ export interface TrainerOptions {
    * continuation (schedule, batch, seed, model, data...). Default false: refused, naming them.
    */
   allowConfigChange?: boolean;
+  /** model.init_from: follow a model.safetensors symlinked outside its directory (refused by default). */
+  allowSymlinks?: boolean;
   /** Print progress (rank 0 only under MPI). Default true. */
   log?: boolean;
   /** Data-parallel rank/size (issue 4's launcher fills these). */
@@ -161,7 +163,7 @@ export class Trainer {
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
     this.opts = {
-      resume: opts.resume ?? false, overwrite: opts.overwrite ?? false, allowConfigChange: opts.allowConfigChange ?? false,
+      resume: opts.resume ?? false, overwrite: opts.overwrite ?? false, allowConfigChange: opts.allowConfigChange ?? false, allowSymlinks: opts.allowSymlinks ?? false,
       log: opts.log ?? true, rank: opts.rank ?? 0, worldSize: opts.worldSize ?? 1,
     };
     if (this.opts.resume && this.opts.overwrite) throw new ValueError("--resume and --overwrite contradict each other: --resume continues the run in out_dir, --overwrite deletes it; pass one");
@@ -246,7 +248,7 @@ export class Trainer {
       { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias, moe: moeConfigOf(c) },
       { seed: c.train.seed },
     );
-    if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from);
+    if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from, { allowSymlinks: this.opts.allowSymlinks });
     const params = this.model.numParameters();
     this.modelFlopsPerToken = this.model.flopsPerToken(c.model.block_size);
     this.parallel = parallelize(this.model, mesh, {

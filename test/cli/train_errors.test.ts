@@ -1,6 +1,7 @@
 // Careless and hostile inputs to the CLI end with one `megalith: error:` line and exit code 2,
 // never a stack trace: a directory as --config, a used out_dir, a model far too large, a native
-// allocation failure, a model file symlinked out of its directory. And `megalith --version`.
+// allocation failure, a model file symlinked out of its directory (followed for model.init_from
+// only with --allow-symlinks). And `megalith --version`.
 import { test, before } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -94,4 +95,9 @@ test("`megalith sample` refuses a model.safetensors symlinked outside the model 
   symlinkSync(join(root, "src-run", "final", "model.safetensors"), join(dir, "model.safetensors"));
   assertOneLineError(await megalith("sample", "--model", dir, "--prompt", "the", "--max-new-tokens", "2"),
     /^megalith: error: .*linked-model\/model\.safetensors is a symlink to .*src-run\/final\/model\.safetensors, outside the model directory .*--allow-symlinks/);
+  // Training from it (model.init_from) too, unless --allow-symlinks.
+  const init = ["train", "--config", configFile, "--set", `out_dir=${join(root, "from-link")}`, `model.init_from=${dir}`];
+  assertOneLineError(await megalith(...init), /^megalith: error: .*linked-model\/model\.safetensors is a symlink to .*, outside the model directory/);
+  const allowed = await megalith(...init, "--allow-symlinks");
+  assert.equal(allowed.code, 0, allowed.stderr);
 });
