@@ -169,10 +169,16 @@ export function checkResumeConfig(savedRaw: unknown, now: TrainConfig, o: Resume
   }
 }
 
-/** Parameters of a GPT-2 shaped model (with biases; an upper bound without them). */
+/**
+ * Parameters of a GPT-2 shaped model (with biases; an upper bound without them). With
+ * model.moe, every k-th block holds num_experts MLPs and a router instead of one MLP.
+ */
 export function gptParameterCount(m: TrainConfig["model"]): number {
   const C = m.n_embd;
-  return m.vocab_size * C + m.block_size * C + m.n_layer * (12 * C * C + 13 * C) + 2 * C;
+  const mlp = 8 * C * C + 5 * C;
+  const moeLayers = m.moe ? Math.floor(m.n_layer / m.moe.every) : 0;
+  const extra = m.moe ? moeLayers * ((m.moe.num_experts - 1) * mlp + C * m.moe.num_experts) : 0;
+  return m.vocab_size * C + m.block_size * C + m.n_layer * (12 * C * C + 13 * C) + 2 * C + extra;
 }
 
 /**

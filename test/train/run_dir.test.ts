@@ -136,6 +136,10 @@ test("`checkMemoryBudget` refuses parameters + gradients + AdamW state + activat
   const data = await tinyData();
   const huge = tinyConfig("runs/x", data.dir, { model: { n_layer: 100000, n_embd: 64, n_head: 2 } });
   assert.equal(gptParameterCount(huge.model), 320 * 64 + 32 * 64 + 100000 * (12 * 64 * 64 + 13 * 64) + 2 * 64);
+  // MoE: every 2nd of 4 blocks holds 4 expert MLPs (8C^2 + 5C each) and a C x 4 router.
+  const dense = gptParameterCount(tinyConfig("runs/x", data.dir, { model: { n_layer: 4 } }).model);
+  const moe = tinyConfig("runs/x", data.dir, { model: { n_layer: 4, moe: { num_experts: 4, top_k: 1, every: 2 } } });
+  assert.equal(gptParameterCount(moe.model), dense + 2 * (3 * (8 * 32 * 32 + 5 * 32) + 32 * 4));
   assert.throws(() => checkMemoryBudget(huge, 1, 8 * 2 ** 30), (e: unknown) => e instanceof ValueError &&
     /model\.n_layer=100000, n_embd=64, vocab_size=320, block_size=32 make 4998\.4M parameters; training them needs at least \d+\.\d GiB \(per rank: weights, gradients and AdamW state 74\.5 GiB, 16 bytes per parameter; activations of a micro-batch \d+\.\d GiB\), but only 8\.0 GiB of .* is available\. Shrink the model/.test(e.message));
   // ZeRO-3 over 4 ranks on 4 machines needs a quarter of the state per rank; on one machine, all of it.
