@@ -198,7 +198,8 @@ async function qualityBench(quick: boolean) {
   if (!existsSync(join(finalDir, "model.safetensors"))) {
     console.error(`serve bench: training a 4-layer GPT on Brown for ${steps} steps (cached in ${config.out_dir})...`);
     const t0 = performance.now();
-    const trainer = new Trainer(config, { log: true });
+    // No final/ yet: a cut-off earlier run is redone from scratch.
+    const trainer = new Trainer(config, { log: true, overwrite: true });
     await trainer.setup();
     await trainer.run();
     trainS = (performance.now() - t0) / 1000;
