@@ -22,8 +22,9 @@ export function register(program: Command): void {
     .option("--top-k <k>", "keep the k most likely tokens (0 = off)", "0")
     .option("--top-p <p>", "nucleus sampling threshold (1 = off)", "1.0")
     .option("--seed <s>", "sampling seed", "0")
-    .action(async (o: Record<string, string>) => {
-      const model = await GPT.fromPretrained(o.model!);
+    .option("--allow-symlinks", "follow a model.safetensors or config.json that links outside the model directory")
+    .action(async (o: Record<string, string> & { allowSymlinks?: boolean }) => {
+      const model = await GPT.fromPretrained(o.model!, { allowSymlinks: o.allowSymlinks ?? false });
       const tok = modelDirTokenizer(o.model!, o.tokenizer);
       const prompt = tok.encode(o.prompt!);
       const ids: number[] = [];

@@ -37,6 +37,7 @@ export function register(program: Command): void {
     .option("--speculative-tokens <n>", "speculative decoding: draft tokens per sequence per step (0 = off)", "0")
     .option("--speculative-method <m>", "where drafts come from: ngram (prompt lookup) | draft (a smaller model: --draft-model)", "ngram")
     .option("--draft-model <dir>", "draft model for --speculative-method draft: a Hugging Face style directory with the same tokenizer")
+    .option("--allow-symlinks", "follow model files that link outside the model directory")
     .action(async (o: Record<string, string>) => {
       const dir = o.model!;
       const int = (name: string, v: string) => {
@@ -56,7 +57,8 @@ export function register(program: Command): void {
       };
       const chatTemplate = loadChatTemplate(dir, o.chatTemplate);
       const tokenizer = modelDirTokenizer(dir);
-      const model = await GPT.fromPretrained(dir);
+      const allowSymlinks = (o as Record<string, unknown>).allowSymlinks === true;
+      const model = await GPT.fromPretrained(dir, { allowSymlinks });
       const dtypes = ["float32", "bfloat16"];
       if (!dtypes.includes(o.dtype!)) throw new ValueError(`--dtype must be float32 or bfloat16, got ${JSON.stringify(o.dtype)}`);
       if (o.kvCacheDtype !== "auto" && !dtypes.includes(o.kvCacheDtype!)) throw new ValueError(`--kv-cache-dtype must be auto, float32 or bfloat16, got ${JSON.stringify(o.kvCacheDtype)}`);
@@ -101,7 +103,7 @@ async function speculativeFrom(o: Record<string, string | undefined>, model: GPT
     return null;
   }
   if (method === "ngram") return { method, numTokens: k };
-  const draftModel = await GPT.fromPretrained(o.draftModel!);
+  const draftModel = await GPT.fromPretrained(o.draftModel!, { allowSymlinks: (o as Record<string, unknown>).allowSymlinks === true });
   if (draftModel.config.vocabSize !== model.config.vocabSize) {
     throw new ValueError(`the draft model ${o.draftModel} has a vocabulary of ${draftModel.config.vocabSize} tokens but the model ${o.model} has ${model.config.vocabSize}; the draft must use the same tokenizer`);
   }

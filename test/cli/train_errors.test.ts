@@ -86,7 +86,7 @@ test("a native allocation failure (a model directory claiming a 2e9-token vocabu
   assertOneLineError(r, /^megalith: error: (native: )?alloc: out of memory allocating \d+ bytes$/);
 });
 
-test("`megalith sample` refuses a model.safetensors symlinked outside the model directory", async () => {
+test("`megalith sample` refuses a model.safetensors symlinked outside the model directory unless --allow-symlinks", async () => {
   const train = await megalith("train", "--config", configFile, "--set", `out_dir=${join(root, "src-run")}`);
   assert.equal(train.code, 0, train.stderr);
   const dir = join(root, "linked-model");
@@ -95,6 +95,8 @@ test("`megalith sample` refuses a model.safetensors symlinked outside the model 
   symlinkSync(join(root, "src-run", "final", "model.safetensors"), join(dir, "model.safetensors"));
   assertOneLineError(await megalith("sample", "--model", dir, "--prompt", "the", "--max-new-tokens", "2"),
     /^megalith: error: .*linked-model\/model\.safetensors is a symlink to .*src-run\/final\/model\.safetensors, outside the model directory .*--allow-symlinks/);
+  const followed = await megalith("sample", "--model", dir, "--prompt", "the", "--max-new-tokens", "2", "--temperature", "0", "--allow-symlinks");
+  assert.equal(followed.code, 0, followed.stderr);
   // Training from it (model.init_from) too, unless --allow-symlinks.
   const init = ["train", "--config", configFile, "--set", `out_dir=${join(root, "from-link")}`, `model.init_from=${dir}`];
   assertOneLineError(await megalith(...init), /^megalith: error: .*linked-model\/model\.safetensors is a symlink to .*, outside the model directory/);
