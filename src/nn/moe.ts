@@ -34,6 +34,12 @@
  * nn.Linear [out, in] layout), so a checkpoint names every expert's tensors separately and an
  * expert-parallel layout can hold any subset of experts.
  *
+ * Expert parallelism (`shardExperts`, applied by parallel/expert_parallel.ts): the layer keeps
+ * E / n experts and step 3 runs between two all-to-alls: the (E, S, C) buffer goes out as
+ * (n, E/n, S, C) blocks by destination rank, the local experts run over (E/n, n*S, C) (every
+ * rank's slots for them), and the outputs go back the same way. Capacity S stays computed on
+ * this rank's N tokens (DeepSpeed's per-source-rank capacity).
+ *
  * Trade-off: the experts are separate Linear modules (checkpoint names, sharding by expert), so
  * each forward stacks their weights into (E, F, C) / (E, C, F) before the grouped GEMM: a copy
  * of the expert weights per call (8 C^2 E floats), small next to the GEMM's 16 S C^2 E flops at
@@ -86,6 +92,22 @@ export interface RouterLosses {
   aux: Tensor;
   /** Router z-loss: mean over tokens of logsumexp(router logits)^2. */
   z: Tensor;
+}
+
+/**
+ * Expert parallelism as the layer sees it (parallel/expert_parallel.ts builds it over the ep
+ * group): `size` ranks each hold E / size consecutive experts, and `exchange` is a
+ * differentiable all-to-all, (n, E/n, S, C) blocks by destination rank in, the same shape of
+ * blocks by source rank out; its backward is the reverse all-to-all. The layer knows nothing
+ * of process groups.
+ */
+export interface ExpertExchange {
+  /** Ranks the experts are split over (n). */
+  size: number;
+  /** This rank's place among them (holds experts [rank E/n, (rank+1) E/n)). */
+  rank: number;
+  /** (n, E/n, S, C) -> (n, E/n, S, C): block j goes to rank j, block i came from rank i. */
+  exchange(x: Tensor): Tensor;
 }
 
 /** One expert: C -> F -> GELU(tanh) -> C, GPT-2's MLP without dropout. */
@@ -171,6 +193,8 @@ export class MoE extends Module {
   /** Routing statistics of the last forward (null before the first). */
   lastStats: RoutingStats | null = null;
   private pending: RouterLosses | null = null;
+  /** Expert parallelism (`shardExperts`), null when this layer holds every expert. */
+  private ep: ExpertExchange | null = null;
 
   constructor(opts: MoEOptions) {
     super();
@@ -192,6 +216,23 @@ export class MoE extends Module {
     this.experts = [];
     for (let j = 0; j < E; j++) this.experts.push(this.module(`experts.${j}`, new Expert(nEmbd, 4 * nEmbd, opts.bias ?? true)));
     this.dropout = this.module("dropout", new Dropout(this.dropoutP));
+  }
+
+  /**
+   * Keeps only this rank's experts, E / n consecutive ones (their names, `experts.{j}` with the
+   * global j, stay the logical ones), and routes dispatch and combine through `ep.exchange`.
+   * Capacity stays a function of this rank's tokens (DeepSpeed): every rank sends each expert
+   * up to S = ceil(cf * N_local * k / E) tokens, so an expert sees n * S slots, and the result
+   * equals one process running each rank's tokens as its own batch. Called by parallelize.
+   */
+  shardExperts(ep: ExpertExchange): void {
+    const E = this.numExperts, n = ep.size;
+    if (this.ep) throw new ValueError("MoE.shardExperts: the experts are already sharded");
+    if (E % n !== 0) throw new ValueError(`MoE.shardExperts: ${E} experts cannot be split evenly over ${n} expert-parallel ranks`);
+    const El = E / n, first = ep.rank * El;
+    for (let j = 0; j < E; j++) if (j < first || j >= first + El) this.setModule(`experts.${j}`, null);
+    this.experts.splice(0, E, ...this.experts.slice(first, first + El));
+    this.ep = n > 1 ? ep : null;
   }
 
   /**
@@ -247,13 +288,20 @@ export class MoE extends Module {
     const xPad = cat([xf, zeros([1, C], { dtype: xf.dtype })], 0);              // (N + 1, C)
     const slotToken = tensor(plan.slotToken, { shape: [E * S], dtype: "int32" });
     const buf = embedding(slotToken, xPad).view([E, S, C]);                     // (E, S, C)
-    const w1 = stack(this.experts.map((e) => e.c_fc.weight)).transpose(1, 2);   // (E, C, F)
-    const w2 = stack(this.experts.map((e) => e.c_proj.weight)).transpose(1, 2); // (E, F, C)
-    let h = buf.matmul(w1);                                                     // (E, S, F)
+    // Expert parallelism: send each rank its experts' slots, run them on every rank's tokens
+    // as (E/n, n*S, C), and send the outputs back (El = E/n local experts; El = E without ep).
+    const ep = this.ep, n = ep?.size ?? 1, El = E / n;
+    const xin = ep
+      ? ep.exchange(buf.view([n, El, S, C])).transpose(0, 1).reshape([El, n * S, C]) // (El, n*S, C)
+      : buf;
+    const w1 = stack(this.experts.map((e) => e.c_fc.weight)).transpose(1, 2);   // (El, C, F)
+    const w2 = stack(this.experts.map((e) => e.c_proj.weight)).transpose(1, 2); // (El, F, C)
+    let h = xin.matmul(w1);                                                     // (El, n*S, F)
     if (this.experts[0]!.c_fc.bias) h = h.add(this.stackedBias("c_fc", h.dtype));
     h = gelu(h, "tanh");
-    let out = h.matmul(w2);                                                     // (E, S, C)
+    let out = h.matmul(w2);                                                     // (El, n*S, C)
     if (this.experts[0]!.c_proj.bias) out = out.add(this.stackedBias("c_proj", out.dtype));
+    if (ep) out = ep.exchange(out.view([El, n, S, C]).transpose(0, 1).contiguous()).view([E, S, C]); // (E, S, C)
 
     // 4. Combine: each token's k slot outputs (zero row when dropped), weighted by its gates.
     const outPad = cat([out.view([E * S, C]), zeros([1, C], { dtype: out.dtype })], 0); // (E*S + 1, C)

@@ -5,8 +5,10 @@
  * Save: `gatherLogical` assembles each named tensor's logical (single-device) form on world
  * rank 0: tensor-parallel shards are all-gathered over tp and joined by their ShardSpec, then
  * each pipeline stage's leader sends its tensors to rank 0 (a header naming them, then the
- * tensors, over the world communicator). Data-parallel replicas hold the same tensors and
- * take no part (dp coordinate 0 speaks for them).
+ * tensors, over the world communicator); so does each expert-parallel rank (its experts carry
+ * their logical names; rank 0 keeps the first copy of a name, so the shared tensors the ep
+ * ranks also send are ignored). Data-parallel replicas hold the same tensors and take no part
+ * (dp coordinate 0 speaks for them).
  *
  * Load: every rank reads the logical files itself and cuts its shards (`shardOfLogical`), so
  * loading needs no communication at all.
@@ -56,8 +58,8 @@ export async function gatherLogical(mesh: DeviceMesh, specs: ReadonlyMap<string,
   const tp = mesh.group("tp");
   const mine = named.map(([name, t]) => [name, joinOverTp(t, specs.get(name) ?? { kind: "replicated" }, tp)] as const);
   if (tp.rank !== 0) return null;
-  const world = mesh.world, pp = mesh.sizes.pp;
-  if (mesh.coords.pp !== 0) {
+  const world = mesh.world, pp = mesh.sizes.pp, ep = mesh.sizes.ep;
+  if (mesh.coords.pp !== 0 || mesh.coords.ep !== 0) {
     const header = new TextEncoder().encode(JSON.stringify(mine.map(([n, l]) => [n, l.shape])));
     const len = tensor([header.length], { dtype: "int32" });
     const bytes = tensor(Int32Array.from(header), { dtype: "int32" });
@@ -71,10 +73,10 @@ export async function gatherLogical(mesh: DeviceMesh, specs: ReadonlyMap<string,
     for (const t of [len, bytes]) t.dispose();
     return null;
   }
-  if (world.rank !== 0) throw new ValueError(`gatherLogical: the rank at pp=0, dp=0, tp=0 must be world rank 0, got ${world.rank}`);
+  if (world.rank !== 0) throw new ValueError(`gatherLogical: the rank at pp=0, dp=0, ep=0, tp=0 must be world rank 0, got ${world.rank}`);
   const out = new Map<string, LogicalTensor>(mine);
-  for (let s = 1; s < pp; s++) {
-    const from = mesh.rankAt({ pp: s, dp: 0, tp: 0 });
+  for (let i = 1; i < pp * ep; i++) {
+    const from = mesh.rankAt({ pp: Math.floor(i / ep), dp: 0, ep: i % ep, tp: 0 });
     const len = Tensor.empty([1], "int32");
     recv(len, world, from, { tag: HEADER_TAG });
     const bytes = Tensor.empty([len.item()], "int32");
@@ -84,7 +86,7 @@ export async function gatherLogical(mesh: DeviceMesh, specs: ReadonlyMap<string,
     for (const [name, shape] of list) {
       const t = Tensor.empty(shape, "float32");
       recv(t, world, from, { tag: TENSOR_TAG });
-      out.set(name, { shape, data: Float32Array.from(t.data() as Float32Array) });
+      if (!out.has(name)) out.set(name, { shape, data: Float32Array.from(t.data() as Float32Array) });
       t.dispose();
     }
   }

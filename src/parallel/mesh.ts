@@ -24,6 +24,7 @@ export class DeviceMesh {
   /** This rank's coordinate on each axis. */
   readonly coords: Readonly<Record<Axis, number>>;
   private readonly groups = new Map<Axis, ProcessGroup>();
+  private readonly dataGroup_: ProcessGroup;
 
   /**
    * Lays `world`'s ranks out on the axes; the product of the sizes must equal `world.size`.
@@ -48,6 +49,19 @@ export class DeviceMesh {
     // Every axis group is split here, in one fixed order: a split is a collective over the
     // world, and creating groups lazily would let ranks split in different orders.
     for (const a of MESH_AXES) this.groups.set(a, this.split(a));
+    this.dataGroup_ = this.splitData();
+  }
+
+  /**
+   * The ranks that differ from this one along dp or ep (rank dp_i * ep + ep_i): the data-parallel
+   * group of everything but the experts, and of the data loader. Expert parallelism splits the
+   * data-parallel ranks into ep x dp: every one of them reads its own data, experts are sharded
+   * over ep and replicated over dp. With ep = 1 it is `group("dp")`.
+   * @example
+   * allReduce(loss, mesh.dataGroup(), "avg");   // the global batch's loss
+   */
+  dataGroup(): ProcessGroup {
+    return this.dataGroup_;
   }
 
   /**
@@ -89,6 +103,16 @@ export class DeviceMesh {
   toString(): string {
     const parts = MESH_AXES.filter((a) => this.sizes[a] > 1).map((a) => `${a}=${this.sizes[a]}`);
     return parts.length ? parts.join(" x ") : "single rank";
+  }
+
+  /** The dp x ep group (see `dataGroup`); split here, after the axis groups, in the same fixed order on every rank. */
+  private splitData(): ProcessGroup {
+    const { dp, ep } = this.sizes;
+    if (ep === 1) return this.group("dp");
+    if (dp === 1) return this.group("ep");
+    if (dp * ep === this.world.size) return { ...this.world, name: "dp x ep" };
+    const color = this.coords.pp * this.sizes.tp + this.coords.tp;
+    return splitGroup(this.world, color, this.coords.dp * ep + this.coords.ep, "dp x ep");
   }
 
   private split(axis: Axis): ProcessGroup {

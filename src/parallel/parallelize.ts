@@ -9,6 +9,9 @@
  *                                 with sequence parallelism as an option. It goes first because
  *                                 it changes which parameters exist on this rank; everything
  *                                 after shards what TP left.
+ *   1b. expert parallel          over the ep axis: each MoE layer keeps E / ep experts and
+ *                                 exchanges tokens by all-to-all (expert_parallel.ts). Like
+ *                                 tensor parallelism it changes which parameters exist here.
  *   2. pipeline split             over the pp axis: this rank keeps its stage's blocks (and the
  *                                 embeddings / head where they belong), pipeline.ts.
  *   3. activation checkpointing   recompute each block's activations in backward. Before any
@@ -19,9 +22,11 @@
  *                                   zero 1/2: ShardedAdamW (optimizer state, + gradients);
  *                                   zero 3: FSDP units per block (parameters) + ShardedAdamW.
  *                                 Last, because it shards whatever the model ended up with.
+ *                                 With ep > 1: experts over dp, the rest over dp x ep (DDP only).
  * Then the step's schedule: a plain accumulation loop, or the pipeline schedule; and the
  * gradient norm's scope (a parameter split over tp counts on every tp rank, a replicated one
- * on one; the norm is summed over tp and pp). (Expert parallelism will be a stage of the list.)
+ * on one; an expert on every ep rank, a shared parameter on ep rank 0; the norm is summed
+ * over tp, pp and ep).
  *
  * Why this file lives in parallel/ and not in models/gpt/: it builds DataParallel, FSDP and the
  * sharded optimizer, and models/ sits below parallel/ in the layer order (scripts/check-layers.mjs),
@@ -45,6 +50,7 @@ import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.
 import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
 import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline.js";
 import { PlainSchedule, type TrainSchedule } from "./schedule.js";
+import { applyExpertParallel, ExpertGradScale, type ExpertParallelPlan } from "./expert_parallel.js";
 
 /** What to apply (the trainer builds it from `parallel.*` and `train.activation_checkpointing`). */
 export interface ParallelizeConfig {
@@ -74,7 +80,7 @@ export interface Parallelized {
   optimizer: Optimizer;
   /** The accumulation hooks: `beforeMicroStep(isLast)` / `afterBackward(isLast)`. */
   gradSync: GradSync;
-  /** The data-parallel group (loss averaging, checkpoint barriers, the loader's rank). */
+  /** The data-parallel group (loss averaging, checkpoint barriers, the loader's rank): dp x ep with expert parallelism. */
   dpGroup: ProcessGroup;
   /**
    * Runs `fn` with every parameter materialised on this rank (ZeRO-3 gathers them; otherwise it
@@ -90,6 +96,8 @@ export interface Parallelized {
   schedule: TrainSchedule;
   /** Each local parameter's relation to its logical tensor (tensor parallelism). */
   tensorParallel: TensorParallelPlan;
+  /** This rank's experts (expert parallelism; an empty set at ep = 1). */
+  expertParallel: ExpertParallelPlan;
   /** This rank's pipeline stage (one stage holding everything when pp = 1). */
   pipeline: PipelineStagePlan | null;
   /** The mesh the layout was applied over. */
@@ -107,6 +115,7 @@ interface Context {
   applied: string[];
   tp: TensorParallelPlan | null;
   pp: PipelineStagePlan | null;
+  ep: ExpertParallelPlan | null;
 }
 
 type Stage = (ctx: Context) => void;
@@ -117,6 +126,22 @@ const tensorParallel: Stage = (ctx) => {
   const sp = ctx.config.sequenceParallel ?? false;
   ctx.tp = applyTensorParallel(ctx.model, g, { sequenceParallel: sp });
   if (g.size > 1) ctx.applied.push(`tensor parallel (tp=${g.size}${sp ? ", sequence parallel" : ""})`);
+};
+
+/** Stage 1b: expert parallelism over the ep axis. */
+const expertParallel: Stage = (ctx) => {
+  const g = ctx.mesh.group("ep");
+  if (g.size > 1 && (ctx.mesh.sizes.tp > 1 || ctx.mesh.sizes.pp > 1)) {
+    throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) does not combine with tp or pp yet (mesh ${ctx.mesh.toString()})`);
+  }
+  if (g.size > 1 && (ctx.config.zero ?? 0) !== 0) {
+    throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) runs with DDP only (zero 0), got zero ${ctx.config.zero}: expert and shared parameters reduce over different groups, which the sharded optimizer does not split yet`);
+  }
+  ctx.ep = applyExpertParallel(ctx.model, g);
+  if (g.size > 1) {
+    if (ctx.ep.layers === 0) throw new ValueError(`parallelize: ep=${g.size} but the model has no MoE layer to shard (model.moe is null)`);
+    ctx.applied.push(`expert parallel (ep=${g.size}, ${ctx.ep.layers} MoE layers)`);
+  }
 };
 
 /** Stage 2: the pipeline split over the pp axis. */
@@ -141,8 +166,20 @@ const activationCheckpointing: Stage = (ctx) => {
 /** Stage 4: DDP or ZeRO over the dp axis; builds the optimizer either way. */
 const dataParallel: Stage = (ctx) => {
   const { model, config } = ctx;
-  const group = ctx.mesh.group("dp");
   const zero = config.zero ?? 0;
+  const experts = ctx.ep?.expertParams ?? new Set<Tensor>();
+  if (experts.size > 0) {
+    // Expert parallelism (zero 0 only, checked in its stage): two DDPs, then the 1/ep scale.
+    const dpEp = ctx.mesh.dataGroup(), dp = ctx.mesh.group("dp");
+    const opts = { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" };
+    ctx.gradSync.push(new DataParallel(model.parameters().filter((p) => !experts.has(p)), dpEp, opts));
+    if (dp.size > 1) ctx.gradSync.push(new DataParallel(model.parameters().filter((p) => experts.has(p)), dp, opts));
+    ctx.gradSync.push(new ExpertGradScale(experts, ctx.mesh.sizes.ep));
+    ctx.applied.push(`DDP (shared over dp x ep=${dpEp.size}, experts over dp=${dp.size})`);
+    ctx.optimizer = new AdamW(model.parameters(), config.optimizer);
+    return;
+  }
+  const group = ctx.mesh.group("dp");
   const params = model.parameters();
   if (zero === 0) {
     // DDP first: it makes every rank start from rank 0's weights.
@@ -169,6 +206,7 @@ const dataParallel: Stage = (ctx) => {
 /** The stages, in the order they apply. */
 const STAGES: ReadonlyArray<readonly [string, Stage]> = [
   ["tensor parallel", tensorParallel],
+  ["expert parallel", expertParallel],
   ["pipeline split", pipelineSplit],
   ["activation checkpointing", activationCheckpointing],
   ["data parallel", dataParallel],
@@ -184,7 +222,7 @@ const STAGES: ReadonlyArray<readonly [string, Stage]> = [
  * optimizer.step({ gradScale: (await optimizer.gradNorm(1)).clipCoef }); optimizer.zeroGrad();
  */
 export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeConfig = {}): Parallelized {
-  const ctx: Context = { model, mesh, config, optimizer: null, gradSync: [], fsdp: null, applied: [], tp: null, pp: null };
+  const ctx: Context = { model, mesh, config, optimizer: null, gradSync: [], fsdp: null, applied: [], tp: null, pp: null, ep: null };
   for (const [, stage] of STAGES) stage(ctx);
   const fsdp = ctx.fsdp;
   const optimizer = ctx.optimizer ?? new AdamW(model.parameters(), config.optimizer);
@@ -194,22 +232,23 @@ export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeCon
   if (ctx.pp) {
     const pipe = new PipelineSchedule(model, mesh.group("pp"), gradSync, ctx.pp, tp.sequenceParallel ? tp.group.size : 1);
     schedule = pipe;
-    setNormScope(optimizer, normScope(model, mesh, tp, (p) => pipe.countsForNorm(p)));
+    setNormScope(optimizer, normScope(model, mesh, tp, (p) => pipe.countsForNorm(p), ctx.ep!.expertParams));
   } else {
     schedule = new PlainSchedule(model, gradSync);
-    setNormScope(optimizer, normScope(model, mesh, tp, () => true));
+    setNormScope(optimizer, normScope(model, mesh, tp, () => true, ctx.ep!.expertParams));
   }
   return {
     model,
     optimizer,
     gradSync,
-    dpGroup: mesh.group("dp"),
+    dpGroup: mesh.dataGroup(),
     withFullParams: async (fn, opts) => (fsdp ? await fsdp.withFullParams(fn, opts) : await fn()),
     fsdp,
     applied: ctx.applied,
     schedule,
     tensorParallel: tp,
     pipeline: ctx.pp,
+    expertParallel: ctx.ep!,
     mesh,
   };
 }
@@ -218,16 +257,18 @@ export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeCon
  * The gradient norm over model-parallel ranks: a tp-sharded parameter counts on every tp rank,
  * a replicated one on tp rank 0 only (the copies hold the same gradient), the pipeline says
  * which of its parameters count (not the last stage's tied-embedding copy), and the ranks'
- * sums are added over tp and then pp. Null when neither axis is split.
+ * sums are added over tp and then pp. Expert parallelism: each rank's experts are distinct, so
+ * they count on every ep rank, and a shared parameter (the same gradient on every ep rank after
+ * the reduction) on ep rank 0; summed over ep. Null when no model-parallel axis is split.
  */
-function normScope(model: GPT, mesh: DeviceMesh, tp: TensorParallelPlan, stageCounts: (p: Tensor) => boolean): GradNormScope | null {
-  const tpG = mesh.group("tp"), ppG = mesh.group("pp");
-  if (tpG.size === 1 && ppG.size === 1) return null;
+function normScope(model: GPT, mesh: DeviceMesh, tp: TensorParallelPlan, stageCounts: (p: Tensor) => boolean, experts: ReadonlySet<Tensor>): GradNormScope | null {
+  const tpG = mesh.group("tp"), ppG = mesh.group("pp"), epG = mesh.group("ep");
+  if (tpG.size === 1 && ppG.size === 1 && epG.size === 1) return null;
   const counted = model.namedParameters().map(([name, p]) => {
     const spec = tp.specs.get(name) ?? { kind: "replicated" };
-    return (spec.kind !== "replicated" || tpG.rank === 0) && stageCounts(p);
+    return (spec.kind !== "replicated" || tpG.rank === 0) && stageCounts(p) && (experts.has(p) || epG.rank === 0);
   });
-  return { counted: (i) => counted[i] ?? true, reduce: (sq) => sumOverGroup(sumOverGroup(sq, tpG), ppG) };
+  return { counted: (i) => counted[i] ?? true, reduce: (sq) => sumOverGroup(sumOverGroup(sumOverGroup(sq, tpG), ppG), epG) };
 }
 
 function setNormScope(opt: Optimizer, scope: GradNormScope | null): void {

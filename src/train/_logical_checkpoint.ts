@@ -20,9 +20,9 @@ import { allGather, gatherLogical, shardOfLogical, type Parallelized, type Shard
 import type { Optimizer } from "../optim/index.js";
 import type { Tokenizer } from "../tokenizers/index.js";
 
-/** Whether the layout splits the model itself (tp or pp), so checkpoints go through this file. */
+/** Whether the layout splits the model itself (tp, pp or ep), so checkpoints go through this file. */
 export function isModelParallel(p: Parallelized): boolean {
-  return p.mesh.sizes.tp > 1 || p.mesh.sizes.pp > 1;
+  return p.mesh.sizes.tp > 1 || p.mesh.sizes.pp > 1 || p.mesh.sizes.ep > 1;
 }
 
 const MOMENTS = ["exp_avg", "exp_avg_sq"] as const;

@@ -148,6 +148,12 @@ export const TrainConfigSchema = z
         zero3_prefetch: z.boolean().default(true),
         /** dtype of data-parallel gradient reductions: fp32, or bf16 to halve the bytes on the wire. */
         reduce_dtype: z.enum(["fp32", "bf16"]).default("fp32"),
+        /**
+         * Expert-parallel size (model.moe): each MoE layer's experts are split over ep ranks and
+         * replicated over dp / ep (DeepSpeed-MoE, Megatron); ep divides dp, and every one of the
+         * dp ranks still reads its own data. ZeRO stage 0 only for now.
+         */
+        ep: posInt.default(1),
         /** Tensor-parallel size (Megatron 1D: heads, MLP and vocabulary split over tp ranks). */
         tp: posInt.default(1),
         /** Sequence parallelism in the layernorm/dropout regions (needs tp > 1). */
@@ -344,6 +350,12 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
     const ac = c.train.activation_checkpointing;
     if (ac === true || ac === "full") bad("model.moe", `full activation checkpointing frees the router losses of each block; use train.activation_checkpointing "selective" or false with MoE`, ["train.activation_checkpointing"]);
   }
+  if (p.ep > 1) {
+    if (!moe) return bad("parallel.ep", `expert parallelism (parallel.ep=${p.ep}) shards the experts of model.moe, which is null (a dense model); set model.moe or parallel.ep=1`, ["model.moe"]);
+    if (moe.num_experts % p.ep !== 0) bad("parallel.ep", `model.moe.num_experts (${moe.num_experts}) must be divisible by parallel.ep (${p.ep}): each expert-parallel rank holds the same number of experts`, ["model.moe.num_experts"]);
+    if (p.dp % p.ep !== 0) bad("parallel.ep", `${p.ep} must divide parallel.dp (${p.dp}): the expert-parallel ranks are a subset of the data-parallel ones (experts replicated over dp / ep)`, ["parallel.dp"]);
+    if (p.zero !== 0) bad("parallel.ep", `expert parallelism does not combine with ZeRO yet (parallel.zero=${p.zero}): expert and shared parameters reduce over different groups; use parallel.zero=0 with parallel.ep=${p.ep}`, ["parallel.zero"]);
+  }
   if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`, ["model.n_head"]);
   if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);
   if (p.sp && p.tp === 1) bad("parallel.sp", "sequence parallelism shards along tensor-parallel ranks: it needs parallel.tp > 1");
@@ -386,7 +398,7 @@ export function moeConfigOf(c: TrainConfig): GPTMoEConfig | null {
   };
 }
 
-/** Ranks the config's layout needs: dp x tp x pp. */
+/** Ranks the config's layout needs: dp x tp x pp (ep splits dp, it adds no ranks). */
 export function worldSizeOf(c: TrainConfig): number {
   return c.parallel.dp * c.parallel.tp * c.parallel.pp;
 }

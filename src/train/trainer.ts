@@ -198,8 +198,9 @@ export class Trainer {
       const axes = (["dp", "tp", "pp"] as const).filter((a) => pc[a] > 1).map((a) => `parallel.${a}=${pc[a]}`).join(" x ");
       throw new ValueError(`${axes} needs ${need} ranks; start it with \`megalith launch -n ${need} -- train ...\` (or mpirun -np ${need})`);
     }
-    const mesh = new DeviceMesh({ dp: pc.dp, tp: pc.tp, pp: pc.pp });
-    this.dpGroup = mesh.group("dp");
+    // Expert parallelism splits the dp ranks into dp / ep x ep; all of them read their own data.
+    const mesh = new DeviceMesh({ dp: pc.dp / pc.ep, ep: pc.ep, tp: pc.tp, pp: pc.pp });
+    this.dpGroup = mesh.dataGroup();
     if (underMpi()) {
       this.opts.rank = mesh.world.rank;
       this.opts.worldSize = this.dpGroup.size;

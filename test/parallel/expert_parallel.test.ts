@@ -1,0 +1,156 @@
+// Expert parallelism reproduces the single-process run, under real mpirun ranks: ep=2 (2 ranks)
+// and ep=2 x dp=2 (4 ranks) train 12 steps and must follow the single process's loss curve and
+// end with its parameters (fp32: 1e-5 relative).
+//
+// What is equal, precisely: with ep, capacity is computed on each rank's own tokens (DeepSpeed:
+// each source rank may send each expert ceil(cf * N_local * k / E) tokens), and the router's
+// aux loss is each rank's own E * sum f_e P_e, averaged over ranks by the gradient average.
+// So an ep run equals one process that runs each rank's micro-batch as its own micro-step:
+// every layout below reads one row per micro-step (micro_batch_size=1) and the same 4 rows per
+// step (single: 4 accumulation steps; ep=2: 2 per rank; ep=2 x dp=2: 1 per rank), and then
+// even token dropping (capacity_factor 1.0, top-2) and the aux loss match exactly. One
+// process running the 4 rows as one batch of 4 would route with 4x the capacity and another
+// aux loss: a different model, not a layout of this one.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { prepareData, loadTokenizer, readSafetensors } from "../../src/index.js";
+import { mpirunArgs } from "../../src/cli/launch.js";
+import { loadConfig } from "../../src/train/config.js";
+
+const haveMpi = spawnSync("mpirun", ["--version"]).status === 0 && existsSync("native/build/Release/megalith_mpi.node");
+const skip = haveMpi ? false : "mpirun or the MPI addon is not available";
+const bin = "bin/megalith.js";
+
+/** Two MoE configs: top-2 with dropping active (cf 1.0) in every block; top-1 (cf 1.25) in every 2nd block, no biases, clipping active. */
+const CONFIGS = [
+  {
+    name: "top2_dropping",
+    model: { n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, vocab_size: 50304, moe: { num_experts: 4, top_k: 2, capacity_factor: 1.0, aux_loss_coef: 0.01, z_loss_coef: 0.001 } },
+    train: { micro_batch_size: 1, grad_accum_steps: 4, seed: 5, grad_clip: 1.0 },
+  },
+  {
+    name: "top1_every2",
+    model: { n_layer: 2, n_head: 2, n_embd: 32, block_size: 16, vocab_size: 50304, bias: false, moe: { num_experts: 4, top_k: 1, capacity_factor: 1.25, every: 2 } },
+    train: { micro_batch_size: 1, grad_accum_steps: 4, seed: 17, grad_clip: 0.05 },
+  },
+];
+
+/** The layouts: each keeps 4 rows per step, one row per micro-step per rank. */
+const LAYOUTS: Array<{ name: string; ranks: number; sets: string[] }> = [
+  { name: "ep2", ranks: 2, sets: ["parallel.dp=2", "parallel.ep=2", "train.grad_accum_steps=2"] },
+  { name: "ep2_dp2", ranks: 4, sets: ["parallel.dp=4", "parallel.ep=2", "train.grad_accum_steps=1"] },
+];
+
+async function prepare(root: string): Promise<string> {
+  const data = join(root, "data");
+  const docs = Array.from({ length: 60 }, (_, i) => `Row ${i}: the ${["owl", "fox", "eel", "yak"][i % 4]} counted ${i * 7} stones by the river. `.repeat(5));
+  await prepareData({ tokenizer: loadTokenizer("gpt2"), tokenizerSpec: "gpt2", inputs: [{ name: "gen", documents: docs }], outDir: data, valFraction: 0.1, progress: false });
+  return data;
+}
+
+function writeConfig(root: string, data: string, c: (typeof CONFIGS)[number], extra: Record<string, unknown> = {}): string {
+  const cfg = {
+    out_dir: "x", model: c.model, data: { source: data },
+    train: { max_steps: 12, log_interval: 100, ...c.train }, optimizer: { lr: 3e-3, warmup_steps: 2, decay_steps: 16 },
+    eval: { interval: 0, batches: 1 }, checkpoint: { interval: 0, keep: 3 }, ...extra,
+  };
+  const file = join(root, `cfg_${c.name}.json`);
+  writeFileSync(file, JSON.stringify(cfg));
+  return file;
+}
+
+function train(file: string, out: string, ranks: number, sets: string[], extra: string[] = []): void {
+  const args = ["train", "--config", file, "--set", `out_dir=${out}`, ...sets, ...extra];
+  const r = ranks === 1
+    ? spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", timeout: 300_000 })
+    : spawnSync("mpirun", mpirunArgs(ranks, args, undefined, bin), { encoding: "utf8", timeout: 300_000, env: { ...process.env, MEGALITH_NUM_THREADS: "1" } });
+  assert.equal(r.status, 0, `${out}: ${r.stderr}\n${r.stdout}`);
+}
+
+function losses(dir: string): number[] {
+  return readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === undefined).map((m) => m.loss);
+}
+
+function assertCurve(a: number[], b: number[], label: string): void {
+  assert.equal(b.length, a.length, `${label}: ${b.length} steps logged, expected ${a.length}`);
+  a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) / Math.abs(v) < 1e-5, `${label} step ${i}: ${b[i]} vs single ${v}`));
+}
+
+async function compareWeights(a: string, b: string, label: string): Promise<void> {
+  const wa = (await readSafetensors(join(a, "model.safetensors"))).tensors;
+  const wb = (await readSafetensors(join(b, "model.safetensors"))).tensors;
+  assert.deepEqual([...wb.keys()].sort(), [...wa.keys()].sort(), `${label}: the saved tensors differ`);
+  assert.ok([...wa.keys()].some((n) => /mlp\.experts\.3\./.test(n)), `${label}: every expert is saved under its logical name`);
+  for (const [n, rec] of wa) {
+    const other = wb.get(n)!;
+    assert.deepEqual(other.shape, rec.shape, `${label}: ${n} shape`);
+    const x = new Float32Array(new Uint8Array(rec.data).buffer), y = new Float32Array(new Uint8Array(other.data).buffer);
+    let err = 0, mag = 0;
+    for (let i = 0; i < x.length; i++) { err = Math.max(err, Math.abs(x[i]! - y[i]!)); mag = Math.max(mag, Math.abs(x[i]!)); }
+    // As in layouts_3d: sums run in another order across ranks, Adam divides by sqrt(v).
+    assert.ok(err <= 1e-5 + 1e-5 * mag, `${label}: parameter ${n} differs by ${err} (magnitude ${mag})`);
+  }
+}
+
+test("parallel.ep is validated with errors naming the key", () => {
+  const root = mkdtempSync(join(tmpdir(), "megalith-ep-cfg-"));
+  try {
+    const file = writeConfig(root, "brown", CONFIGS[0]!);
+    const refuses = (sets: string[], re: RegExp) => assert.throws(() => loadConfig(file, sets), re);
+    refuses(["parallel.dp=3", "parallel.ep=3"], /parallel\.ep.*num_experts \(4\) must be divisible by parallel\.ep \(3\)/s);
+    refuses(["parallel.dp=2", "parallel.ep=4"], /parallel\.ep.*4 must divide parallel\.dp \(2\)/s);
+    refuses(["parallel.dp=2", "parallel.ep=2", "model.moe=null"], /parallel\.ep.*model\.moe.*null/s);
+    refuses(["parallel.dp=2", "parallel.ep=2", "parallel.zero=1"], /parallel\.ep.*ZeRO/s);
+    assert.equal(loadConfig(file, ["parallel.dp=4", "parallel.ep=2"]).parallel.ep, 2);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+for (const c of CONFIGS) {
+  test(`ep=2 and ep=2 x dp=2 reproduce one process running each rank's micro-batch as its own micro-step (${c.name})`, { skip }, async () => {
+    const root = mkdtempSync(join(tmpdir(), `megalith-ep-${c.name}-`));
+    try {
+      const file = writeConfig(root, await prepare(root), c);
+      train(file, join(root, "single"), 1, []);
+      const ref = losses(join(root, "single"));
+      for (const l of LAYOUTS) {
+        train(file, join(root, l.name), l.ranks, l.sets);
+        assertCurve(ref, losses(join(root, l.name)), `${c.name}/${l.name}`);
+        await compareWeights(join(root, "single", "final"), join(root, l.name, "final"), `${c.name}/${l.name}`);
+      }
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+}
+
+test("a checkpoint saved at ep=2 holds logical files and resumes in one process on the uninterrupted curve", { skip }, async () => {
+  const root = mkdtempSync(join(tmpdir(), "megalith-ep-resume-"));
+  try {
+    const c = CONFIGS[0]!;
+    const file = writeConfig(root, await prepare(root), c, { checkpoint: { interval: 6, keep: 3 } });
+    train(file, join(root, "single"), 1, []);
+    const ref = losses(join(root, "single"));
+    train(file, join(root, "ep2"), 2, LAYOUTS[0]!.sets);
+    const saved = join(root, "ep2", "ckpt-000006");
+    assert.ok(existsSync(join(saved, "model.safetensors")) && existsSync(join(saved, "optimizer.safetensors")), "the ep checkpoint holds logical model and optimizer files");
+    const names = [...(await readSafetensors(join(saved, "model.safetensors"))).tensors.keys()];
+    for (let j = 0; j < 4; j++) assert.ok(names.some((n) => n.includes(`mlp.experts.${j}.c_fc.weight`)), `expert ${j} is in the checkpoint`);
+    const resumes: Array<[string, number, string[]]> = [["one", 1, []], ["ep2_dp2", 4, LAYOUTS[1]!.sets]];
+    for (const [name, ranks, sets] of resumes) {
+      const out = join(root, `resume_${name}`);
+      mkdirSync(out, { recursive: true });
+      cpSync(saved, join(out, "ckpt-000006"), { recursive: true });
+      train(file, out, ranks, sets, ["--resume"]);
+      assertCurve(ref.slice(6), losses(out), `resume at ${name}`);
+      await compareWeights(join(root, "single", "final"), join(out, "final"), `resume at ${name}`);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
