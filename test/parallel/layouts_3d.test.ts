@@ -6,16 +6,10 @@
 // vocabulary (50257) is odd, so tp=2 pads and masks it; config B trains with dropout 0.1.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { prepareData, loadTokenizer, readSafetensors } from "../../src/index.js";
-import { mpirunArgs } from "../../src/cli/launch.js";
-
-const haveMpi = spawnSync("mpirun", ["--version"]).status === 0 && existsSync("native/build/Release/megalith_mpi.node");
-const skip = haveMpi ? false : "mpirun or the MPI addon is not available";
-const bin = "bin/megalith.js";
+import { skip, prepare, train, losses, valLoss, assertCurve, compareWeights } from "./_layouts.js";
 
 interface Layout { name: string; ranks: number; sets: string[] }
 /** The matrix (issue 11): each layout names its overrides; dp layouts halve the micro-batch to keep the global batch. */
@@ -44,13 +38,6 @@ const CONFIGS = [
   { name: "B", model: { n_layer: 4, n_head: 2, n_embd: 48, block_size: 16, vocab_size: 50304, bias: false, dropout: 0.1 }, train: { micro_batch_size: 2, grad_accum_steps: 4, seed: 23, grad_clip: 0.05 } },
 ];
 
-async function prepare(root: string): Promise<string> {
-  const data = join(root, "data");
-  const docs = Array.from({ length: 60 }, (_, i) => `Row ${i}: the ${["owl", "fox", "eel", "yak"][i % 4]} counted ${i * 7} stones by the river. `.repeat(5));
-  await prepareData({ tokenizer: loadTokenizer("gpt2"), tokenizerSpec: "gpt2", inputs: [{ name: "gen", documents: docs }], outDir: data, valFraction: 0.1, progress: false });
-  return data;
-}
-
 function writeConfig(root: string, data: string, c: (typeof CONFIGS)[number], extra: Record<string, unknown> = {}): string {
   const cfg = {
     out_dir: "x", model: c.model, data: { source: data },
@@ -60,44 +47,6 @@ function writeConfig(root: string, data: string, c: (typeof CONFIGS)[number], ex
   const file = join(root, `cfg_${c.name}.json`);
   writeFileSync(file, JSON.stringify(cfg));
   return file;
-}
-
-function train(file: string, out: string, ranks: number, sets: string[], extra: string[] = []): void {
-  const args = ["train", "--config", file, "--set", `out_dir=${out}`, ...sets, ...extra];
-  const r = ranks === 1
-    ? spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", timeout: 300_000 })
-    : spawnSync("mpirun", mpirunArgs(ranks, args, undefined, bin), { encoding: "utf8", timeout: 300_000, env: { ...process.env, MEGALITH_NUM_THREADS: "1" } });
-  assert.equal(r.status, 0, `${out}: ${r.stderr}`);
-}
-
-function losses(dir: string): number[] {
-  return readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === undefined).map((m) => m.loss);
-}
-
-async function compareWeights(a: string, b: string, label: string): Promise<void> {
-  const wa = (await readSafetensors(join(a, "model.safetensors"))).tensors;
-  const wb = (await readSafetensors(join(b, "model.safetensors"))).tensors;
-  assert.deepEqual([...wb.keys()].sort(), [...wa.keys()].sort(), `${label}: the saved tensors differ`);
-  for (const [n, rec] of wa) {
-    const other = wb.get(n)!;
-    assert.deepEqual(other.shape, rec.shape, `${label}: ${n} shape`);
-    const x = new Float32Array(new Uint8Array(rec.data).buffer), y = new Float32Array(new Uint8Array(other.data).buffer);
-    let err = 0, mag = 0;
-    for (let i = 0; i < x.length; i++) { err = Math.max(err, Math.abs(x[i]! - y[i]!)); mag = Math.max(mag, Math.abs(x[i]!)); }
-    // Sums run in another order across ranks; Adam divides by sqrt(v), so a last-bit gradient
-    // difference becomes up to ~lr * 1e-3 per step: bound it absolutely (parameters are ~1e-2..1).
-    assert.ok(err <= 1e-5 + 1e-5 * mag, `${label}: parameter ${n} differs by ${err} (magnitude ${mag})`);
-  }
-}
-
-function valLoss(dir: string): number {
-  const rows = readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === "val");
-  return rows[rows.length - 1].loss;
-}
-
-function assertCurve(a: number[], b: number[], label: string): void {
-  assert.equal(b.length, a.length, `${label}: ${b.length} steps logged, expected ${a.length}`);
-  a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) / Math.abs(v) < 1e-5, `${label} step ${i}: ${b[i]} vs single ${v}`));
 }
 
 for (const c of CONFIGS) {
