@@ -17,14 +17,20 @@
  * Names stay logical: a rank's expert modules keep their global index (`h.1.mlp.experts.3`),
  * so checkpoints gather them by name (logical_state.ts) and loading picks this rank's own.
  *
+ * ZeRO-1 (`ExpertShardedAdamW`): two sharded optimizers, the shared parameters' state sharded
+ * over dp x ep and the experts' over dp, seen by the trainer as one Optimizer. Stage 1 files
+ * the averaged gradient shards back into `.grad`, so the 1 / ep scale still applies there.
+ *
  * At ep = 1 nothing changes: the layer keeps every expert and exchanges nothing.
  */
 import { noGrad, recordNode } from "../autograd/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { GPT } from "../models/index.js";
 import { MoE } from "../nn/index.js";
+import { clipCoefficient, type GradNormResult, type Optimizer, type OptimizerStateDict, type StepOptions } from "../optim/index.js";
 import { allToAll, type ProcessGroup } from "./collectives.js";
 import type { GradSync } from "./grad_sync.js";
+import type { ShardedAdamW } from "./sharded_optimizer.js";
 
 /** x's all-to-all over g, outside autograd: block j (dim 0) to rank j, block i from rank i. */
 function allToAllRaw(x: Tensor, g: ProcessGroup): Tensor {
@@ -94,5 +100,61 @@ export class ExpertGradScale implements GradSync {
     noGrad(() => {
       for (const p of this.params) p.grad?.mul_(1 / this.ep);
     });
+  }
+}
+
+/**
+ * ZeRO-1 under expert parallelism: `shared` (state sharded over dp x ep) and `experts` (over
+ * dp) as one Optimizer, parameters in the model's order. The norm is the two parts' norms
+ * combined (the experts' part already summed over ep by its scope); checkpoints read each
+ * part's shards (`parts`) and join them into logical moments.
+ * @example
+ * const opt = new ExpertShardedAdamW(model.parameters(), sharedOpt, expertOpt);
+ */
+export class ExpertShardedAdamW implements Optimizer {
+  readonly params: readonly Tensor[];
+  constructor(params: readonly Tensor[], readonly shared: ShardedAdamW, readonly experts: ShardedAdamW) {
+    this.params = params;
+  }
+  /** The two sharded optimizers, each with its own group and parameters. */
+  get parts(): readonly ShardedAdamW[] {
+    return [this.shared, this.experts];
+  }
+  get lr(): number {
+    return this.shared.lr;
+  }
+  set lr(v: number) {
+    this.shared.lr = v;
+    this.experts.lr = v;
+  }
+  get stepCount(): number {
+    return this.shared.stepCount;
+  }
+  step(opts: StepOptions = {}): void {
+    this.shared.step(opts);
+    this.experts.step(opts);
+  }
+  zeroGrad(): void {
+    this.shared.zeroGrad();
+    this.experts.zeroGrad();
+  }
+  gradNorm(maxNorm = Infinity): GradNormResult {
+    const a = this.shared.gradNorm().norm, b = this.experts.gradNorm().norm;
+    const norm = Math.sqrt(a * a + b * b);
+    return { norm, clipCoef: clipCoefficient(norm, maxNorm) };
+  }
+  /** The scalars only: the moments live in the parts' shards (the logical checkpoint gathers them per part). */
+  stateDict(): OptimizerStateDict {
+    return { state: this.shared.state() };
+  }
+  /** Scalars, and logical moments (one per parameter, in `params` order) cut into each part's shards. */
+  loadStateDict(sd: OptimizerStateDict): void {
+    const index = new Map(this.params.map((p, i) => [p, i]));
+    for (const part of this.parts) {
+      const moments = sd.moments
+        ? Object.fromEntries(Object.entries(sd.moments).map(([k, ts]) => [k, part.params.map((p) => ts[index.get(p)!]!)]))
+        : undefined;
+      part.loadStateDict({ state: sd.state, ...(moments ? { moments } : {}) });
+    }
   }
 }

@@ -26,7 +26,7 @@ export {
 /** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
 export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
 export { underMpi, CommError } from "../backend/mpi.js";
-export { applyExpertParallel, allToAllRegion, isExpertParam, ExpertGradScale, type ExpertParallelPlan } from "./expert_parallel.js";
+export { applyExpertParallel, allToAllRegion, isExpertParam, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
 export { gatherLogical, type LogicalTensor } from "./logical_state.js";
 export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions } from "./schedule.js";
 export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline.js";

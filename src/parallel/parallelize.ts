@@ -50,7 +50,7 @@ import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.
 import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
 import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline.js";
 import { PlainSchedule, type TrainSchedule } from "./schedule.js";
-import { applyExpertParallel, ExpertGradScale, type ExpertParallelPlan } from "./expert_parallel.js";
+import { applyExpertParallel, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
 
 /** What to apply (the trainer builds it from `parallel.*` and `train.activation_checkpointing`). */
 export interface ParallelizeConfig {
@@ -134,8 +134,8 @@ const expertParallel: Stage = (ctx) => {
   if (g.size > 1 && (ctx.mesh.sizes.tp > 1 || ctx.mesh.sizes.pp > 1)) {
     throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) does not combine with tp or pp yet (mesh ${ctx.mesh.toString()})`);
   }
-  if (g.size > 1 && (ctx.config.zero ?? 0) !== 0) {
-    throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) runs with DDP only (zero 0), got zero ${ctx.config.zero}: expert and shared parameters reduce over different groups, which the sharded optimizer does not split yet`);
+  if (g.size > 1 && (ctx.config.zero ?? 0) >= 2) {
+    throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) runs with DDP or ZeRO-1, got zero ${ctx.config.zero}: stages 2 and 3 would need the experts' 1/ep gradient scale inside the sharded reduction; use zero 0 or 1`);
   }
   ctx.ep = applyExpertParallel(ctx.model, g);
   if (g.size > 1) {
@@ -169,14 +169,28 @@ const dataParallel: Stage = (ctx) => {
   const zero = config.zero ?? 0;
   const experts = ctx.ep?.expertParams ?? new Set<Tensor>();
   if (experts.size > 0) {
-    // Expert parallelism (zero 0 only, checked in its stage): two DDPs, then the 1/ep scale.
+    // Expert parallelism (zero 0 or 1, checked in its stage): the shared parameters reduce
+    // over dp x ep, the experts over dp, then the experts' 1/ep scale (expert_parallel.ts).
     const dpEp = ctx.mesh.dataGroup(), dp = ctx.mesh.group("dp");
-    const opts = { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" };
-    ctx.gradSync.push(new DataParallel(model.parameters().filter((p) => !experts.has(p)), dpEp, opts));
-    if (dp.size > 1) ctx.gradSync.push(new DataParallel(model.parameters().filter((p) => experts.has(p)), dp, opts));
+    const all = model.parameters();
+    const shared = all.filter((p) => !experts.has(p)), mine = all.filter((p) => experts.has(p));
+    if (zero === 0) {
+      const opts = { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" };
+      ctx.gradSync.push(new DataParallel(shared, dpEp, opts));
+      if (dp.size > 1) ctx.gradSync.push(new DataParallel(mine, dp, opts));
+      ctx.optimizer = new AdamW(all, config.optimizer);
+    } else {
+      const opts = { stage: 1 as const, reduceDtype: config.reduceDtype ?? "float32" };
+      const sharedOpt = new ShardedAdamW(new FlatShards(shared, dpEp, model.h.map((b) => b.parameters().filter((p) => !experts.has(p)))), config.optimizer, opts);
+      const expertOpt = new ShardedAdamW(new FlatShards(mine, dp, model.h.map((b) => b.parameters().filter((p) => experts.has(p)))), config.optimizer, opts);
+      // Distinct experts on every ep rank: their squared norms add over ep (the shared part's group is every rank).
+      const ep = ctx.mesh.group("ep");
+      expertOpt.normScope = { reduce: (sq) => sumOverGroup(sq, ep) };
+      ctx.gradSync.push(sharedOpt, expertOpt);
+      ctx.optimizer = new ExpertShardedAdamW(all, sharedOpt, expertOpt);
+    }
     ctx.gradSync.push(new ExpertGradScale(experts, ctx.mesh.sizes.ep));
-    ctx.applied.push(`DDP (shared over dp x ep=${dpEp.size}, experts over dp=${dp.size})`);
-    ctx.optimizer = new AdamW(model.parameters(), config.optimizer);
+    ctx.applied.push(`${zero === 0 ? "DDP" : "ZeRO-1"} (shared over dp x ep=${dpEp.size}, experts over dp=${dp.size})`);
     return;
   }
   const group = ctx.mesh.group("dp");
@@ -272,6 +286,7 @@ function normScope(model: GPT, mesh: DeviceMesh, tp: TensorParallelPlan, stageCo
 }
 
 function setNormScope(opt: Optimizer, scope: GradNormScope | null): void {
+  if (opt instanceof ExpertShardedAdamW) return;  // its parts got their scopes when it was built
   if (opt instanceof AdamW || opt instanceof ShardedAdamW) opt.normScope = scope;
   else if (scope) throw new ValueError("parallelize: the optimizer cannot take a model-parallel gradient norm scope");
 }

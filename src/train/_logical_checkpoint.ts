@@ -16,7 +16,7 @@ import { noGrad } from "../autograd/index.js";
 import { tensor, type Tensor } from "../tensor/index.js";
 import { GPT, gptToRecords, hfConfig, loadGPTWeights, type GPTConfig } from "../models/index.js";
 import { writeSafetensors, readOptimizerMoments, unshard, type TensorRecord } from "../checkpoint/index.js";
-import { allGather, gatherLogical, shardOfLogical, type Parallelized, type ShardSpec } from "../parallel/index.js";
+import { allGather, gatherLogical, shardOfLogical, ExpertShardedAdamW, type Parallelized, type ShardSpec } from "../parallel/index.js";
 import type { Optimizer } from "../optim/index.js";
 import type { Tokenizer } from "../tokenizers/index.js";
 
@@ -46,6 +46,17 @@ async function gatherModel(p: Parallelized, cfg: GPTConfig): Promise<GPT | null>
 
 /** This rank's moments, one tensor per local parameter (gathered over dp from ZeRO shards). */
 function localMoments(opt: Optimizer, names: readonly string[], shapes: ReadonlyArray<readonly number[]>): Record<string, Tensor[]> {
+  if (opt instanceof ExpertShardedAdamW) {
+    // Expert parallelism under ZeRO-1: each part's shards over its own group, back in model order.
+    const out: Record<string, Tensor[]> = Object.fromEntries(MOMENTS.map((m) => [m, [] as Tensor[]]));
+    const index = new Map(opt.params.map((p, i) => [p, i]));
+    for (const part of opt.parts) {
+      const ids = part.params.map((p) => index.get(p)!);
+      const got = localMoments(part, ids.map((i) => names[i]!), ids.map((i) => shapes[i]!));
+      for (const m of MOMENTS) ids.forEach((i, k) => { out[m]![i] = got[m]![k]!; });
+    }
+    return out;
+  }
   const sd = opt.stateDict();
   if (sd.moments) return sd.moments;
   const { layout, tensors, size } = sd.shard!;

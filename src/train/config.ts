@@ -151,7 +151,7 @@ export const TrainConfigSchema = z
         /**
          * Expert-parallel size (model.moe): each MoE layer's experts are split over ep ranks and
          * replicated over dp / ep (DeepSpeed-MoE, Megatron); ep divides dp, and every one of the
-         * dp ranks still reads its own data. ZeRO stage 0 only for now.
+         * dp ranks still reads its own data. With ZeRO stages 0 and 1.
          */
         ep: posInt.default(1),
         /** Tensor-parallel size (Megatron 1D: heads, MLP and vocabulary split over tp ranks). */
@@ -354,7 +354,7 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
     if (!moe) return bad("parallel.ep", `expert parallelism (parallel.ep=${p.ep}) shards the experts of model.moe, which is null (a dense model); set model.moe or parallel.ep=1`, ["model.moe"]);
     if (moe.num_experts % p.ep !== 0) bad("parallel.ep", `model.moe.num_experts (${moe.num_experts}) must be divisible by parallel.ep (${p.ep}): each expert-parallel rank holds the same number of experts`, ["model.moe.num_experts"]);
     if (p.dp % p.ep !== 0) bad("parallel.ep", `${p.ep} must divide parallel.dp (${p.dp}): the expert-parallel ranks are a subset of the data-parallel ones (experts replicated over dp / ep)`, ["parallel.dp"]);
-    if (p.zero !== 0) bad("parallel.ep", `expert parallelism does not combine with ZeRO yet (parallel.zero=${p.zero}): expert and shared parameters reduce over different groups; use parallel.zero=0 with parallel.ep=${p.ep}`, ["parallel.zero"]);
+    if (p.zero >= 2) bad("parallel.ep", `expert parallelism combines with ZeRO stages 0 and 1 only (parallel.zero=${p.zero}); use parallel.zero=0 or 1 with parallel.ep=${p.ep}`, ["parallel.zero"]);
   }
   if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`, ["model.n_head"]);
   if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);

@@ -43,6 +43,9 @@ const CONFIGS = [
 const LAYOUTS: Array<{ name: string; ranks: number; sets: string[] }> = [
   { name: "ep2", ranks: 2, sets: ["parallel.dp=2", "parallel.ep=2", "train.grad_accum_steps=2"] },
   { name: "ep2_dp2", ranks: 4, sets: ["parallel.dp=4", "parallel.ep=2", "train.grad_accum_steps=1"] },
+  // ZeRO-1: the shared parameters' state sharded over dp x ep, the experts' over dp.
+  { name: "ep2_zero1", ranks: 2, sets: ["parallel.dp=2", "parallel.ep=2", "train.grad_accum_steps=2", "parallel.zero=1"] },
+  { name: "ep2_dp2_zero1", ranks: 4, sets: ["parallel.dp=4", "parallel.ep=2", "train.grad_accum_steps=1", "parallel.zero=1"] },
 ];
 
 async function prepare(root: string): Promise<string> {
@@ -104,7 +107,7 @@ test("parallel.ep is validated with errors naming the key", () => {
     refuses(["parallel.dp=3", "parallel.ep=3"], /parallel\.ep.*num_experts \(4\) must be divisible by parallel\.ep \(3\)/s);
     refuses(["parallel.dp=2", "parallel.ep=4"], /parallel\.ep.*4 must divide parallel\.dp \(2\)/s);
     refuses(["parallel.dp=2", "parallel.ep=2", "model.moe=null"], /parallel\.ep.*model\.moe.*null/s);
-    refuses(["parallel.dp=2", "parallel.ep=2", "parallel.zero=1"], /parallel\.ep.*ZeRO/s);
+    refuses(["parallel.dp=2", "parallel.ep=2", "parallel.zero=2"], /parallel\.ep.*ZeRO stages 0 and 1/s);
     assert.equal(loadConfig(file, ["parallel.dp=4", "parallel.ep=2"]).parallel.ep, 2);
   } finally {
     rmSync(root, { recursive: true, force: true });
@@ -112,7 +115,7 @@ test("parallel.ep is validated with errors naming the key", () => {
 });
 
 for (const c of CONFIGS) {
-  test(`ep=2 and ep=2 x dp=2 reproduce one process running each rank's micro-batch as its own micro-step (${c.name})`, { skip }, async () => {
+  test(`ep=2 and ep=2 x dp=2, with DDP and ZeRO-1, reproduce one process running each rank's micro-batch as its own micro-step (${c.name})`, { skip }, async () => {
     const root = mkdtempSync(join(tmpdir(), `megalith-ep-${c.name}-`));
     try {
       const file = writeConfig(root, await prepare(root), c);
@@ -129,26 +132,29 @@ for (const c of CONFIGS) {
   });
 }
 
-test("a checkpoint saved at ep=2 holds logical files and resumes in one process on the uninterrupted curve", { skip }, async () => {
+test("checkpoints saved at ep=2 (DDP and ZeRO-1) hold logical files and resume in one process and at ep=2 x dp=2 on the uninterrupted curve", { skip }, async () => {
   const root = mkdtempSync(join(tmpdir(), "megalith-ep-resume-"));
   try {
     const c = CONFIGS[0]!;
     const file = writeConfig(root, await prepare(root), c, { checkpoint: { interval: 6, keep: 3 } });
     train(file, join(root, "single"), 1, []);
     const ref = losses(join(root, "single"));
-    train(file, join(root, "ep2"), 2, LAYOUTS[0]!.sets);
-    const saved = join(root, "ep2", "ckpt-000006");
-    assert.ok(existsSync(join(saved, "model.safetensors")) && existsSync(join(saved, "optimizer.safetensors")), "the ep checkpoint holds logical model and optimizer files");
-    const names = [...(await readSafetensors(join(saved, "model.safetensors"))).tensors.keys()];
-    for (let j = 0; j < 4; j++) assert.ok(names.some((n) => n.includes(`mlp.experts.${j}.c_fc.weight`)), `expert ${j} is in the checkpoint`);
-    const resumes: Array<[string, number, string[]]> = [["one", 1, []], ["ep2_dp2", 4, LAYOUTS[1]!.sets]];
-    for (const [name, ranks, sets] of resumes) {
-      const out = join(root, `resume_${name}`);
-      mkdirSync(out, { recursive: true });
-      cpSync(saved, join(out, "ckpt-000006"), { recursive: true });
-      train(file, out, ranks, sets, ["--resume"]);
-      assertCurve(ref.slice(6), losses(out), `resume at ${name}`);
-      await compareWeights(join(root, "single", "final"), join(out, "final"), `resume at ${name}`);
+    const saves: Array<[string, number, string[]]> = [["ep2", 2, LAYOUTS[0]!.sets], ["ep2_zero1", 2, LAYOUTS[2]!.sets]];
+    for (const [saveName, saveRanks, saveSets] of saves) {
+      train(file, join(root, saveName), saveRanks, saveSets);
+      const saved = join(root, saveName, "ckpt-000006");
+      assert.ok(existsSync(join(saved, "model.safetensors")) && existsSync(join(saved, "optimizer.safetensors")), `${saveName}: the ep checkpoint holds logical model and optimizer files`);
+      const names = [...(await readSafetensors(join(saved, "model.safetensors"))).tensors.keys()];
+      for (let j = 0; j < 4; j++) assert.ok(names.some((n) => n.includes(`mlp.experts.${j}.c_fc.weight`)), `${saveName}: expert ${j} is in the checkpoint`);
+      const resumes: Array<[string, number, string[]]> = [["one", 1, []], ["ep2_dp2", 4, LAYOUTS[1]!.sets], ["ep2_dp2_zero1", 4, LAYOUTS[3]!.sets]];
+      for (const [name, ranks, sets] of resumes) {
+        const out = join(root, `resume_${saveName}_at_${name}`);
+        mkdirSync(out, { recursive: true });
+        cpSync(saved, join(out, "ckpt-000006"), { recursive: true });
+        train(file, out, ranks, sets, ["--resume"]);
+        assertCurve(ref.slice(6), losses(out), `${saveName} resumed at ${name}`);
+        await compareWeights(join(root, "single", "final"), join(out, "final"), `${saveName} resumed at ${name}`);
+      }
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
