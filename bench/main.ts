@@ -24,6 +24,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   precision: () => import("./precision.js"),
   parallel: () => import("./parallel.js"),
   bubble: () => import("./bubble.js"),
+  plan: () => import("./plan.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

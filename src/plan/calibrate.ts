@@ -6,14 +6,19 @@
  *    the question is what the kernel can do), and the best shape's rate kept per dtype.
  *  - Memory bandwidth: the best time of copying a 128 MiB tensor (bytes read + written / s).
  *
- * Not done yet: collective bandwidth and latency (all-reduce, all-gather, send/recv) through
- * `megalith launch`. Until then `cpu-this` derives its collective bandwidth from the copy
- * bandwidth and marks it assumed (`hardware.ts`). The record says `collectives: null`.
+ *  - Collectives (`calibrateCollectives()`, run on every rank of an mpirun job, e.g. by
+ *    `npm run bench -- plan`): all-reduce, reduce-scatter, all-gather and send/recv time at a
+ *    small and a large buffer; latency is the small call's time, bandwidth the large one's
+ *    ring bytes (`ringBytes`) over its time less that latency (the alpha-beta model the
+ *    planner predicts with). Without it the record says `collectives: null` and `cpu-this`
+ *    derives collective bandwidth from the copy bandwidth, marked assumed (`hardware.ts`).
  */
 import { cpus, totalmem } from "node:os";
 import { backend } from "../backend/index.js";
-import { randn, empty, withScope, type DType } from "../tensor/index.js";
-import type { CalibrationRecord } from "./hardware.js";
+import { randn, empty, zeros, tensor, withScope, type DType } from "../tensor/index.js";
+import { allGather, allReduce, barrier, recv, reduceScatter, send, type ProcessGroup } from "../parallel/index.js";
+import type { CalibrationRecord, CollectiveCalibration, CollectiveKind } from "./hardware.js";
+import { ringBytes } from "./formulas.js";
 
 /** Options of `calibrate()`. */
 export interface CalibrateOptions {
@@ -81,4 +86,56 @@ export function calibrate(opts: CalibrateOptions = {}): CalibrationRecord {
     threads: backend.numThreads(), memory_bytes: totalmem(), gemm_flops, gemm_shapes,
     memory_bandwidth: copyBandwidth(opts.copyBytes ?? 128 * 2 ** 20), collectives: null,
   };
+}
+
+/**
+ * Seconds per call of `fn`, the best of 5 repetitions of `iters` calls (after a warm-up), the
+ * slowest rank's time (a collective is done when its last rank is).
+ */
+function timeCall(g: ProcessGroup, iters: number, fn: () => void): number {
+  let best = Infinity;
+  for (let r = 0; r < 6; r++) {
+    barrier(g);
+    const t0 = performance.now();
+    for (let i = 0; i < iters; i++) fn();
+    const dt = withScope(() => {
+      const t = tensor([(performance.now() - t0) / 1000 / iters]);
+      allReduce(t, g, "max");
+      return t.item();
+    });
+    if (r > 0) best = Math.min(best, dt);
+  }
+  return best;
+}
+
+/**
+ * Latency and bandwidth of each collective kind on `g` (every rank calls this; the ranks of
+ * one machine talk through shared memory). Two float32 buffers per kind: `smallBytes` (its time
+ * is the latency) and `largeBytes` (bandwidth = ring bytes per rank / (time - latency)).
+ * send/recv runs between ranks 0 and 1 (a ping: 0 sends, 1 receives, then back; half a round trip).
+ * @example const c = calibrateCollectives(worldGroup()); // under mpirun -np 2
+ */
+export function calibrateCollectives(g: ProcessGroup, smallBytes = 4096, largeBytes = 8 * 2 ** 20): CollectiveCalibration {
+  const n = g.size;
+  const measure = (bytes: number): Record<CollectiveKind, number> => withScope(() => {
+    const elems = Math.floor(bytes / 4 / n) * n;
+    const a = zeros([elems]), part = zeros([elems / n]), full = zeros([elems]);
+    const iters = Math.max(2, Math.min(200, Math.floor((32 * 2 ** 20) / bytes)));
+    const ping = () => {
+      if (g.rank === 0) { send(a, g, 1); recv(a, g, 1); } else if (g.rank === 1) { recv(a, g, 0); send(a, g, 0); }
+    };
+    return {
+      all_reduce: timeCall(g, iters, () => allReduce(a, g)),
+      reduce_scatter: timeCall(g, iters, () => reduceScatter(a, part, g)),
+      all_gather: timeCall(g, iters, () => allGather(part, full, g)),
+      send_recv: timeCall(g, iters, ping) / 2,
+    };
+  });
+  const small = measure(smallBytes), large = measure(largeBytes);
+  const out = {} as CollectiveCalibration["kinds"];
+  for (const kind of Object.keys(small) as CollectiveKind[]) {
+    const wire = ringBytes(kind, largeBytes, n);
+    out[kind] = { latency_s: small[kind], bandwidth: wire / Math.max(large[kind] - small[kind], 1e-9) };
+  }
+  return { ranks: n, small_bytes: smallBytes, large_bytes: largeBytes, kinds: out };
 }

@@ -52,7 +52,12 @@ export interface StateBytesPerParam {
 
 /** [ZeRO] §3.1: mixed-precision Adam keeps 2Ψ (fp16 params) + 2Ψ (fp16 grads) + KΨ, K = 12. */
 export const MIXED_PRECISION_ADAM: StateBytesPerParam = { param: 2, grad: 2, k: 12 };
-/** Our fp32 training: 4Ψ params + 4Ψ grads + 8Ψ Adam moments (no separate master copy). */
+/**
+ * Our training, fp32 and bf16/fp16 alike: 4Ψ params + 4Ψ grads + 8Ψ AdamW moments. Under
+ * mixed precision the fp32 parameters are themselves the master weights (autocast casts them to
+ * 16-bit per matmul, `tensor/autocast.ts`), so the total is ZeRO's 16Ψ but split 4/4/8, not 2/2/12;
+ * the 16-bit casts are saved for backward and counted with the activations.
+ */
 export const FP32_ADAM: StateBytesPerParam = { param: 4, grad: 4, k: 8 };
 
 /**
@@ -113,11 +118,43 @@ export function activationLayerBytes(shape: ActivationShape, recompute: Recomput
 }
 
 /**
- * `activationLayerBytes` for activations stored with `bytesPerValue` bytes (4 for fp32, 2 for
- * bf16/fp16). The paper's 1-byte masks are scaled too, so fp32 slightly overestimates.
+ * The paper's 1-byte dropout masks inside `activationLayerBytes`: sbh after the attention
+ * projection and after the MLP (replicated under plain TP, split with SP), and as²b/t after the
+ * softmax (none under selective or full recomputation, which drop the attention core).
+ */
+export function dropoutMaskBytes(shape: ActivationShape, recompute: Recompute = "none"): number {
+  if (recompute === "full") return 0;
+  const { s, b, h, a } = shape;
+  const t = shape.t ?? 1;
+  const sbh = s * b * h;
+  return (2 * sbh) / (shape.sp ? t : 1) + (recompute === "selective" ? 0 : (a * s * s * b) / t);
+}
+
+/**
+ * `activationLayerBytes` for values stored with `bytesPerValue` bytes (4 for fp32, 2 for
+ * bf16/fp16), for a runtime that never stores dropout masks (ours regenerates them in backward
+ * from the keyed Philox stream): (bytesPerValue / 2) x (the paper's bytes - its 1-byte masks).
+ * In fp32 that is 2x the 16-bit formula minus twice the masks, e.g. a layer without parallelism
+ * keeps sbh(64 + 8as/h) bytes, not 2 x sbh(34 + 5as/h).
+ * @example activationLayerBytesAt({ s: 128, b: 2, h: 256, a: 4 }, "none", 4) // 65536 * 80
  */
 export function activationLayerBytesAt(shape: ActivationShape, recompute: Recompute, bytesPerValue: number): number {
-  return (activationLayerBytes(shape, recompute) * bytesPerValue) / 2;
+  return ((activationLayerBytes(shape, recompute) - dropoutMaskBytes(shape, recompute)) * bytesPerValue) / 2;
+}
+
+/**
+ * Bytes the caching allocator reserves for a request of `n` bytes: 64-byte granules up to 4 KiB,
+ * then 8 steps per power of two (mirrors `round_size` in native/src/memory.cc; its live and peak
+ * counters, which metrics.jsonl reports, count the rounded size). Up to 12.5% more than asked:
+ * it matters for one-buffer ZeRO shards, e.g. 8.09 MiB -> 9 MiB.
+ * @example allocatedBytes(8_481_792) // 9 * 2 ** 20
+ */
+export function allocatedBytes(n: number): number {
+  if (n <= 0) n = 1;
+  if (n <= 4096) return Math.ceil(n / 64) * 64;
+  const p = 2 ** Math.floor(Math.log2(n));
+  const step = p / 8;
+  return Math.ceil(n / step) * step;
 }
 
 /**

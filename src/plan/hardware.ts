@@ -37,6 +37,11 @@ export interface HardwareProfile {
   /** Seconds of latency per collective call inside a node / between nodes. */
   intraNodeLatency: number;
   interNodeLatency: number;
+  /**
+   * Measured per-kind latency and bandwidth (ring bytes per rank / s) inside a node, when the
+   * profile was calibrated with collectives; it replaces intraNodeBandwidth/Latency for that kind.
+   */
+  collectives?: Record<CollectiveKind, { latency_s: number; bandwidth: number }>;
   /** Which fields are planning assumptions rather than data-sheet or measured values. */
   assumed: string[];
 }
@@ -88,6 +93,20 @@ const H100_80G: HardwareProfile = {
 /** The built-in profiles by name. */
 export const BUILTIN_PROFILES: Readonly<Record<string, HardwareProfile>> = { "a100-80g": A100_80G, "h100-80g": H100_80G };
 
+/** The collective kinds the planner times. */
+export type CollectiveKind = "all_reduce" | "reduce_scatter" | "all_gather" | "send_recv";
+
+/** Collectives as `calibrateCollectives()` measured them on one machine's ranks. */
+export interface CollectiveCalibration {
+  /** Ranks of the measuring job. */
+  ranks: number;
+  /** Buffer sizes of the latency and the bandwidth measurement, bytes. */
+  small_bytes: number;
+  large_bytes: number;
+  /** Per kind: seconds per call at small_bytes, and ring bytes per rank per second above it. */
+  kinds: Record<CollectiveKind, { latency_s: number; bandwidth: number }>;
+}
+
 /** What `megalith plan --calibrate` writes: this machine's measurements. */
 export interface CalibrationRecord {
   /** Format version of this file. */
@@ -104,8 +123,8 @@ export interface CalibrationRecord {
   gemm_shapes: Array<{ dtype: string; mkn: [number, number, number]; flops: number }>;
   /** Copy bandwidth (bytes read + written per second) of one process. */
   memory_bandwidth: number;
-  /** Collective bandwidth/latency through `megalith launch`: not measured yet (null). */
-  collectives: null;
+  /** Collective latency/bandwidth measured under mpirun (`calibrateCollectives()`), or null. */
+  collectives: CollectiveCalibration | null;
 }
 
 /** The calibration file: $MEGALITH_PLAN_PROFILE, else $XDG_CACHE_HOME or ~/.cache, megalith/plan_profile.json. */
@@ -142,13 +161,17 @@ export function writeCalibration(record: CalibrationRecord, file = calibrationFi
  * `cpu-this` from a calibration record. Ranks are processes on this one machine: they share its
  * RAM (memoryBytes is per rank = total / ranks, so fits() compares like with like) and its cores
  * (achievable FLOP/s per rank = the measured single-process GEMM rate / ranks, since the measurement
- * used every thread). Collectives were not measured: they go through shared memory, so the copy
- * bandwidth / 2 stands in for their per-rank bandwidth (marked assumed).
+ * used every thread). Collectives: measured per kind when the record has them (a job of
+ * `rec.collectives.ranks` processes on this machine: close to the truth for that many ranks,
+ * an extrapolation for more), else the copy bandwidth / 2 stands in (marked assumed).
  */
 export function cpuProfile(rec: CalibrationRecord, dtype: string, ranks: number): HardwareProfile {
   const flops = rec.gemm_flops[dtype] ?? rec.gemm_flops.float32;
   if (flops === undefined) throw new ValueError(`the calibration record has no GEMM rate for ${dtype}; run megalith plan --calibrate again`);
   const perRank = flops / ranks;
+  const coll = rec.collectives?.kinds;
+  const bw = coll ? coll.all_reduce.bandwidth : rec.memory_bandwidth / 2 / ranks;
+  const lat = coll ? coll.all_reduce.latency_s : 20e-6;
   return {
     name: "cpu-this",
     description: `this machine (${rec.cpu}, ${rec.threads} threads), calibrated ${rec.measured_at.slice(0, 10)}; ${ranks} process${ranks === 1 ? "" : "es"} sharing it`,
@@ -157,11 +180,14 @@ export function cpuProfile(rec: CalibrationRecord, dtype: string, ranks: number)
     memoryBytes: rec.memory_bytes / ranks,
     memoryBandwidth: rec.memory_bandwidth / ranks,
     ranksPerNode: ranks,
-    intraNodeBandwidth: rec.memory_bandwidth / 2 / ranks,
-    interNodeBandwidth: rec.memory_bandwidth / 2 / ranks,
-    intraNodeLatency: 20e-6,
-    interNodeLatency: 20e-6,
-    assumed: ["intraNodeBandwidth (copy bandwidth / 2: collectives not calibrated)", "intraNodeLatency"],
+    intraNodeBandwidth: bw,
+    interNodeBandwidth: bw,
+    intraNodeLatency: lat,
+    interNodeLatency: lat,
+    ...(coll ? { collectives: coll } : {}),
+    assumed: coll
+      ? [`collectives measured with ${rec.collectives!.ranks} ranks`]
+      : ["intraNodeBandwidth (copy bandwidth / 2: collectives not calibrated)", "intraNodeLatency"],
   };
 }
 

@@ -12,14 +12,14 @@
  */
 export {
   type ZeroStage, type Recompute, type ModelStateBytes, type StateBytesPerParam, type ActivationShape, type FlopShape,
-  MIXED_PRECISION_ADAM, FP32_ADAM, modelStateBytes, activationLayerBytes, activationLayerBytesAt, activationOutsideLayersBytes,
+  MIXED_PRECISION_ADAM, FP32_ADAM, modelStateBytes, activationLayerBytes, activationLayerBytesAt, dropoutMaskBytes, allocatedBytes, activationOutsideLayersBytes,
   inFlightMicroBatches, iterationFlops, pipelineBubble, ringBytes, trainingTimeSeconds,
 } from "./formulas.js";
 export {
-  type HardwareProfile, type CalibrationRecord, BUILTIN_PROFILES, calibrationFile, readCalibration, writeCalibration,
+  type HardwareProfile, type CalibrationRecord, type CollectiveCalibration, type CollectiveKind, BUILTIN_PROFILES, calibrationFile, readCalibration, writeCalibration,
   cpuProfile, resolveHardware, defaultHardwareName,
 } from "./hardware.js";
 export {
   type Layout, type MemoryPrediction, type CommBytes, type Prediction, type Refusal, type Plan,
-  gptParameters, stageParameters, checkLayout, commBytes, predict, rankPredictions, describeLayout, formatSeconds, plan,
+  gptParameters, stageParameters, checkLayout, commBytes, memoryTrafficBytes, predict, rankPredictions, describeLayout, formatSeconds, plan,
 } from "./planner.js";

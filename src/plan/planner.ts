@@ -13,15 +13,16 @@
  *    of the largest size <= train.micro_batch_size that divides B/dp.
  *  - Memory is reported for the most loaded rank: the first or last pipeline stage (they hold the
  *    embedding and the tied head's copy, and stage 0 holds the most micro-batches in flight).
- *  - Step time = compute at the profile's achievable FLOP/s, stretched by the bubble, plus every
+ *  - Step time = compute at the profile's achievable FLOP/s plus the non-GEMM memory traffic at
+ *    its memory bandwidth (`memoryTrafficBytes`), stretched by the bubble, plus every
  *    collective's time at its link's bandwidth plus a latency per call. No overlap is credited
  *    (the runtime overlaps DP reduction with backward, so this is an upper bound for dp layouts).
  */
 import type { TrainConfig } from "../train/config.js";
 import type { PipelineScheduleName } from "../parallel/pipeline/schedules.js";
-import type { HardwareProfile } from "./hardware.js";
+import type { CollectiveKind, HardwareProfile } from "./hardware.js";
 import {
-  FP32_ADAM, MIXED_PRECISION_ADAM, activationLayerBytesAt, activationOutsideLayersBytes, inFlightMicroBatches,
+  FP32_ADAM, activationLayerBytesAt, allocatedBytes, activationOutsideLayersBytes, inFlightMicroBatches,
   iterationFlops, modelStateBytes, pipelineBubble, ringBytes, type Recompute, type ZeroStage,
 } from "./formulas.js";
 
@@ -151,20 +152,42 @@ export function checkLayout(c: TrainConfig, l: Layout, world: number): string | 
 /** Bytes per stored activation / per 16-bit-or-fp32 value for a precision. */
 const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 : 2);
 
-/** Memory of pipeline stage `stage` for a layout. */
+/**
+ * Memory of pipeline stage `stage` for a layout, as this runtime allocates it:
+ *  - model states by ZeRO's formulas with 4/4/8 bytes per parameter in every precision
+ *    (`FP32_ADAM`: the fp32 parameters are the master weights); a ZeRO shard is one flat buffer
+ *    per state, counted at the allocator's rounded size (`allocatedBytes`), m and v apart;
+ *  - activations by Korthikanti's per-layer formula without the dropout masks (never stored),
+ *    at the precision's bytes per value, times the micro-batches in flight; the last stage adds
+ *    the head ([SP] §4.3) and the logits' gradient, alive with the logits during the head's
+ *    backward (s·b·V/t values); under 16-bit autocast each matmul's weight cast (2 bytes per
+ *    weight of the stage's layers and the head) is saved for backward per micro-batch in flight.
+ */
 function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction {
   const { n_layer: L, n_embd: h, n_head: a, block_size: s, vocab_size: V } = c.model;
-  const per = c.train.precision === "fp32" ? FP32_ADAM : MIXED_PRECISION_ADAM;
+  const per = FP32_ADAM;
   const psi = stageParameters(c, l, stage);
   const state = modelStateBytes(psi, l.zero, l.dp, per);
+  if (l.dp > 1) {
+    const shard = (bytesPerParam: number) => allocatedBytes((bytesPerParam * psi) / l.dp);
+    if (l.zero >= 3) state.parameters = shard(per.param);
+    if (l.zero >= 2) state.gradients = shard(per.grad);
+    if (l.zero >= 1) state.optimizer = (per.k / 4) * shard(4);  // m and v: one buffer each
+    state.total = state.parameters + state.gradients + state.optimizer;
+  }
   const shape = { s, b: l.microBatchSize, h, a, t: l.tp, sp: l.sp };
   const bytes = actBytes(c);
   const inFlight = inFlightMicroBatches(l.schedule, l.pp, l.microBatches, stage, l.virtualStages);
   const layersPerChunk = L / (l.pp * l.virtualStages);
   const outside = activationOutsideLayersBytes({ ...shape, V });
   let activations = inFlight * layersPerChunk * activationLayerBytesAt(shape, l.recompute, bytes);
-  if (stage === 0) activations += (inFlight * outside.first * bytes) / 2;
-  if (stage === l.pp - 1) activations += (outside.last * bytes) / 2;  // the last stage runs each backward right after its forward
+  // The first stage's embedding-dropout mask (outside.first) is never stored either.
+  const last = stage === l.pp - 1;
+  if (last) activations += (outside.last * bytes) / 2 + (s * l.microBatchSize * V * bytes) / l.tp;  // the last stage runs each backward right after its forward
+  if (bytes === 2) {
+    const layerWeights = (L / l.pp) * (12 * h * h) / l.tp;
+    activations += 2 * (inFlight * layerWeights + (last ? (V * h) / l.tp : 0));
+  }
   // Communication buffers (approximate, documented in the file header's spirit):
   const layerPsi = (12 * h * h) / l.tp;
   let buffers = 0;
@@ -181,7 +204,7 @@ function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction
 /** Bytes per step this layout's busiest rank sends, per collective kind. */
 export function commBytes(c: TrainConfig, l: Layout): CommBytes {
   const { n_layer: L, n_embd: h, block_size: s } = c.model;
-  const per = c.train.precision === "fp32" ? FP32_ADAM : MIXED_PRECISION_ADAM;
+  const per = FP32_ADAM;  // the fp32 parameters are what ZeRO gathers, in every precision
   const gradWire = c.parallel.reduce_dtype === "bf16" ? 2 : 4;
   const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
   const m = l.microBatches;
@@ -218,6 +241,27 @@ export function commBytes(c: TrainConfig, l: Layout): CommBytes {
   return out;
 }
 
+/**
+ * Bytes the non-GEMM work of one step moves through memory on the busiest rank: the elementwise
+ * kernels (layernorm, GELU, softmax, residual adds, cross-entropy) are bandwidth-bound, and a
+ * CPU's memory bandwidth is low beside its FLOP/s. Counted as: every saved activation written in
+ * the forward and read in the backward, and its gradient written and read once (4 passes over
+ * each micro-batch's activations, one more forward under full recomputation); AdamW reading the
+ * parameter, gradient and both moments and writing back three (28 bytes per fp32 parameter of
+ * this rank's shard). GEMM operands are not counted: they are the FLOP term's.
+ */
+export function memoryTrafficBytes(c: TrainConfig, l: Layout): number {
+  const { n_layer: L, n_embd: h, n_head: a, block_size: s, vocab_size: V } = c.model;
+  const shape = { s, b: l.microBatchSize, h, a, t: l.tp, sp: l.sp };
+  const bytes = actBytes(c);
+  // Every layer's activations as if none were recomputed: recomputation rewrites them.
+  const perMicro = (L / l.pp) * activationLayerBytesAt(shape, "none", bytes) + (activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2;
+  const passes = 4 + (l.recompute === "full" ? 1 : 0);
+  const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
+  const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
+  return passes * l.microBatches * perMicro + optimizer;
+}
+
 /** Collective calls per step, per group, for latency: [dp, tp, pp]. */
 function commCalls(c: TrainConfig, l: Layout): { dp: number; tp: number; pp: number } {
   const m = l.microBatches;
@@ -230,26 +274,38 @@ function commCalls(c: TrainConfig, l: Layout): { dp: number; tp: number; pp: num
   return { dp, tp, pp };
 }
 
-/** Predicts one layout on a profile. */
-export function predict(c: TrainConfig, l: Layout, hw: HardwareProfile): Prediction {
+/**
+ * Predicts one layout on a profile. Memory is the most loaded pipeline stage's, or stage
+ * `stage`'s when given (e.g. to compare with what rank 0 measured).
+ */
+export function predict(c: TrainConfig, l: Layout, hw: HardwareProfile, stage?: number): Prediction {
   const world = l.dp * l.tp * l.pp;
-  const stages = l.pp === 1 ? [0] : [0, l.pp - 1];
+  const stages = stage !== undefined ? [stage] : l.pp === 1 ? [0] : [0, l.pp - 1];
   const memory = stages.map((st) => stageMemory(c, l, st)).reduce((x, y) => (y.total > x.total ? y : x));
   const bubble = pipelineBubble(l.schedule, l.pp, l.microBatches, l.virtualStages);
   const B = l.dp * l.microBatches * l.microBatchSize;
   const shape = { B, s: c.model.block_size, l: c.model.n_layer, h: c.model.n_embd, V: c.model.vocab_size };
   const flops = { model: iterationFlops(shape, "none"), hardware: iterationFlops(shape, l.recompute) };
-  const compute = (flops.hardware / world / hw.achievableFlops) * (1 + bubble);
+  const compute = (flops.hardware / world / hw.achievableFlops + memoryTrafficBytes(c, l) / hw.memoryBandwidth) * (1 + bubble);
   // Which link each group crosses: ranks are numbered tp innermost, then dp, then pp (DeviceMesh).
-  const link = (span: number): { bw: number; lat: number } =>
-    span <= hw.ranksPerNode ? { bw: hw.intraNodeBandwidth, lat: hw.intraNodeLatency } : { bw: hw.interNodeBandwidth, lat: hw.interNodeLatency };
-  const tpLink = link(l.tp), dpLink = link(l.tp * l.dp), ppLink = link(world);
+  // Inside a node a calibrated profile has each collective kind's own bandwidth and latency.
+  const link = (span: number, kind: CollectiveKind): { bw: number; lat: number } => {
+    if (span > hw.ranksPerNode) return { bw: hw.interNodeBandwidth, lat: hw.interNodeLatency };
+    const k = hw.collectives?.[kind];
+    return k ? { bw: k.bandwidth, lat: k.latency_s } : { bw: hw.intraNodeBandwidth, lat: hw.intraNodeLatency };
+  };
+  const dpSpan = l.tp * l.dp;
   const cb = commBytes(c, l);
   const calls = commCalls(c, l);
+  const dpKinds: Array<[number, CollectiveKind]> = [[cb.dp_all_reduce, "all_reduce"], [cb.dp_reduce_scatter, "reduce_scatter"], [cb.dp_all_gather, "all_gather"]];
+  const dpBytes = (kind: CollectiveKind, bytes: number) => bytes / link(dpSpan, kind).bw;
+  // dp latency: the calls are spread over the kinds a stage uses; charge each at its kind's latency.
+  const dpLatKind: CollectiveKind = l.zero === 0 ? "all_reduce" : "reduce_scatter";
   const communication =
-    (cb.dp_all_reduce + cb.dp_reduce_scatter + cb.dp_all_gather) / dpLink.bw + calls.dp * dpLink.lat +
-    (cb.tp_all_reduce + cb.sp_all_gather + cb.sp_reduce_scatter) / tpLink.bw + calls.tp * tpLink.lat +
-    cb.pp_send_recv / ppLink.bw + calls.pp * ppLink.lat;
+    dpKinds.reduce((t, [b, k]) => t + dpBytes(k, b), 0) + calls.dp * link(dpSpan, dpLatKind).lat +
+    cb.tp_all_reduce / link(l.tp, "all_reduce").bw + (cb.sp_all_gather + cb.sp_reduce_scatter) / link(l.tp, "all_gather").bw +
+    calls.tp * link(l.tp, l.sp ? "all_gather" : "all_reduce").lat +
+    cb.pp_send_recv / link(world, "send_recv").bw + calls.pp * link(world, "send_recv").lat;
   const total = compute + communication;
   return {
     layout: l, memory, fits: memory.total <= hw.memoryBytes, bubble, comm_bytes: cb, flops,

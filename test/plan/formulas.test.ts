@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  FP32_ADAM, activationLayerBytes, activationLayerBytesAt, inFlightMicroBatches, iterationFlops, modelStateBytes,
+  FP32_ADAM, activationLayerBytes, activationLayerBytesAt, allocatedBytes, dropoutMaskBytes, inFlightMicroBatches, iterationFlops, modelStateBytes,
   pipelineBubble, ringBytes, trainingTimeSeconds,
 } from "../../src/plan/index.js";
 import { simulatePipeline } from "../../src/parallel/pipeline/schedules.js";
@@ -50,8 +50,28 @@ test("activationLayerBytes() matches Korthikanti et al. Table 2 for GPT-3 175B (
   within(activationLayerBytes(g) / 1e9, 2.869, 0.001, "no parallelism, GB");
   within(activationLayerBytes({ ...g, t, sp: true }) / 1e9, 0.3586, 0.001, "TP+SP, GB");
   within(activationLayerBytes({ ...g, t, sp: true }, "selective") / 1e9, 0.10695, 0.001, "TP+SP+selective, GB");
-  // fp32 activations double the paper's 16-bit count.
-  assert.equal(activationLayerBytesAt(g, "none", 4), 2 * activationLayerBytes(g));
+  // fp32 activations double the paper's 16-bit count, less the masks we never store (2sbh + as²b).
+  assert.equal(activationLayerBytesAt(g, "none", 4), 2 * activationLayerBytes(g) - 2 * (2 * sbh + g.a * g.s * g.s * g.b));
+});
+
+test("activationLayerBytesAt() keeps no dropout masks: fp32 is sbh(64 + 8as/h), selective sbh·64, full 4sbh", () => {
+  const g = { s: 128, b: 2, h: 256, a: 4 };
+  const sbh = 128 * 2 * 256, as_h = (4 * 128) / 256;
+  assert.equal(dropoutMaskBytes(g), 2 * sbh + 4 * 128 * 128 * 2);
+  assert.equal(activationLayerBytesAt(g, "none", 4), sbh * (64 + 8 * as_h));
+  assert.equal(activationLayerBytesAt(g, "selective", 4), sbh * 64);
+  assert.equal(activationLayerBytesAt(g, "full", 4), 4 * sbh);
+  // Tensor parallel: the two sbh masks stay replicated, the attention mask is split.
+  assert.equal(activationLayerBytesAt({ ...g, t: 2 }, "none", 4), 2 * sbh * (10 + 12 + (5 * as_h) / 2) - 2 * (2 * sbh + sbh * as_h / 2));
+  assert.equal(activationLayerBytesAt(g, "none", 2), sbh * (32 + 4 * as_h));
+});
+
+test("allocatedBytes() rounds like the native allocator: 64 B granules to 4 KiB, then 8 steps per power of two", () => {
+  assert.equal(allocatedBytes(1), 64);
+  assert.equal(allocatedBytes(4096), 4096);
+  assert.equal(allocatedBytes(4097), 4608);  // p = 4096, step 512
+  assert.equal(allocatedBytes(786432), 786432);  // 256 x 768 floats: already a step
+  assert.equal(allocatedBytes(8_481_792), 9 * 2 ** 20);  // a ZeRO shard of 2,120,448 floats
 });
 
 test("trainingTimeSeconds() reproduces PTD-P's end-to-end estimates (8TP/nX)", () => {

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validateConfig, type TrainConfig } from "../../src/train/config.js";
 import {
-  BUILTIN_PROFILES, checkLayout, cpuProfile, gptParameters, plan, predict, rankPredictions, stageParameters,
+  BUILTIN_PROFILES, checkLayout, cpuProfile, gptParameters, memoryTrafficBytes, plan, predict, rankPredictions, stageParameters,
   type HardwareProfile, type Layout,
 } from "../../src/plan/index.js";
 
@@ -89,4 +89,52 @@ test("cpuProfile() splits the calibrated machine between its ranks", () => {
   assert.equal(hw.achievableFlops, 5e10);
   assert.equal(hw.memoryBytes, 2e9);
   assert.ok(hw.assumed.some((a) => a.includes("collectives not calibrated")));
+});
+
+test("cpuProfile() uses measured collectives per kind, and predict() times each kind at its own bandwidth", () => {
+  const kinds = {
+    all_reduce: { latency_s: 1e-5, bandwidth: 1e9 }, reduce_scatter: { latency_s: 2e-5, bandwidth: 5e8 },
+    all_gather: { latency_s: 1e-5, bandwidth: 1e9 }, send_recv: { latency_s: 1e-5, bandwidth: 2e9 },
+  };
+  const rec = { version: 1 as const, measured_at: "2025-01-01T00:00:00Z", cpu: "x", threads: 2, memory_bytes: 8e9, gemm_flops: { float32: 2e11 }, gemm_shapes: [], memory_bandwidth: 2e10, collectives: { ranks: 2, small_bytes: 4096, large_bytes: 2 ** 23, kinds } };
+  const hw = cpuProfile(rec, "float32", 2);
+  assert.deepEqual(hw.collectives, kinds);
+  assert.equal(hw.intraNodeBandwidth, 1e9);
+  assert.ok(!hw.assumed.some((a) => a.includes("not calibrated")));
+  const c = config();
+  const z1 = predict(c, { ...base, dp: 2, zero: 1, microBatches: 2 }, hw);
+  const want = z1.comm_bytes.dp_reduce_scatter / 5e8 + z1.comm_bytes.dp_all_gather / 1e9;
+  assert.ok(z1.step_time.communication >= want && z1.step_time.communication < want + 1e-3, `communication ${z1.step_time.communication} vs bytes/bandwidth ${want}`);
+});
+
+test("predict() counts this runtime's memory: 4/4/8 bytes per parameter under bf16, ZeRO shards at the allocator's size, no masks", () => {
+  const c = config({ n_embd: 256, block_size: 128, vocab_size: 4096, n_layer: 4 }, { micro_batch_size: 2 });
+  const psi = gptParameters(c);
+  const l: Layout = { ...base, microBatchSize: 2 };
+  const fp32 = predict(c, l, a100).memory;
+  const bf16 = predict(config({ n_embd: 256, block_size: 128, vocab_size: 4096, n_layer: 4 }, { micro_batch_size: 2, precision: "bf16" }), l, a100).memory;
+  // The fp32 parameters are the master weights: autocast only casts them per matmul.
+  for (const m of [fp32, bf16]) assert.deepEqual([m.parameters, m.gradients, m.optimizer], [4 * psi, 4 * psi, 8 * psi]);
+  // ... and those 16-bit casts (2 bytes per layer weight and the head) are saved for backward.
+  const sbh = 128 * 2 * 256, sbV = 128 * 2 * 4096;
+  const layers = 4 * 12 * 256 * 256 + 4096 * 256;
+  assert.equal(fp32.activations, 4 * sbh * 80 + 2 * (4 * sbh * (1 + 4096 / 256)) + 4 * sbV);
+  assert.equal(bf16.activations, 4 * sbh * 40 + 4 * sbh * (1 + 4096 / 256) + 2 * sbV + 2 * layers);
+  // ZeRO-3 on 2 ranks: 2,120,448 floats per shard, one 9 MiB buffer per state (8 steps per power of two).
+  const z3 = predict(c, { ...l, dp: 2, zero: 3, microBatches: 2 }, a100).memory;
+  assert.equal(psi, 4_240_896);
+  assert.deepEqual([z3.parameters, z3.gradients, z3.optimizer], [9 * 2 ** 20, 9 * 2 ** 20, 18 * 2 ** 20]);
+});
+
+test("memoryTrafficBytes() counts 4 passes over each micro-batch's activations (5 with full recomputation) and AdamW's 28 bytes per shard parameter", () => {
+  const c = config();
+  const psi = gptParameters(c);
+  const none = memoryTrafficBytes(c, base), full = memoryTrafficBytes(c, { ...base, recompute: "full" });
+  const acts = (none - 28 * psi) / 4;
+  assert.ok(acts > 0);
+  assert.equal(full, 5 * acts + 28 * psi);
+  assert.equal(memoryTrafficBytes(c, { ...base, dp: 2, zero: 1, microBatches: 2 }), 2 * (acts / 4) * 4 + 14 * psi);
+  // and predict() spends it at the profile's memory bandwidth
+  const slow = { ...a100, memoryBandwidth: a100.memoryBandwidth / 10 };
+  assert.ok(predict(c, base, slow).step_time.compute > predict(c, base, a100).step_time.compute);
 });
