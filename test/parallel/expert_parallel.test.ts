@@ -10,7 +10,9 @@
 // step (single: 4 accumulation steps; ep=2: 2 per rank; ep=2 x dp=2: 1 per rank), and then
 // even token dropping (capacity_factor 1.0, top-2) and the aux loss match exactly. One
 // process running the 4 rows as one batch of 4 would route with 4x the capacity and another
-// aux loss: a different model, not a layout of this one.
+// aux loss: a different model, not a layout of this one. It is the same model only when
+// nothing drops and the aux loss is off (the last test): top-2 with capacity_factor = E gives
+// every expert room for every token, and the z-loss and cross-entropy are token means.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -18,6 +20,9 @@ import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, write
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { prepareData, loadTokenizer, readSafetensors } from "../../src/index.js";
+import { GPT } from "../../src/models/index.js";
+import { MoE } from "../../src/nn/index.js";
+import { tensor, manualSeed } from "../../src/tensor/index.js";
 import { mpirunArgs } from "../../src/cli/launch.js";
 import { loadConfig } from "../../src/train/config.js";
 
@@ -114,6 +119,16 @@ test("parallel.ep is validated with errors naming the key", () => {
   }
 });
 
+test("the top2_dropping config drops routing choices at one row per batch (so the layouts below compare with dropping active)", () => {
+  manualSeed(5);
+  const m = new GPT({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 16, vocabSize: 50304, moe: { numExperts: 4, topK: 2, capacityFactor: 1.0 } }, { seed: 5 });
+  m.train();
+  const x = tensor(Int32Array.from({ length: 16 }, (_, i) => (i * 7919) % 50000), { shape: [1, 16], dtype: "int32" });
+  m.forward(x, x);
+  const dropped = m.h.map((b) => (b.mlp instanceof MoE ? b.mlp.lastStats!.droppedFraction : 0));
+  assert.ok(dropped.some((d) => d > 0), `no choice dropped: ${JSON.stringify(dropped)}`);
+});
+
 for (const c of CONFIGS) {
   test(`ep=2 and ep=2 x dp=2, with DDP and ZeRO-1, reproduce one process running each rank's micro-batch as its own micro-step (${c.name})`, { skip }, async () => {
     const root = mkdtempSync(join(tmpdir(), `megalith-ep-${c.name}-`));
@@ -131,6 +146,21 @@ for (const c of CONFIGS) {
     }
   });
 }
+
+test("with nothing dropped (top-2, capacity_factor = num_experts) and no aux loss, ep=2 equals one process running the ranks' rows as one batch", { skip }, async () => {
+  const root = mkdtempSync(join(tmpdir(), "megalith-ep-nodrop-"));
+  try {
+    const c = { ...CONFIGS[0]!, model: { ...CONFIGS[0]!.model, moe: { num_experts: 4, top_k: 2, capacity_factor: 4, aux_loss_coef: 0, z_loss_coef: 0.001 } } };
+    const file = writeConfig(root, await prepare(root), c);
+    // One process: micro-batches of 2 rows; ep=2: 1 row per rank, the same 2 rows per micro-step.
+    train(file, join(root, "single"), 1, ["train.micro_batch_size=2", "train.grad_accum_steps=2"]);
+    train(file, join(root, "ep2"), 2, ["parallel.dp=2", "parallel.ep=2", "train.grad_accum_steps=2"]);
+    assertCurve(losses(join(root, "single")), losses(join(root, "ep2")), "no-drop ep2");
+    await compareWeights(join(root, "single", "final"), join(root, "ep2", "final"), "no-drop ep2");
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
 
 test("checkpoints saved at ep=2 (DDP and ZeRO-1) hold logical files and resume in one process and at ep=2 x dp=2 on the uninterrupted curve", { skip }, async () => {
   const root = mkdtempSync(join(tmpdir(), "megalith-ep-resume-"));
