@@ -9,7 +9,7 @@
  *                                 with sequence parallelism as an option. It goes first because
  *                                 it changes which parameters exist on this rank; everything
  *                                 after shards what TP left.
- *   1b. expert parallel          over the ep axis: each MoE layer keeps E / ep experts and
+ *   1b. expert parallel           over the ep axis: each MoE layer keeps E / ep experts and
  *                                 exchanges tokens by all-to-all (expert_parallel.ts). Like
  *                                 tensor parallelism it changes which parameters exist here.
  *   2. pipeline split             over the pp axis: this rank keeps its stage's blocks (and the
@@ -22,7 +22,7 @@
  *                                   zero 1/2: ShardedAdamW (optimizer state, + gradients);
  *                                   zero 3: FSDP units per block (parameters) + ShardedAdamW.
  *                                 Last, because it shards whatever the model ended up with.
- *                                 With ep > 1: experts over dp, the rest over dp x ep (DDP only).
+ *                                 With ep > 1: experts over dp, the rest over dp x ep (DDP or ZeRO-1).
  * Then the step's schedule: a plain accumulation loop, or the pipeline schedule; and the
  * gradient norm's scope (a parameter split over tp counts on every tp rank, a replicated one
  * on one; an expert on every ep rank, a shared parameter on ep rank 0; the norm is summed
