@@ -60,7 +60,7 @@ async function prepare(root: string): Promise<string> {
   return data;
 }
 
-function writeConfig(root: string, data: string, c: (typeof CONFIGS)[number], extra: Record<string, unknown> = {}): string {
+function writeConfig(root: string, data: string, c: { name: string; model: object; train: object }, extra: Record<string, unknown> = {}): string {
   const cfg = {
     out_dir: "x", model: c.model, data: { source: data },
     train: { max_steps: 12, log_interval: 100, ...c.train }, optimizer: { lr: 3e-3, warmup_steps: 2, decay_steps: 16 },
