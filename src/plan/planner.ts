@@ -160,7 +160,8 @@ const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 :
  *  - activations by Korthikanti's per-layer formula without the dropout masks (never stored),
  *    at the precision's bytes per value, times the micro-batches in flight; the last stage adds
  *    the head ([SP] §4.3) and the logits' gradient, alive with the logits during the head's
- *    backward (s·b·V/t values); under 16-bit autocast each matmul's weight cast (2 bytes per
+ *    backward (s·b·V/t values; under tp 2 more fp32 values per logit: the composed vocab-parallel
+ *    cross-entropy's saved tensors); under 16-bit autocast each matmul's weight cast (2 bytes per
  *    weight of the stage's layers and the head) is saved for backward per micro-batch in flight.
  */
 function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction {
@@ -183,7 +184,11 @@ function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction
   let activations = inFlight * layersPerChunk * activationLayerBytesAt(shape, l.recompute, bytes);
   // The first stage's embedding-dropout mask (outside.first) is never stored either.
   const last = stage === l.pp - 1;
-  if (last) activations += (outside.last * bytes) / 2 + (s * l.microBatchSize * V * bytes) / l.tp;  // the last stage runs each backward right after its forward
+  // The last stage runs each backward right after its forward. Under tp the cross-entropy is
+  // composed from differentiable ops (vocabParallelCrossEntropy) and keeps z = logits - max,
+  // exp(z) and a float one-hot, 2 more fp32 values per local logit than the fused kernel.
+  const logitsPerRank = (s * l.microBatchSize * V) / l.tp;
+  if (last) activations += (outside.last * bytes) / 2 + logitsPerRank * bytes + (l.tp > 1 ? 2 * 4 * logitsPerRank : 0);
   if (bytes === 2) {
     const layerWeights = (L / l.pp) * (12 * h * h) / l.tp;
     activations += 2 * (inFlight * layerWeights + (last ? (V * h) / l.tp : 0));

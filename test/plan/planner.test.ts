@@ -120,6 +120,10 @@ test("predict() counts this runtime's memory: 4/4/8 bytes per parameter under bf
   const layers = 4 * 12 * 256 * 256 + 4096 * 256;
   assert.equal(fp32.activations, 4 * sbh * 80 + 2 * (4 * sbh * (1 + 4096 / 256)) + 4 * sbV);
   assert.equal(bf16.activations, 4 * sbh * 40 + 4 * sbh * (1 + 4096 / 256) + 2 * sbV + 2 * layers);
+  // tp2: the composed vocab-parallel cross-entropy keeps 2 more fp32 values per local logit.
+  const tp2 = predict(c, { ...l, tp: 2 }, a100).memory;
+  const tpLayer = sbh * (2 * (10 + 12 + 5 * 2 / 2) - 2 * (2 + 1));
+  assert.equal(tp2.activations, 4 * tpLayer + 2 * (4 * sbh / 2) * (1 + 4096 / 256) + 4 * sbV / 2 + 2 * 4 * sbV / 2);
   // ZeRO-3 on 2 ranks: 2,120,448 floats per shard, one 9 MiB buffer per state (8 steps per power of two).
   const z3 = predict(c, { ...l, dp: 2, zero: 3, microBatches: 2 }, a100).memory;
   assert.equal(psi, 4_240_896);
