@@ -15,20 +15,16 @@
 // every expert room for every token, and the z-loss and cross-entropy are token means.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { prepareData, loadTokenizer, readSafetensors } from "../../src/index.js";
+import { readSafetensors } from "../../src/index.js";
+import { skip, prepare, train, losses, assertCurve, compareWeights as compareLayoutWeights } from "./_layouts.js";
 import { GPT } from "../../src/models/index.js";
 import { MoE } from "../../src/nn/index.js";
 import { tensor, manualSeed } from "../../src/tensor/index.js";
-import { mpirunArgs } from "../../src/cli/launch.js";
 import { loadConfig } from "../../src/train/config.js";
 
-const haveMpi = spawnSync("mpirun", ["--version"]).status === 0 && existsSync("native/build/Release/megalith_mpi.node");
-const skip = haveMpi ? false : "mpirun or the MPI addon is not available";
-const bin = "bin/megalith.js";
 
 /** Two MoE configs: top-2 with dropping active (cf 1.0) in every block; top-1 (cf 1.25) in every 2nd block, no biases, clipping active. */
 const CONFIGS = [
@@ -53,13 +49,6 @@ const LAYOUTS: Array<{ name: string; ranks: number; sets: string[] }> = [
   { name: "ep2_dp2_zero1", ranks: 4, sets: ["parallel.dp=4", "parallel.ep=2", "train.grad_accum_steps=1", "parallel.zero=1"] },
 ];
 
-async function prepare(root: string): Promise<string> {
-  const data = join(root, "data");
-  const docs = Array.from({ length: 60 }, (_, i) => `Row ${i}: the ${["owl", "fox", "eel", "yak"][i % 4]} counted ${i * 7} stones by the river. `.repeat(5));
-  await prepareData({ tokenizer: loadTokenizer("gpt2"), tokenizerSpec: "gpt2", inputs: [{ name: "gen", documents: docs }], outDir: data, valFraction: 0.1, progress: false });
-  return data;
-}
-
 function writeConfig(root: string, data: string, c: { name: string; model: object; train: object }, extra: Record<string, unknown> = {}): string {
   const cfg = {
     out_dir: "x", model: c.model, data: { source: data },
@@ -71,37 +60,11 @@ function writeConfig(root: string, data: string, c: { name: string; model: objec
   return file;
 }
 
-function train(file: string, out: string, ranks: number, sets: string[], extra: string[] = []): void {
-  const args = ["train", "--config", file, "--set", `out_dir=${out}`, ...sets, ...extra];
-  const r = ranks === 1
-    ? spawnSync(process.execPath, [bin, ...args], { encoding: "utf8", timeout: 300_000 })
-    : spawnSync("mpirun", mpirunArgs(ranks, args, undefined, bin), { encoding: "utf8", timeout: 300_000, env: { ...process.env, MEGALITH_NUM_THREADS: "1" } });
-  assert.equal(r.status, 0, `${out}: ${r.stderr}\n${r.stdout}`);
-}
-
-function losses(dir: string): number[] {
-  return readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((m) => m.split === undefined).map((m) => m.loss);
-}
-
-function assertCurve(a: number[], b: number[], label: string): void {
-  assert.equal(b.length, a.length, `${label}: ${b.length} steps logged, expected ${a.length}`);
-  a.forEach((v, i) => assert.ok(Math.abs(v - b[i]!) / Math.abs(v) < 1e-5, `${label} step ${i}: ${b[i]} vs single ${v}`));
-}
-
+/** The shared comparison, plus: every expert is saved under its logical name. */
 async function compareWeights(a: string, b: string, label: string): Promise<void> {
-  const wa = (await readSafetensors(join(a, "model.safetensors"))).tensors;
-  const wb = (await readSafetensors(join(b, "model.safetensors"))).tensors;
-  assert.deepEqual([...wb.keys()].sort(), [...wa.keys()].sort(), `${label}: the saved tensors differ`);
-  assert.ok([...wa.keys()].some((n) => /mlp\.experts\.3\./.test(n)), `${label}: every expert is saved under its logical name`);
-  for (const [n, rec] of wa) {
-    const other = wb.get(n)!;
-    assert.deepEqual(other.shape, rec.shape, `${label}: ${n} shape`);
-    const x = new Float32Array(new Uint8Array(rec.data).buffer), y = new Float32Array(new Uint8Array(other.data).buffer);
-    let err = 0, mag = 0;
-    for (let i = 0; i < x.length; i++) { err = Math.max(err, Math.abs(x[i]! - y[i]!)); mag = Math.max(mag, Math.abs(x[i]!)); }
-    // As in layouts_3d: sums run in another order across ranks, Adam divides by sqrt(v).
-    assert.ok(err <= 1e-5 + 1e-5 * mag, `${label}: parameter ${n} differs by ${err} (magnitude ${mag})`);
-  }
+  const names = [...(await readSafetensors(join(a, "model.safetensors"))).tensors.keys()];
+  assert.ok(names.some((n) => /mlp\.experts\.3\./.test(n)), `${label}: every expert is saved under its logical name`);
+  await compareLayoutWeights(a, b, label);
 }
 
 test("parallel.ep is validated with errors naming the key", () => {
