@@ -158,10 +158,9 @@ const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 :
  *    (`FP32_ADAM`: the fp32 parameters are the master weights); a ZeRO shard is one flat buffer
  *    per state, counted at the allocator's rounded size (`allocatedBytes`), m and v apart;
  *  - activations by Korthikanti's per-layer formula without the dropout masks (never stored),
- *    at the precision's bytes per value, times the micro-batches in flight; the last stage adds
- *    the head ([SP] §4.3) and the logits' gradient, alive with the logits during the head's
- *    backward (s·b·V/t values; under tp 2 more fp32 values per logit: the composed vocab-parallel
- *    cross-entropy's saved tensors); under 16-bit autocast each matmul's weight cast (2 bytes per
+ *    at the precision's bytes per value, times the micro-batches in flight, plus the larger of
+ *    the head's backward (last stage: [SP] §4.3's head activations and the logits' gradient)
+ *    and one layer's backward (its activation gradients, ~ one layer's activations); under 16-bit autocast each matmul's weight cast (2 bytes per
  *    weight of the stage's layers and the head) is saved for backward per micro-batch in flight.
  */
 function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction {
@@ -181,14 +180,21 @@ function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction
   const inFlight = inFlightMicroBatches(l.schedule, l.pp, l.microBatches, stage, l.virtualStages);
   const layersPerChunk = L / (l.pp * l.virtualStages);
   const outside = activationOutsideLayersBytes({ ...shape, V });
-  let activations = inFlight * layersPerChunk * activationLayerBytesAt(shape, l.recompute, bytes);
+  const stored = inFlight * layersPerChunk * activationLayerBytesAt(shape, l.recompute, bytes);
   // The first stage's embedding-dropout mask (outside.first) is never stored either.
   const last = stage === l.pp - 1;
-  // The last stage runs each backward right after its forward. Under tp the cross-entropy is
-  // composed from differentiable ops (vocabParallelCrossEntropy) and keeps z = logits - max,
-  // exp(z) and a float one-hot, 2 more fp32 values per local logit than the fused kernel.
+  // The peak is the larger of two moments of the backward:
+  //  - the head's (last stage): the head's activations ([SP] §4.3) and the logits' gradient
+  //    (s·b·V/t values). Under tp the cross-entropy is composed from differentiable ops
+  //    (vocabParallelCrossEntropy) and keeps z = logits - max, exp(z) and a float one-hot: 2
+  //    more fp32 values per local logit than the fused kernel.
+  //  - a layer's (every stage): its activation gradients, about one layer's activations, while
+  //    it runs; under full recomputation that layer's activations, rebuilt, as well.
   const logitsPerRank = (s * l.microBatchSize * V) / l.tp;
-  if (last) activations += (outside.last * bytes) / 2 + logitsPerRank * bytes + (l.tp > 1 ? 2 * 4 * logitsPerRank : 0);
+  const head = last ? (outside.last * bytes) / 2 + logitsPerRank * bytes + (l.tp > 1 ? 2 * 4 * logitsPerRank : 0) : 0;
+  const oneLayer = activationLayerBytesAt(shape, "none", bytes);
+  const layer = oneLayer * (l.recompute === "full" ? 2 : 1);
+  let activations = stored + Math.max(head, layer);
   if (bytes === 2) {
     const layerWeights = (L / l.pp) * (12 * h * h) / l.tp;
     activations += 2 * (inFlight * layerWeights + (last ? (V * h) / l.tp : 0));

@@ -124,6 +124,10 @@ test("predict() counts this runtime's memory: 4/4/8 bytes per parameter under bf
   const tp2 = predict(c, { ...l, tp: 2 }, a100).memory;
   const tpLayer = sbh * (2 * (10 + 12 + 5 * 2 / 2) - 2 * (2 + 1));
   assert.equal(tp2.activations, 4 * tpLayer + 2 * (4 * sbh / 2) * (1 + 4096 / 256) + 4 * sbV / 2 + 2 * 4 * sbV / 2);
+  // pp2 stage 0 (1F1B, 2 micro-batches in flight of 2 layers each) has no head: its peak is a
+  // layer's backward, one layer's activation gradients beside what is stored.
+  const pp0 = predict(c, { ...l, pp: 2 }, a100, 0).memory;
+  assert.equal(pp0.activations, 2 * 2 * sbh * 80 + sbh * 80);
   // ZeRO-3 on 2 ranks: 2,120,448 floats per shard, one 9 MiB buffer per state (8 steps per power of two).
   const z3 = predict(c, { ...l, dp: 2, zero: 3, microBatches: 2 }, a100).memory;
   assert.equal(psi, 4_240_896);
