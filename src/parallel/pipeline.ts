@@ -235,7 +235,11 @@ export class PipelineSchedule implements TrainSchedule {
               const { x, y } = batchTensors(b);
               let h = chunk.first ? this.model.embed(x) : input!;
               h = this.model.runBlocks(h, CAUSAL, chunk.blocks);
-              if (chunk.last) return { input, output: this.model.head(h, y, CAUSAL).loss! };
+              if (chunk.last) {
+                const out = this.model.head(h, y, CAUSAL);
+                fns.onOutput?.(out, a.microBatch);
+                return { input, output: out.loss! };
+              }
               return { input, output: h.dtype === dtype ? h : h.to(dtype) };
             }));
           }), { microBatch: a.microBatch, chunk: chunk.modelChunk });

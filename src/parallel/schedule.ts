@@ -9,7 +9,7 @@
  * optimizer.
  */
 import { tensor, withScope, type Tensor, type DType } from "../tensor/index.js";
-import type { GPT } from "../models/index.js";
+import type { GPT, GPTOutput } from "../models/index.js";
 import type { GradSync } from "./grad_sync.js";
 import { traceSpan } from "../core/trace.js";
 import { nextRandomOffset, withRandomStream } from "../core/rng_state.js";
@@ -46,6 +46,8 @@ export interface StepFunctions {
   lossFactor: number;
   /** dtype of the activations that cross pipeline stages (the policy's compute dtype). Default float32. */
   activationDtype?: DType;
+  /** Called with each micro-batch's model output where this rank computes the loss (metrics such as MoE router losses). */
+  onOutput?: (out: GPTOutput, microBatch: number) => void;
 }
 
 export interface TrainSchedule {
@@ -89,7 +91,9 @@ export class PlainSchedule implements TrainSchedule {
       this.gradSync.beforeMicroStep(isLast);
       lossSum += withScope(() => {
         const { x, y } = batchTensors(batches[i]!);
-        const loss = traceSpan("forward", "forward", () => onStepStream(key, batches[i]!, () => fns.forward(() => this.model.forward(x, y))).loss!, { microBatch: i });
+        const out = traceSpan("forward", "forward", () => onStepStream(key, batches[i]!, () => fns.forward(() => this.model.forward(x, y))), { microBatch: i });
+        fns.onOutput?.(out, i);
+        const loss = out.loss!;
         const value = loss.item();
         const scaled = fns.lossFactor === 1 ? loss : loss.mul(fns.lossFactor);
         traceSpan("backward", "backward", () => scaled.backward(), { microBatch: i });

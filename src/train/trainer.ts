@@ -41,6 +41,7 @@ import {
   type Parallelized, type ProcessGroup, type ZeroStage,
 } from "../parallel/index.js";
 import { saveLogicalCheckpoint, restoreLogical, isModelParallel } from "./_logical_checkpoint.js";
+import { MoEMetrics, type MoEStepMetrics } from "./_moe_metrics.js";
 import { resolvePeakFlops } from "./peak_flops.js";
 import { bitsPerByte, bytesPerToken } from "./bits_per_byte.js";
 
@@ -68,6 +69,11 @@ export interface StepMetrics {
   /** fp16: the loss scale after this step, and the steps skipped for overflow so far. */
   loss_scale?: number;
   skipped_steps?: number;
+  /** MoE models: the language-model loss, router losses and per-layer routing (see _moe_metrics.ts). */
+  lm_loss?: number;
+  aux_loss?: number;
+  z_loss?: number;
+  moe?: MoEStepMetrics["moe"];
 }
 
 /** A step that changed nothing (non-finite values, or an fp16 overflow): one metrics.jsonl line. */
@@ -155,6 +161,8 @@ export class Trainer {
   private dpGroup: ProcessGroup = { rank: 0, size: 1, handle: -1 };
   /** Training FLOPs per token of the whole (logical) model, counted before any sharding. */
   private modelFlopsPerToken = 0;
+  /** Router losses and expert loads of MoE models, per step (inactive for dense models). */
+  private moeMetrics!: MoEMetrics;
   /** Peak FLOP/s MFU is against: train.peak_flops, or this machine's measured peak (peak_flops.ts). */
   private peakFlops = 0;
   /** UTF-8 bytes per validation target token, for val_bpb (computed at the first eval). */
@@ -261,6 +269,7 @@ export class Trainer {
       pipeline: { schedule: pc.pp_schedule, virtualStages: pc.pp_schedule === "interleaved" ? pc.pp_virtual_stages : 1, layers: pc.pp_layers },
     });
     this.optimizer = this.parallel.optimizer;
+    this.moeMetrics = new MoEMetrics(this.model);
     const ls = c.train.loss_scale;
     this.precision = new PrecisionPolicy(c.train.precision, { initial: ls.initial, growthInterval: ls.growth_interval, growthFactor: ls.growth_factor, backoffFactor: ls.backoff_factor });
     const peak = resolvePeakFlops({ explicit: c.train.peak_flops, dtype: this.precision.computeDtype, processes: mesh.world.size });
@@ -302,8 +311,10 @@ export class Trainer {
     const batches = Array.from({ length: accum }, () => this.loader.nextBatch());
     // Scale so accumulated gradients are the mean over micro-batches, times the fp16 loss
     // scale (1 otherwise), which the optimizer step divides back out.
+    this.moeMetrics.reset();
     const lossSum = await this.parallel.schedule.run(batches, {
       forward: (fn) => policy.forward(fn), lossFactor: lossScale / accum, activationDtype: policy.computeDtype,
+      ...(this.moeMetrics.active ? { onOutput: (out) => this.moeMetrics.observe(out) } : {}),
     });
     // Gradients are complete here: this is when ZeRO's per-stage accounting applies.
     const memAtGrads = memoryStats();
@@ -359,6 +370,7 @@ export class Trainer {
       mem_params_mb: memAtGrads.live.params / 2 ** 20, mem_grads_mb: memAtGrads.live.grads / 2 ** 20, mem_optimizer_mb: memAtGrads.live.optimizer / 2 ** 20,
       mem_act_peak_mb: mem.peak.activations / 2 ** 20,
       ...(scaler ? { loss_scale: scaler.scale, skipped_steps: scaler.skippedSteps } : {}),
+      ...this.moeMetrics.summary(),
     };
   }
 
@@ -448,7 +460,8 @@ export class Trainer {
         const line = `step ${m.step + 1}/${c.train.max_steps} | loss ${m.loss.toFixed(4)} | lr ${m.lr.toExponential(2)} | ` +
           `norm ${m.grad_norm.toFixed(2)} | ${(m.tokens_per_s / 1000).toFixed(1)}k tok/s | ${(m.flops_per_s / 1e9).toFixed(1)} GFLOP/s | ` +
           `MFU ${(m.mfu * 100).toFixed(1)}% | mem ${m.mem_live_mb.toFixed(0)}/${m.mem_peak_mb.toFixed(0)} MiB (act ${m.mem_act_peak_mb.toFixed(0)})` +
-          (m.loss_scale !== undefined ? ` | scale ${m.loss_scale} (${m.skipped_steps} skipped)` : "");
+          (m.loss_scale !== undefined ? ` | scale ${m.loss_scale} (${m.skipped_steps} skipped)` : "") +
+          (m.aux_loss !== undefined ? ` | aux ${m.aux_loss.toFixed(3)} z ${m.z_loss!.toFixed(2)} dropped ${(100 * Math.max(...(m.moe ?? []).map((l) => l.dropped_fraction))).toFixed(1)}%` : "");
         const perStep = (performance.now() - t0) / 1000 / Math.max(1, this.step - startStep);
         process.stderr.write(`${line} | eta ${fmtEta(perStep * (c.train.max_steps - this.step))}\n`);
       }
