@@ -17,7 +17,7 @@ export { FlatShards, type ShardUnit, type ShardPiece } from "./flat_shards.js";
 export { ShardedAdamW, type ShardedAdamWOptions, type ZeroStage } from "./sharded_optimizer.js";
 export { FullyShardedUnits, type FSDPOptions } from "./fsdp.js";
 export { parallelize, type ParallelizeConfig, type Parallelized } from "./parallelize.js";
-export { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence, scatterToSequence } from "./regions.js";
+export { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence } from "./regions.js";
 export {
   applyTensorParallel, shardOfLogical, logicalFromShards, vocabParallelCrossEntropy, ColumnParallelLinear, RowParallelLinear,
   VocabParallelEmbedding, VocabParallelHead, SequenceParallelLayerNorm, SequenceParallelPositionEmbedding,

@@ -6,7 +6,6 @@
  *   reduceFromRegion        forward all-reduce (sum)  backward identity
  *   gatherFromSequence      forward all-gather (seq)  backward reduce-scatter (seq)
  *   reduceScatterToSequence forward reduce-scatter    backward all-gather (seq)
- *   scatterToSequence       forward split (seq)       backward all-gather (seq)
  *
  * "Sequence" is dim 1 of a (B, T, C) activation: rank r of the group holds tokens
  * [r T/n, (r+1) T/n). MPI gathers and scatters whole contiguous blocks, so the ops move the
@@ -72,17 +71,6 @@ export function reduceScatterSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
   });
 }
 
-/** This rank's (B, T/n, ...) slice of x (B, T, ...), as a contiguous copy. Outside autograd. */
-function splitSeqRaw(x: Tensor, g: ProcessGroup): Tensor {
-  const Tl = x.shape[1]! / g.size;
-  return noGrad(() => {
-    const v = x.narrow(1, g.rank * Tl, Tl);
-    const out = v.contiguous();
-    v.dispose();
-    return out;
-  });
-}
-
 /**
  * Identity forward, all-reduce (sum) backward: where a replicated activation enters a region
  * whose ranks each compute a part of its consumers (a column-parallel linear's input). Also
@@ -123,13 +111,6 @@ export function reduceScatterToSequence(x: Tensor, g: ProcessGroup): Tensor {
   if (g.size === 1) return noGradIdentity(x);
   checkSeq("reduceScatterToSequence", x, g.size, true);
   return recordNode("sp_reduce_scatter", reduceScatterSeqRaw(x, g), [x], (gy) => [gatherSeqRaw(gy as Tensor, g)]);
-}
-
-/** Split along the sequence forward, all-gather backward: a replicated (B, T, C) enters the sequence-parallel region. */
-export function scatterToSequence(x: Tensor, g: ProcessGroup): Tensor {
-  if (g.size === 1) return noGradIdentity(x);
-  checkSeq("scatterToSequence", x, g.size, true);
-  return recordNode("sp_scatter", splitSeqRaw(x, g), [x], (gy) => [gatherSeqRaw(gy as Tensor, g)]);
 }
 
 /** The group-of-one form of every region: a new handle in the graph, gradient passed through. */
