@@ -62,7 +62,11 @@ export interface MoEOptions {
   numExperts: number;
   /** Experts per token: 1 (Switch) or 2 (GShard, Mixtral). */
   topK: 1 | 2;
-  /** Slots per expert in training = ceil(capacityFactor * tokens * k / E). Default 1.25. */
+  /**
+   * Slots per expert in training = min(tokens, ceil(capacityFactor * tokens * k / E)). Default
+   * 1.25. Infinity, or any value >= E / k (what a JSON config can say), drops nothing: an expert
+   * then has a slot for every token, and no token picks one expert twice.
+   */
   capacityFactor?: number;
   /** The capacity factor in eval mode (eval, generation, serving). Default 2.0; Infinity drops nothing. */
   evalCapacityFactor?: number;
