@@ -18,7 +18,7 @@ import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadConfig } from "../train/config.js";
 import { Trainer } from "../train/trainer.js";
-import { generate } from "../models/index.js";
+import { generate, type GPT } from "../models/index.js";
 import { trainBpe } from "../tokenizers/index.js";
 import { brownCorpusDocuments } from "../data/brown.js";
 
@@ -72,7 +72,7 @@ export function register(program: Command): void {
       process.stderr.write("\nsamples (temperature 0.8, top-k 40):\n");
       const sampled: string[] = [];
       for (const [i, prompt] of DEMO_PROMPTS.entries()) {
-        const ids = [...generate(trainer.model, tok.encode(prompt), { maxNewTokens: o.tokens, temperature: 0.8, topK: 40, seed: i, stopTokens: [tok.eotToken] })];
+        const ids = [...generate(trainer.model as GPT, tok.encode(prompt), { maxNewTokens: o.tokens, temperature: 0.8, topK: 40, seed: i, stopTokens: [tok.eotToken] })];
         const text = tok.decode(ids.filter((t) => t !== tok.eotToken));
         sampled.push(...words(text));
         process.stdout.write(`--- ${prompt}${text}\n`);

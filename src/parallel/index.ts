@@ -16,7 +16,7 @@ export { DataParallel, type DataParallelOptions } from "./data_parallel.js";
 export { FlatShards, type ShardUnit, type ShardPiece } from "./flat_shards.js";
 export { ShardedAdamW, type ShardedAdamWOptions, type ZeroStage } from "./sharded_optimizer.js";
 export { FullyShardedUnits, type FSDPOptions } from "./fsdp.js";
-export { parallelize, type ParallelizeConfig, type Parallelized } from "./parallelize.js";
+export { parallelize, type ParallelizeConfig, type Parallelized, type ParallelModel, type BlockModel } from "./parallelize.js";
 export { copyToRegion, reduceFromRegion, gatherFromSequence, reduceScatterToSequence } from "./regions.js";
 export {
   applyTensorParallel, shardOfLogical, logicalFromShards, vocabParallelCrossEntropy, ColumnParallelLinear, RowParallelLinear,
@@ -28,7 +28,7 @@ export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index
 export { underMpi, CommError } from "../backend/mpi.js";
 export { applyExpertParallel, allToAllRegion, isExpertParam, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
 export { gatherLogical, type LogicalTensor } from "./logical_state.js";
-export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions } from "./schedule.js";
+export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions, type BatchForward, type LossOutput } from "./schedule.js";
 export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline.js";
 export {
   pipelineActions, simulatePipeline, simulateActionLists, bubbleFraction, modelChunkOf, locateModelChunk,

@@ -37,7 +37,8 @@
  * GradSync that does nothing (unless ZeRO is asked for, which then runs with one shard).
  */
 import { ValueError } from "../core/errors.js";
-import type { GPT } from "../models/index.js";
+import { GPT, type ActivationCheckpointing } from "../models/index.js";
+import type { Module } from "../nn/index.js";
 import { AdamW, type AdamWOptions, type Optimizer, type GradNormScope } from "../optim/index.js";
 import type { Tensor } from "../tensor/index.js";
 import type { ProcessGroup } from "./collectives.js";
@@ -49,8 +50,35 @@ import type { DeviceMesh } from "./mesh.js";
 import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.js";
 import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
 import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline.js";
-import { PlainSchedule, type TrainSchedule } from "./schedule.js";
+import { PlainSchedule, type TrainSchedule, type BatchForward } from "./schedule.js";
 import { applyExpertParallel, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
+
+/**
+ * A model other than GPT that parallelize() can wrap (BERT, a task head around an encoder): it
+ * gets data parallelism, ZeRO and activation recomputation; the tp, pp and ep stages need GPT.
+ */
+export interface BlockModel extends Module {
+  /** The transformer blocks, in order: ZeRO/FSDP units (everything else is the root unit). */
+  readonly blocks: readonly Module[];
+  /** What the blocks recompute in backward (the activation checkpointing stage sets it). */
+  activationCheckpointing: ActivationCheckpointing;
+}
+
+/** What parallelize() takes: a GPT (every stage) or a BlockModel (data-parallel stages). */
+export type ParallelModel = GPT | BlockModel;
+
+/** The transformer blocks of a model: its FSDP/ZeRO units. */
+function blocksOf(model: ParallelModel): readonly Module[] {
+  return model instanceof GPT ? model.h : model.blocks;
+}
+
+/**
+ * The parameters the optimizer updates: those that require gradients. Frozen ones (the base
+ * weights under LoRA) get no gradient reduction and no optimizer state.
+ */
+function trainable(ps: readonly Tensor[]): Tensor[] {
+  return ps.filter((p) => p.requiresGrad);
+}
 
 /** What to apply (the trainer builds it from `parallel.*` and `train.activation_checkpointing`). */
 export interface ParallelizeConfig {
@@ -70,12 +98,14 @@ export interface ParallelizeConfig {
   sequenceParallel?: boolean;
   /** Pipeline parallelism (mesh pp > 1): schedule, virtual stages, layers per stage. */
   pipeline?: PipelineOptions;
+  /** A micro-batch's forward and loss for models other than the GPT language model (see schedule.ts). */
+  forwardBatch?: BatchForward;
 }
 
 /** What a train step needs from the parallel form of the model. */
-export interface Parallelized {
+export interface Parallelized<M extends ParallelModel = ParallelModel> {
   /** The model (the same object, with hooks where a stage needed them). */
-  model: GPT;
+  model: M;
   /** AdamW, or the sharded AdamW under ZeRO. */
   optimizer: Optimizer;
   /** The accumulation hooks: `beforeMicroStep(isLast)` / `afterBackward(isLast)`. */
@@ -106,7 +136,7 @@ export interface Parallelized {
 
 /** What the stages build up. */
 interface Context {
-  readonly model: GPT;
+  readonly model: ParallelModel;
   readonly mesh: DeviceMesh;
   readonly config: ParallelizeConfig;
   optimizer: Optimizer | null;
@@ -124,6 +154,14 @@ type Stage = (ctx: Context) => void;
 const tensorParallel: Stage = (ctx) => {
   const g = ctx.mesh.group("tp");
   const sp = ctx.config.sequenceParallel ?? false;
+  if (!(ctx.model instanceof GPT)) {
+    for (const axis of ["tp", "pp", "ep"] as const) {
+      if (ctx.mesh.sizes[axis] > 1) throw new ValueError(`parallelize: ${axis}=${ctx.mesh.sizes[axis]} needs a GPT model; ${ctx.model.constructor.name} runs with data parallelism and ZeRO (parallel.dp, parallel.zero)`);
+    }
+    if (sp) throw new ValueError("parallelize: sequence parallelism needs tp > 1 and a GPT model");
+    ctx.tp = { group: g, sequenceParallel: false, specs: new Map(ctx.model.namedParameters().map(([n]) => [n, { kind: "replicated" }])), paddedVocab: 0 };
+    return;
+  }
   ctx.tp = applyTensorParallel(ctx.model, g, { sequenceParallel: sp });
   if (g.size > 1) ctx.applied.push(`tensor parallel (tp=${g.size}${sp ? ", sequence parallel" : ""})`);
 };
@@ -131,6 +169,10 @@ const tensorParallel: Stage = (ctx) => {
 /** Stage 1b: expert parallelism over the ep axis. */
 const expertParallel: Stage = (ctx) => {
   const g = ctx.mesh.group("ep");
+  if (!(ctx.model instanceof GPT)) {
+    ctx.ep = { group: g, expertParams: new Set(), layers: 0 };
+    return;
+  }
   if (g.size > 1 && (ctx.mesh.sizes.tp > 1 || ctx.mesh.sizes.pp > 1)) {
     throw new ValueError(`parallelize: expert parallelism (ep=${g.size}) does not combine with tp or pp yet (mesh ${ctx.mesh.toString()})`);
   }
@@ -147,7 +189,7 @@ const expertParallel: Stage = (ctx) => {
 /** Stage 2: the pipeline split over the pp axis. */
 const pipelineSplit: Stage = (ctx) => {
   const g = ctx.mesh.group("pp");
-  if (g.size === 1) return;
+  if (g.size === 1 || !(ctx.model instanceof GPT)) return;
   if ((ctx.config.zero ?? 0) >= 2) {
     throw new ValueError(`parallelize: ZeRO-${ctx.config.zero} reduce-scatters gradients on every micro-batch, which a pipeline schedule cannot combine with (as in DeepSpeed); use zero 0 or 1 with pp=${g.size}`);
   }
@@ -172,7 +214,8 @@ const dataParallel: Stage = (ctx) => {
     // Expert parallelism (zero 0 or 1, checked in its stage): the shared parameters reduce
     // over dp x ep, the experts over dp, then the experts' 1/ep scale (expert_parallel.ts).
     const dpEp = ctx.mesh.dataGroup(), dp = ctx.mesh.group("dp");
-    const all = model.parameters();
+    const gpt = model as GPT;  // experts exist only in GPT's MoE blocks
+    const all = trainable(model.parameters());
     const shared = all.filter((p) => !experts.has(p)), mine = all.filter((p) => experts.has(p));
     if (zero === 0) {
       const opts = { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" };
@@ -181,8 +224,8 @@ const dataParallel: Stage = (ctx) => {
       ctx.optimizer = new AdamW(all, config.optimizer);
     } else {
       const opts = { stage: 1 as const, reduceDtype: config.reduceDtype ?? "float32" };
-      const sharedOpt = new ShardedAdamW(new FlatShards(shared, dpEp, model.h.map((b) => b.parameters().filter((p) => !experts.has(p)))), config.optimizer, opts);
-      const expertOpt = new ShardedAdamW(new FlatShards(mine, dp, model.h.map((b) => b.parameters().filter((p) => experts.has(p)))), config.optimizer, opts);
+      const sharedOpt = new ShardedAdamW(new FlatShards(shared, dpEp, gpt.h.map((b) => b.parameters().filter((p) => !experts.has(p)))), config.optimizer, opts);
+      const expertOpt = new ShardedAdamW(new FlatShards(mine, dp, gpt.h.map((b) => b.parameters().filter((p) => experts.has(p)))), config.optimizer, opts);
       // Distinct experts on every ep rank: their squared norms add over ep (the shared part's group is every rank).
       const ep = ctx.mesh.group("ep");
       expertOpt.normScope = { reduce: (sq) => sumOverGroup(sq, ep) };
@@ -194,7 +237,7 @@ const dataParallel: Stage = (ctx) => {
     return;
   }
   const group = ctx.mesh.group("dp");
-  const params = model.parameters();
+  const params = trainable(model.parameters());
   if (zero === 0) {
     // DDP first: it makes every rank start from rank 0's weights.
     if (group.size > 1) {
@@ -206,9 +249,11 @@ const dataParallel: Stage = (ctx) => {
   }
   if (![1, 2, 3].includes(zero)) throw new ValueError(`parallelize: zero must be 0, 1, 2 or 3, got ${String(zero)}`);
   // FSDP-style units: one per transformer block, the embeddings and final norm in the root.
-  const shards = new FlatShards(params, group, model.h.map((b) => b.parameters()));
+  const blocks = blocksOf(model);
+  const shards = new FlatShards(params, group, blocks.map((b) => trainable(b.parameters())));
   if (zero === 3) {
-    ctx.fsdp = new FullyShardedUnits(model, model.h, shards, { prefetch: config.zero3Prefetch ?? true });
+    if (params.length !== model.parameters().length) throw new ValueError("parallelize: ZeRO-3 shards every parameter; with frozen parameters (LoRA) use parallel.zero 0, 1 or 2");
+    ctx.fsdp = new FullyShardedUnits(model, blocks, shards, { prefetch: config.zero3Prefetch ?? true });
   }
   const opt = new ShardedAdamW(shards, config.optimizer, { stage: zero, reduceDtype: config.reduceDtype ?? "float32", ...(ctx.fsdp ? { paramShard: ctx.fsdp.paramShard } : {}) });
   ctx.optimizer = opt;
@@ -235,20 +280,21 @@ const STAGES: ReadonlyArray<readonly [string, Stage]> = [
  * gradSync.beforeMicroStep(true); model.forward(x, y).loss!.backward(); await gradSync.afterBackward(true);
  * optimizer.step({ gradScale: (await optimizer.gradNorm(1)).clipCoef }); optimizer.zeroGrad();
  */
-export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeConfig = {}): Parallelized {
+export function parallelize<M extends ParallelModel>(model: M, mesh: DeviceMesh, config: ParallelizeConfig = {}): Parallelized<M> {
   const ctx: Context = { model, mesh, config, optimizer: null, gradSync: [], fsdp: null, applied: [], tp: null, pp: null, ep: null };
   for (const [, stage] of STAGES) stage(ctx);
   const fsdp = ctx.fsdp;
-  const optimizer = ctx.optimizer ?? new AdamW(model.parameters(), config.optimizer);
+  const optimizer = ctx.optimizer ?? new AdamW(trainable(model.parameters()), config.optimizer);
   const gradSync = composeGradSync(ctx.gradSync);
   const tp = ctx.tp!;
   let schedule: TrainSchedule;
   if (ctx.pp) {
-    const pipe = new PipelineSchedule(model, mesh.group("pp"), gradSync, ctx.pp, tp.sequenceParallel ? tp.group.size : 1);
+    if (config.forwardBatch) throw new ValueError("parallelize: a pipeline runs the GPT language model's own forward; a task forward (forwardBatch) needs pp=1");
+    const pipe = new PipelineSchedule(model as GPT, mesh.group("pp"), gradSync, ctx.pp, tp.sequenceParallel ? tp.group.size : 1);
     schedule = pipe;
     setNormScope(optimizer, normScope(model, mesh, tp, (p) => pipe.countsForNorm(p), ctx.ep!.expertParams));
   } else {
-    schedule = new PlainSchedule(model, gradSync);
+    schedule = new PlainSchedule(model instanceof GPT ? model : null, gradSync, config.forwardBatch);
     setNormScope(optimizer, normScope(model, mesh, tp, () => true, ctx.ep!.expertParams));
   }
   return {
@@ -275,7 +321,7 @@ export function parallelize(model: GPT, mesh: DeviceMesh, config: ParallelizeCon
  * they count on every ep rank, and a shared parameter (the same gradient on every ep rank after
  * the reduction) on ep rank 0; summed over ep. Null when no model-parallel axis is split.
  */
-function normScope(model: GPT, mesh: DeviceMesh, tp: TensorParallelPlan, stageCounts: (p: Tensor) => boolean, experts: ReadonlySet<Tensor>): GradNormScope | null {
+function normScope(model: ParallelModel, mesh: DeviceMesh, tp: TensorParallelPlan, stageCounts: (p: Tensor) => boolean, experts: ReadonlySet<Tensor>): GradNormScope | null {
   const tpG = mesh.group("tp"), ppG = mesh.group("pp"), epG = mesh.group("ep");
   if (tpG.size === 1 && ppG.size === 1 && epG.size === 1) return null;
   const counted = model.namedParameters().map(([name, p]) => {

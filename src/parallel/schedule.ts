@@ -12,6 +12,7 @@ import { tensor, withScope, type Tensor, type DType } from "../tensor/index.js";
 import type { GPT, GPTOutput } from "../models/index.js";
 import type { GradSync } from "./grad_sync.js";
 import { traceSpan } from "../core/trace.js";
+import { ValueError } from "../core/errors.js";
 import { nextRandomOffset, withRandomStream } from "../core/rng_state.js";
 
 /**
@@ -28,7 +29,11 @@ export function onStepStream<T>(key: number, b: MicroBatch, fn: () => T): T {
   return withRandomStream(key, fn, b.rows ? { rows: b.rows } : {});
 }
 
-/** One micro-batch of token windows: inputs and next-token targets, (batchSize, blockSize) each. */
+/**
+ * One micro-batch: (batchSize, blockSize) token ids and the targets the task's loss reads
+ * (next tokens for language modelling, -100 where no loss applies; masked-token labels for
+ * BERT's MLM; one class per row for classification).
+ */
 export interface MicroBatch {
   inputs: Int32Array;
   targets: Int32Array;
@@ -36,7 +41,20 @@ export interface MicroBatch {
   blockSize: number;
   /** Each row's sample number (the data loader's global order): per-sample random draws (dropout) are keyed by it. */
   rows?: readonly number[];
+  /** Further int32 inputs some tasks take, row-major: token_type_ids and attention_mask (B, T), next_sentence_label (B)... */
+  fields?: Readonly<Record<string, Int32Array>>;
 }
+
+/** The model output a schedule needs: the loss (GPTOutput and the other tasks' outputs have it). */
+export interface LossOutput {
+  loss: Tensor | null;
+}
+
+/**
+ * A micro-batch's forward with its loss, for models other than the GPT language model (the
+ * default: `model.forward(inputs, targets)`). The trainer's task supplies it (src/train/tasks).
+ */
+export type BatchForward = (b: MicroBatch) => LossOutput;
 
 /** What the trainer's policy contributes to a step. */
 export interface StepFunctions {
@@ -47,7 +65,7 @@ export interface StepFunctions {
   /** dtype of the activations that cross pipeline stages (the policy's compute dtype). Default float32. */
   activationDtype?: DType;
   /** Called with each micro-batch's model output where this rank computes the loss (metrics such as MoE router losses). */
-  onOutput?: (out: GPTOutput, microBatch: number) => void;
+  onOutput?: (out: GPTOutput | LossOutput, microBatch: number) => void;
 }
 
 export interface TrainSchedule {
@@ -81,7 +99,14 @@ export function batchTensors(b: MicroBatch): { x: Tensor; y: Tensor } {
  */
 export class PlainSchedule implements TrainSchedule {
   readonly name = "plain";
-  constructor(private readonly model: GPT, private readonly gradSync: GradSync) {}
+  private readonly forwardBatch: BatchForward;
+  constructor(model: GPT | null, private readonly gradSync: GradSync, forwardBatch?: BatchForward) {
+    if (!forwardBatch && !model) throw new ValueError("PlainSchedule: pass a GPT or a forwardBatch function");
+    this.forwardBatch = forwardBatch ?? ((b) => {
+      const { x, y } = batchTensors(b);
+      return model!.forward(x, y);
+    });
+  }
 
   async run(batches: readonly MicroBatch[], fns: StepFunctions): Promise<number> {
     let lossSum = 0;
@@ -90,8 +115,8 @@ export class PlainSchedule implements TrainSchedule {
       const isLast = i === batches.length - 1;
       this.gradSync.beforeMicroStep(isLast);
       lossSum += withScope(() => {
-        const { x, y } = batchTensors(batches[i]!);
-        const out = traceSpan("forward", "forward", () => onStepStream(key, batches[i]!, () => fns.forward(() => this.model.forward(x, y))), { microBatch: i });
+        const b = batches[i]!;
+        const out = traceSpan("forward", "forward", () => onStepStream(key, b, () => fns.forward(() => this.forwardBatch(b))), { microBatch: i });
         fns.onOutput?.(out, i);
         const loss = out.loss!;
         const value = loss.item();
@@ -105,9 +130,6 @@ export class PlainSchedule implements TrainSchedule {
   }
 
   async evalLoss(batch: MicroBatch, fns: Pick<StepFunctions, "forward">): Promise<number> {
-    return withScope(() => {
-      const { x, y } = batchTensors(batch);
-      return fns.forward(() => this.model.forward(x, y)).loss!.item();
-    });
+    return withScope(() => fns.forward(() => this.forwardBatch(batch)).loss!.item());
   }
 }

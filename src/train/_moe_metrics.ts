@@ -7,7 +7,7 @@
  */
 import type { Tensor } from "../tensor/index.js";
 import { MoE } from "../nn/index.js";
-import type { GPT } from "../models/index.js";
+import type { Module } from "../nn/index.js";
 
 /** The MoE fields of one metrics.jsonl line. */
 export interface MoEStepMetrics {
@@ -28,7 +28,7 @@ export class MoEMetrics {
   private dropped: number[] = [];
   private statsSeen = 0;
 
-  constructor(model: GPT) {
+  constructor(model: Module) {
     this.layers = model.namedModules().filter((e): e is [string, MoE] => e[1] instanceof MoE);
     this.reset();
   }

@@ -11,7 +11,7 @@
  * gradient norm is not finite is skipped (gradients dropped, nothing updated) and reported;
  * `train.max_nonfinite_steps` consecutive skips stop the run with a clear error.
  */
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MegalithError, ValueError } from "../core/errors.js";
 import { checkMemoryBudget, checkResumeConfig, previousRun, clearPreviousRun, truncateMetrics } from "./_run_dir.js";
@@ -26,24 +26,23 @@ import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
 import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "../tensor/index.js";
 import { PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
-import { GPT, loadGPTWeights, gptToRecords, hfConfig, generationConfig, type SpecialTokenIds } from "../models/index.js";
+import { GPT, hfConfig, generationConfig, type GPTOutput } from "../models/index.js";
 import { cosineLr, type AdamWState, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
 import {
   findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles, writeDirAtomic,
   optimizerFileNames, readOptimizerMoments, type OptimizerFiles, type SaveGroup, type TensorRecord,
 } from "../checkpoint/index.js";
-import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta, type TokenLoaderState } from "../data/index.js";
-import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
-import { type TrainConfig, tokensPerStep, worldSizeOf, moeConfigOf } from "./config.js";
+import { saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import { type TrainConfig, worldSizeOf } from "./config.js";
+import { createTask, specialTokenIds, type TrainTask, type TaskLoader } from "./tasks/index.js";
 import { startTrace, stopTrace, traceStep, traceSpan, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
-  type Parallelized, type ProcessGroup, type ZeroStage,
+  type Parallelized, type ParallelModel, type ProcessGroup, type ZeroStage,
 } from "../parallel/index.js";
 import { saveLogicalCheckpoint, restoreLogical, isModelParallel } from "./_logical_checkpoint.js";
 import { MoEMetrics, type MoEStepMetrics } from "./_moe_metrics.js";
 import { resolvePeakFlops } from "./peak_flops.js";
-import { bitsPerByte, bytesPerToken } from "./bits_per_byte.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -127,7 +126,8 @@ export interface TrainerOptions {
 interface TrainerState {
   step: number;
   rng: { seed: number; offset: number };
-  loader: TokenLoaderState;
+  /** The task's loader position (TokenLoaderState for language modelling). */
+  loader: unknown;
   optimizer: AdamWState;
   config: TrainConfig;
   tokens_seen: number;
@@ -137,7 +137,10 @@ interface TrainerState {
 
 export class Trainer {
   readonly config: TrainConfig;
-  model!: GPT;
+  /** What is trained and on which batches: language modelling, MLM, classification, SFT (tasks/). */
+  task!: TrainTask;
+  /** The task's model (a GPT for language modelling and SFT; `trainer.model as GPT` there). */
+  model!: ParallelModel;
   /** AdamW, or the sharded AdamW under ZeRO (whatever parallelize() built). */
   optimizer!: Optimizer;
   /** The model's parallel form: gradient sync, full-parameter access, the data-parallel group. */
@@ -146,9 +149,6 @@ export class Trainer {
   precision!: PrecisionPolicy;
   /** Peak total bytes over the run (each step resets the allocator's peaks to measure its own). */
   private runPeakBytes = 0;
-  loader!: TokenLoader;
-  dataDir!: string;
-  tokenizer: Tokenizer | null = null;
   step = 0;
   tokensSeen = 0;
   private readonly opts: Required<TrainerOptions>;
@@ -165,8 +165,6 @@ export class Trainer {
   private moeMetrics!: MoEMetrics;
   /** Peak FLOP/s MFU is against: train.peak_flops, or this machine's measured peak (peak_flops.ts). */
   private peakFlops = 0;
-  /** UTF-8 bytes per validation target token, for val_bpb (computed at the first eval). */
-  private valBytesPerToken: number | undefined;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -229,37 +227,18 @@ export class Trainer {
       if (underMpi()) barrier(mesh.world);
     }
     mkdirSync(c.out_dir, { recursive: true });
-    // Data: the built-in Brown corpus is prepared (and cached) on first use.
-    if (c.data.source === "brown") {
-      const { dir, reused } = await ensurePreparedBrown(c.data.cache_dir, c.data.tokenizer);
-      this.say(`data: Brown corpus ${reused ? "(cached)" : "prepared"} at ${dir}`);
-      this.dataDir = dir;
-    } else {
-      if (!existsSync(join(c.data.source, "meta.json"))) {
-        throw new ValueError(`data.source ${JSON.stringify(c.data.source)} is neither "brown" nor a directory prepared by \`megalith prepare\` (no meta.json)`);
-      }
-      this.dataDir = c.data.source;
-    }
-    const meta = readMeta(this.dataDir);
-    if (meta.tokenizer.vocabSize > c.model.vocab_size) {
-      throw new ValueError(`model.vocab_size ${c.model.vocab_size} is smaller than the data's vocabulary (${meta.tokenizer.vocabSize}); raise it (GPT-2 uses 50257, padded to 50304)`);
-    }
-    try {
-      this.tokenizer = loadTokenizer(c.data.source === "brown" ? c.data.tokenizer : meta.tokenizer.spec);
-    } catch {
-      this.tokenizer = null;  // sampling text from the final model then needs an explicit tokenizer
-    }
-    // Refuse a model that cannot fit before allocating it (V8 or the allocator would fail
-    // half-way, without a useful message).
-    checkMemoryBudget(c, underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1);
-    manualSeed(c.train.seed);
-    this.model = new GPT(
-      { nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias, moe: moeConfigOf(c) },
-      { seed: c.train.seed },
-    );
-    if (c.model.init_from) await loadGPTWeights(this.model, c.model.init_from, { allowSymlinks: this.opts.allowSymlinks });
+    this.task = await createTask(c, {
+      say: (m) => this.say(m), rank: this.dpGroup.rank, dpSize: this.dpGroup.size, allowSymlinks: this.opts.allowSymlinks,
+      beforeModel: () => {
+        // Refuse a model that cannot fit before allocating it (V8 or the allocator would fail
+        // half-way, without a useful message).
+        checkMemoryBudget(c, underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1);
+        manualSeed(c.train.seed);
+      },
+    });
+    this.model = this.task.model;
     const params = this.model.numParameters();
-    this.modelFlopsPerToken = this.model.flopsPerToken(c.model.block_size);
+    this.modelFlopsPerToken = this.task.flopsPerToken;
     this.parallel = parallelize(this.model, mesh, {
       zero: c.parallel.zero as 0 | ZeroStage, zero3Prefetch: c.parallel.zero3_prefetch, bucketBytes: c.parallel.bucket_mb * 2 ** 20,
       reduceDtype: c.parallel.reduce_dtype === "bf16" ? "bfloat16" : "float32",
@@ -267,6 +246,7 @@ export class Trainer {
       optimizer: { lr: c.optimizer.lr, betas: c.optimizer.betas, eps: c.optimizer.eps, weightDecay: c.optimizer.weight_decay },
       sequenceParallel: pc.sp,
       pipeline: { schedule: pc.pp_schedule, virtualStages: pc.pp_schedule === "interleaved" ? pc.pp_virtual_stages : 1, layers: pc.pp_layers },
+      ...(this.task.forwardBatch ? { forwardBatch: this.task.forwardBatch } : {}),
     });
     this.optimizer = this.parallel.optimizer;
     this.moeMetrics = new MoEMetrics(this.model);
@@ -275,17 +255,32 @@ export class Trainer {
     const peak = resolvePeakFlops({ explicit: c.train.peak_flops, dtype: this.precision.computeDtype, processes: mesh.world.size });
     this.peakFlops = peak.flops;
     this.say(peak.describe);
-    this.loader = new TokenLoader({
-      dir: this.dataDir, split: "train", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
-      seed: c.train.seed, rank: this.dpGroup.rank, worldSize: this.dpGroup.size,
-    });
-    this.say(`model: GPT ${c.model.n_layer} layers, ${c.model.n_head} heads, ${c.model.n_embd} wide, ${(params / 1e6).toFixed(2)}M parameters; ` +
-      `global batch ${tokensPerStep(c)} tokens (${c.train.micro_batch_size} x ${c.model.block_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)` +
+    const trained = this.model.parameters().filter((p) => p.requiresGrad).reduce((a, p) => a + p.numel, 0);
+    this.say(`model: ${this.task.describe()}${trained !== params ? ` (${trained.toLocaleString("en-US")} trainable, ${(100 * trained / params).toFixed(2)}%)` : ""}; ` +
+      `global batch ${this.tokensPerStep()} tokens (${c.train.micro_batch_size} x ${this.task.tokensPerMicroBatch / c.train.micro_batch_size} x ${c.train.grad_accum_steps} accum x ${c.parallel.dp} dp)` +
       (this.parallel.applied.length ? `; ${mesh.toString()}: ${this.parallel.applied.join(", ")}` : ""));
-    if (c.eval.batches > 0 && this.valBatchCount() === 0) {
-      this.say(`warning: the val split of ${this.dataDir} holds no full window of ${c.model.block_size + 1} tokens; eval is skipped (prepare with a larger --val-fraction)`);
-    }
     if (this.opts.resume) await this.restoreLatest();
+  }
+
+  /** The training data loader (the task's). */
+  get loader(): TaskLoader {
+    return this.task.loader;
+  }
+
+  /** The tokenizer of the data, written into model directories; null when unknown. */
+  get tokenizer(): Tokenizer | null {
+    return this.task?.tokenizer ?? null;
+  }
+
+  /** The model as a GPT, for the layouts only GPT has (tp, pp: logical checkpoints). */
+  private get gpt(): GPT {
+    if (!(this.model instanceof GPT)) throw new ValueError(`this layout needs a GPT model, got ${this.model.constructor.name}`);
+    return this.model;
+  }
+
+  /** Token positions per optimizer step over all data-parallel ranks (the global batch). */
+  tokensPerStep(): number {
+    return this.task.tokensPerMicroBatch * this.config.train.grad_accum_steps * this.config.parallel.dp;
   }
 
   /** Learning rate at optimizer step `step` (0-based). */
@@ -314,7 +309,7 @@ export class Trainer {
     this.moeMetrics.reset();
     const lossSum = await this.parallel.schedule.run(batches, {
       forward: (fn) => policy.forward(fn), lossFactor: lossScale / accum, activationDtype: policy.computeDtype,
-      ...(this.moeMetrics.active ? { onOutput: (out) => this.moeMetrics.observe(out) } : {}),
+      ...(this.moeMetrics.active ? { onOutput: (out) => this.moeMetrics.observe(out as GPTOutput) } : {}),
     });
     // Gradients are complete here: this is when ZeRO's per-stage accounting applies.
     const memAtGrads = memoryStats();
@@ -360,7 +355,7 @@ export class Trainer {
     });
     this.step++;
     const dt = (performance.now() - t0) / 1000;
-    const tokens = tokensPerStep(c);
+    const tokens = this.tokensPerStep();
     this.tokensSeen += tokens;
     const flops = (this.modelFlopsPerToken * tokens) / dt;
     const mem = memoryStats();
@@ -379,12 +374,7 @@ export class Trainer {
    * window: `megalith prepare` on a single document sends nothing to val).
    */
   valBatchCount(): number {
-    const c = this.config;
-    try {
-      return evalBatchCount({ dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size });
-    } catch {
-      return 0;
-    }
+    return this.task.valBatchCount();
   }
 
   /** Mean loss over `eval.batches` validation batches (NaN when the val split has none). A collective. */
@@ -392,12 +382,11 @@ export class Trainer {
     const c = this.config;
     this.model.eval();
     let sum = 0, n = 0;
-    const layout = { dir: this.dataDir, split: "val" as const, blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size };
     // A small validation split may hold fewer batches than eval.batches asks for: use what is there.
     const numBatches = Math.min(c.eval.batches, this.valBatchCount());
     if (numBatches === 0) return NaN;
     const fns = { forward: <T>(fn: () => T) => noGrad(() => this.precision.forward(fn)), activationDtype: this.precision.computeDtype };
-    for (const b of evalBatches({ ...layout, numBatches })) {
+    for (const b of this.task.evalBatches(numBatches)) {
       sum += await this.parallel.schedule.evalLoss(b, fns);
       n++;
     }
@@ -488,11 +477,11 @@ export class Trainer {
   private async exportFinal(dir: string): Promise<void> {
     if (isModelParallel(this.parallel)) {
       if (!this.isMain) {
-        await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: dir, isMain: false });
+        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { modelDir: dir, isMain: false });
         return;
       }
       await writeDirAtomic(dir, async (tmp) => {
-        await saveLogicalCheckpoint(this.parallel, this.model.config, { modelDir: tmp, isMain: true, tokenizer: this.tokenizer });
+        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { modelDir: tmp, isMain: true, tokenizer: this.tokenizer });
         this.writeModelDirExtras(tmp);
       });
       return;
@@ -502,18 +491,13 @@ export class Trainer {
     });
   }
 
-  /** bos/eos ids for config.json and generation_config.json: the tokenizer's end-of-text. */
-  private specialTokenIds(): SpecialTokenIds {
-    return this.tokenizer ? { bosTokenId: this.tokenizer.eotToken, eosTokenId: this.tokenizer.eotToken } : {};
-  }
-
   /**
    * (Re)writes what makes a model directory complete for Hugging Face tools: config.json and
    * generation_config.json with this tokenizer's ids, and the tokenizer's files.
    */
   private writeModelDirExtras(dir: string): void {
-    const ids = this.specialTokenIds();
-    writeFileSync(join(dir, "config.json"), JSON.stringify(hfConfig(this.model.config, ids), null, 2) + "\n");
+    const ids = specialTokenIds(this.tokenizer);
+    writeFileSync(join(dir, "config.json"), JSON.stringify(hfConfig(this.gpt.config, ids), null, 2) + "\n");
     writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig(ids), null, 2) + "\n");
     if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.config.model.block_size });
   }
@@ -527,21 +511,14 @@ export class Trainer {
   private async logEval(metricsFile: string): Promise<void> {
     if (this.valBatchCount() === 0) return;
     const loss = await this.evaluate();
+    this.model.eval();
+    const extras = this.task.evalExtras?.(loss) ?? {};
+    this.model.train();
     if (!this.isMain) return;
-    const bpb = this.valBitsPerByte(loss);
-    appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss, ...(bpb !== undefined ? { val_bpb: bpb } : {}) }) + "\n");
-    this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}${bpb !== undefined ? ` (${bpb.toFixed(3)} bits/byte)` : ""}`);
-  }
-
-  /** The val loss in bits per byte (bits_per_byte.ts): comparable across tokenizers. Undefined without a tokenizer. */
-  private valBitsPerByte(loss: number): number | undefined {
-    if (!this.tokenizer || !Number.isFinite(loss)) return undefined;
-    const c = this.config;
-    this.valBytesPerToken ??= bytesPerToken(this.tokenizer, {
-      dir: this.dataDir, split: "val", blockSize: c.model.block_size, microBatchSize: c.train.micro_batch_size,
-      numBatches: Math.min(c.eval.batches, this.valBatchCount()),
-    });
-    return bitsPerByte(loss, this.valBytesPerToken);
+    appendFileSync(metricsFile, JSON.stringify({ step: this.step, split: "val", loss, ...extras }) + "\n");
+    const bpb = extras.val_bpb;
+    const shown = Object.entries(extras).filter(([k, v]) => k !== "val_bpb" && typeof v === "number").map(([k, v]) => `${k} ${(v as number).toFixed(4)}`);
+    this.say(`eval @ step ${this.step}: val loss ${loss.toFixed(4)}${typeof bpb === "number" ? ` (${bpb.toFixed(3)} bits/byte)` : ""}${shown.length ? ` | ${shown.join(" | ")}` : ""}`);
   }
 
   /**
@@ -549,8 +526,7 @@ export class Trainer {
    * tokenizer is known, tokenizer.json, tokenizer_config.json and special_tokens_map.json.
    */
   async saveModel(dir: string): Promise<void> {
-    await this.model.savePretrained(dir, this.specialTokenIds());
-    if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.config.model.block_size });
+    await this.task.saveModelDir(dir);
   }
 
   /**
@@ -567,8 +543,8 @@ export class Trainer {
     if (isModelParallel(this.parallel)) {
       // tp/pp: the shards are joined into the logical files one process would write.
       await saveCheckpointCollective(dir, this.saveGroup(this.parallel.mesh.world), async (tmp) => {
-        await saveLogicalCheckpoint(this.parallel, this.model.config, { checkpointDir: tmp, isMain: this.isMain, trainerState: this.trainerState() });
-      }, { step: this.step, kind: "gpt-train", dp: this.dpGroup.size, parallel: this.parallel.applied }, {
+        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { checkpointDir: tmp, isMain: this.isMain, trainerState: this.trainerState() });
+      }, { step: this.step, kind: this.task.checkpointKind, dp: this.dpGroup.size, parallel: this.parallel.applied }, {
         expectFiles: ["model.safetensors", "trainer_state.json", "optimizer.safetensors"],
       });
       if (this.isMain) {
@@ -579,18 +555,18 @@ export class Trainer {
       return dir;
     }
     const { rank, size } = this.dpGroup;
-    const names = this.model.namedParameters().map(([n]) => n);
+    const names = this.model.namedParameters().filter(([, p]) => p.requiresGrad).map(([n]) => n);
     const optFiles = optimizerFiles(this.optimizer.stateDict(), names);
     await saveCheckpointCollective(dir, this.saveGroup(), async (tmp) => {
       await this.parallel.withFullParams(async () => {
-        if (this.isMain) await writeSafetensors(join(tmp, "model.safetensors"), gptToRecords(this.model), { format: "pt" });
+        if (this.isMain) await writeSafetensors(join(tmp, "model.safetensors"), this.task.records(), { format: "pt" });
       });
       await writeOptimizerFiles(tmp, optFiles, this.isMain);
       if (this.isMain) {
-        writeFileSync(join(tmp, "config.json"), JSON.stringify(hfConfig(this.model.config), null, 2) + "\n");
+        writeFileSync(join(tmp, "config.json"), JSON.stringify(this.task.hfConfig(), null, 2) + "\n");
         writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
       }
-    }, { step: this.step, kind: "gpt-train", dp: size, parallel: this.parallel.applied }, {
+    }, { step: this.step, kind: this.task.checkpointKind, dp: size, parallel: this.parallel.applied }, {
       expectFiles: ["model.safetensors", "trainer_state.json", ...optimizerFileNames(optFiles)],
     });
     if (rank === 0) {
@@ -652,14 +628,14 @@ export class Trainer {
     // unless allowed (throws before anything is loaded).
     checkResumeConfig(state.config, this.config, { allow: this.opts.allowConfigChange, say: (m) => this.say(m), checkpoint: latest.dir });
     if (isModelParallel(this.parallel)) {
-      await restoreLogical(this.parallel, this.model.config, latest.dir, state.optimizer);
+      await restoreLogical(this.parallel, this.gpt.config, latest.dir, state.optimizer);
       this.restoreRest(state, latest.dir);
       return true;
     }
     // Sharded parameters take what was loaded into the gathered ones as their new shards.
-    await this.parallel.withFullParams(() => loadGPTWeights(this.model, latest.dir), { writeBack: true });
+    await this.parallel.withFullParams(() => this.task.loadWeights(latest.dir), { writeBack: true });
     // Moments come back logical whatever layout saved them; each optimizer keeps what it holds.
-    const params = this.model.namedParameters();
+    const params = this.model.namedParameters().filter(([, p]) => p.requiresGrad);
     const stored = await readOptimizerMoments(latest.dir, params.map(([n]) => n), params.map(([, p]) => p.numel));
     noGrad(() => {
       const moments = Object.fromEntries(Object.entries(stored).map(([k, xs]) => [k, xs.map((x, i) => tensor(x, { shape: params[i]![1].shape }))]));

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Trainer } from "../../src/train/trainer.js";
+import type { LanguageModelTask } from "../../src/train/tasks/index.js";
 import { validateConfig } from "../../src/train/config.js";
 import { tempDir, trainLosses } from "./_helpers.js";
 
@@ -20,8 +21,8 @@ test("`Trainer` on data.source brown prepares the corpus into cache_dir once and
   });
   const a = new Trainer(config(join(root, "a")), { log: false });
   await a.setup();
-  assert.ok(a.dataDir.startsWith(cache), `data dir ${a.dataDir} is under cache_dir`);
-  const meta = join(a.dataDir, "meta.json");
+  assert.ok((a.task as LanguageModelTask).dataDir.startsWith(cache), `data dir ${(a.task as LanguageModelTask).dataDir} is under cache_dir`);
+  const meta = join((a.task as LanguageModelTask).dataDir, "meta.json");
   assert.ok(existsSync(meta));
   const mtime = statSync(meta).mtimeMs;
   await a.run();
@@ -34,6 +35,6 @@ test("`Trainer` on data.source brown prepares the corpus into cache_dir once and
 
   const b = new Trainer(config(join(root, "b")), { log: false });
   await b.setup();
-  assert.equal(b.dataDir, a.dataDir);
+  assert.equal((b.task as LanguageModelTask).dataDir, (a.task as LanguageModelTask).dataDir);
   assert.equal(statSync(meta).mtimeMs, mtime, "the cached preparation is reused, not rebuilt");
 });

@@ -5,6 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Trainer } from "../../src/train/trainer.js";
+import type { GPT } from "../../src/models/index.js";
 import { tempDir, tinyConfig, tinyData, readMetrics } from "./_helpers.js";
 
 test("`Trainer` logs lm_loss, aux_loss, z_loss and per-layer expert fractions and dropped fraction for an MoE model", async (t) => {
@@ -22,7 +23,7 @@ test("`Trainer` logs lm_loss, aux_loss, z_loss and per-layer expert fractions an
     // The logged loss is the total the trainer backpropagates (mean over micro-batches).
     assert.ok(Math.abs((m.loss as number) - (lm + 0.01 * aux + 0.001 * z)) < 1e-4, `step ${m.step}: loss ${m.loss} vs ${lm} + 0.01 x ${aux} + 0.001 x ${z}`);
     const layers = m.moe as Array<{ layer: string; expert_fraction: number[]; dropped_fraction: number }>;
-    assert.equal(layers.length, tr.model.config.nLayer, "every block has an MoE layer (every = 1)");
+    assert.equal(layers.length, (tr.model as GPT).config.nLayer, "every block has an MoE layer (every = 1)");
     for (const l of layers) {
       assert.match(l.layer, /^h\.\d+\.mlp$/);
       assert.equal(l.expert_fraction.length, 4);

@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { MegalithError } from "../../src/core/errors.js";
 import { Trainer } from "../../src/train/trainer.js";
+import type { GPT } from "../../src/models/index.js";
 import type { Tensor } from "../../src/tensor/index.js";
 import { tempDir, tinyConfig, tinyData, readMetrics } from "./_helpers.js";
 
@@ -19,8 +20,8 @@ async function makeTrainer(outDir: string, patch: Patch = {}): Promise<Trainer> 
 
 /** Makes the loss NaN (so its gradients are too) on the optimizer steps in `steps`. */
 function injectNaNLoss(tr: Trainer, steps: (step: number) => boolean): void {
-  const forward = tr.model.forward.bind(tr.model);
-  tr.model.forward = (idx: Tensor, targets?: Tensor | null, kv?: Parameters<typeof forward>[2]) => {
+  const forward = (tr.model as GPT).forward.bind(tr.model);
+  (tr.model as GPT).forward = (idx: Tensor, targets?: Tensor | null, kv?: Parameters<typeof forward>[2]) => {
     const out = forward(idx, targets, kv);
     if (!out.loss || !steps(tr.step)) return out;
     return { logits: out.logits, loss: out.loss.mul(Number.NaN) };
@@ -29,9 +30,9 @@ function injectNaNLoss(tr: Trainer, steps: (step: number) => boolean): void {
 
 /** Keeps the loss finite but makes one parameter's gradient +Inf on the steps in `steps`. */
 function injectInfGrad(tr: Trainer, steps: (step: number) => boolean): void {
-  const forward = tr.model.forward.bind(tr.model);
+  const forward = (tr.model as GPT).forward.bind(tr.model);
   const victim = tr.model.parameters()[3]!;
-  tr.model.forward = (idx: Tensor, targets?: Tensor | null, kv?: Parameters<typeof forward>[2]) => {
+  (tr.model as GPT).forward = (idx: Tensor, targets?: Tensor | null, kv?: Parameters<typeof forward>[2]) => {
     const out = forward(idx, targets, kv);
     if (!out.loss || !steps(tr.step)) return out;
     const loss = out.loss;
