@@ -11,7 +11,7 @@ import type { Command } from "commander";
 import { basename } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { GPT } from "../models/index.js";
-import { Engine, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
+import { Engine, gptEmbedder, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
 import { createServer, loadChatTemplate } from "../serve/index.js";
 import { modelDirTokenizer } from "./_model_dir.js";
 
@@ -77,7 +77,9 @@ export function register(program: Command): void {
         ...(speculative ? { speculative } : {}),
         ...(o.kvCacheDtype !== "auto" ? { kvCacheDtype: o.kvCacheDtype as "float32" | "bfloat16" } : {}),
       });
-      const app = createServer({ engine, servedModelNames: names, chatTemplate, maxConnections, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
+      // /v1/embeddings from the same weights: ln_f hidden states, mean-pooled (inference/embed).
+      const embedder = gptEmbedder(model, tokenizer, { maxTokens: engine.contextLength });
+      const app = createServer({ engine, embedder, servedModelNames: names, chatTemplate, maxConnections, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
       await app.listen({ port, host: o.host! });
       process.stderr.write(`serving ${names.join(", ")} on http://${o.host}:${port}/v1 (${engine.blocks.numBlocks} KV blocks of ${engine.blocks.blockSize} tokens, max model length ${engine.contextLength}, chat template: ${chatTemplate.source})\n`);
       const stop = async () => {

@@ -8,3 +8,7 @@ export {
   quantizeModelInt8, dequantizeModel, quantizeLinear, isQuantizedInt8, QuantizedLinear, type QuantizationSummary, type QuantizeOptions,
 } from "./quant/index.js";
 export { perplexity, readSplitTokens, type PerplexityOptions, type PerplexityResult } from "./eval/index.js";
+export {
+  embedTexts, gptEmbedder, l2Normalize, meanPool, EmbeddingInputError,
+  type Embedder, type EmbedOptions, type EmbedResult, type EmbeddingInputProblem, type GPTEmbedderOptions,
+} from "./embed/index.js";

@@ -11,6 +11,10 @@
  *
  * Engine counters and gauges are read from engine.stats() at scrape time (collect callbacks).
  * The queue time, which only the engine sees, is exported as quantiles of its recent samples.
+ *
+ * /v1/embeddings has its own counters and latency histogram (megalith_embedding_*), so the
+ * generation latencies stay about generation. A server without an engine (an encoder served
+ * for embeddings only) has no engine metrics.
  */
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import type { EngineLike } from "../inference/engine/types.js";
@@ -32,16 +36,32 @@ export class ServerMetrics {
   readonly e2e: Histogram;
   /** HTTP requests refused before reaching the engine, by status code (404, 400, 405, 429...). */
   readonly refused: Counter<"status">;
+  /** /v1/embeddings requests answered with vectors. */
+  readonly embeddingRequests: Counter;
+  /** Inputs embedded (one request may carry up to 2048). */
+  readonly embeddingInputs: Counter;
+  /** Tokens the model saw for embeddings, special tokens included (usage.prompt_tokens). */
+  readonly embeddingTokens: Counter;
+  /** Time from an embeddings request's arrival to its response. */
+  readonly embeddingLatency: Histogram;
 
-  constructor(engine: EngineLike) {
+  constructor(engine?: EngineLike) {
     const registers = [this.registry];
     this.ttft = new Histogram({ name: "megalith_time_to_first_token_seconds", help: "Time from a request's arrival to its first streamed text.", buckets: TTFT_BUCKETS, registers });
     this.itl = new Histogram({ name: "megalith_inter_token_latency_seconds", help: "Time between consecutive text deltas of one choice.", buckets: ITL_BUCKETS, registers });
     this.e2e = new Histogram({ name: "megalith_e2e_request_latency_seconds", help: "Time from a request's arrival to the end of its response.", buckets: E2E_BUCKETS, registers });
     this.refused = new Counter({ name: "megalith_http_refused_total", help: "Requests answered with an error status before generation, by status.", labelNames: ["status"], registers });
+    this.embeddingRequests = new Counter({ name: "megalith_embedding_requests_total", help: "Embeddings requests answered with vectors.", registers });
+    this.embeddingInputs = new Counter({ name: "megalith_embedding_inputs_total", help: "Inputs embedded.", registers });
+    this.embeddingTokens = new Counter({ name: "megalith_embedding_prompt_tokens_total", help: "Tokens embedded, special tokens included.", registers });
+    this.embeddingLatency = new Histogram({ name: "megalith_embedding_request_latency_seconds", help: "Time from an embeddings request's arrival to its response.", buckets: TTFT_BUCKETS, registers });
+    if (engine) this.engineMetrics(engine);
+  }
 
-    // Engine state, read when scraped. A counter mirrors the engine's cumulative count
-    // (reset, then increased to it).
+  /** Engine state, read when scraped. */
+  private engineMetrics(engine: EngineLike): void {
+    const registers = [this.registry];
+    // A counter mirrors the engine's cumulative count (reset, then increased to it).
     const gauge = (name: string, help: string, read: (s: ReturnType<EngineLike["stats"]>) => number) =>
       new Gauge({ name, help, registers, collect() { this.set(read(engine.stats())); } });
     const counter = (name: string, help: string, read: (s: ReturnType<EngineLike["stats"]>) => number) =>

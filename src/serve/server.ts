@@ -1,6 +1,6 @@
 /**
- * The OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/models,
- * /health, /ready, /metrics, with SSE streaming.
+ * The OpenAI-compatible HTTP server: /v1/completions, /v1/chat/completions, /v1/embeddings,
+ * /v1/models, /health, /ready, /metrics, with SSE streaming.
  *
  * fastify is the HTTP layer (the ecosystem's fast, well-kept server: body limits, JSON parsing
  * and error hooks built in). Every failure is an OpenAI-style body {error: {message, type,
@@ -11,6 +11,12 @@
  * by name), the zod schema, the model name (404 model_not_found), the prompt's byte length
  * against the context (so a megabyte prompt is refused without tokenizing it), then the token
  * counts: prompt + max_tokens beyond the max model length is a 400 that states both.
+ *
+ * /v1/embeddings runs beside the engine, not through it: inputs are embedded one at a time by
+ * inference/embed (each alone, so a vector never depends on what it was sent with), yielding
+ * to the event loop between inputs so the engine's steps go on. A server built with an
+ * embedder and no engine (an encoder such as BERT) serves embeddings only; its completion and
+ * chat routes answer 400 saying so.
  */
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
@@ -18,14 +24,22 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { ValueError } from "../core/errors.js";
 import { DEFAULT_SAMPLING, validateSampling, type SamplingParams } from "../inference/sample/index.js";
 import { EngineRejection, type EngineEvent, type EngineLike, type GenerationRequest } from "../inference/engine/types.js";
-import { ChatBody, CompletionBody, firstIssue } from "./schemas.js";
+import { embedTexts, EmbeddingInputError, type Embedder } from "../inference/embed/index.js";
+import { ChatBody, CompletionBody, EmbeddingBody, embeddingInputs, firstIssue, MAX_EMBEDDING_INPUTS } from "./schemas.js";
 import { ServerMetrics } from "./metrics.js";
 import { compileChatTemplate, DEFAULT_CHAT_TEMPLATE, type ChatTemplate } from "./chat_template.js";
 import { guardConnections } from "./_connections.js";
 
 export interface ServerOptions {
-  engine: EngineLike;
-  /** Names clients may pass as `model` (all listed by /v1/models). Default: [engine.modelName]. */
+  /** Serves /v1/completions and /v1/chat/completions. Without one (an encoder), they answer 400. */
+  engine?: EngineLike;
+  /** Serves /v1/embeddings (inference/embed: gptEmbedder, bertEmbedder). At least one of engine and embedder. */
+  embedder?: Embedder;
+  /** L2-normalise embeddings to unit length, as OpenAI's are. Default true. */
+  normalizeEmbeddings?: boolean;
+  /** Most inputs in one embeddings request. Default 2048 (OpenAI's limit). */
+  maxEmbeddingInputs?: number;
+  /** Names clients may pass as `model` (all listed by /v1/models). Default: [engine.modelName], else ["megalith-<kind>"]. */
   servedModelNames?: string[];
   /** How chat messages become the prompt. Default: DEFAULT_CHAT_TEMPLATE. */
   chatTemplate?: ChatTemplate;
@@ -124,6 +138,13 @@ function logitBiasFrom(m: Record<string, number> | null | undefined, vocabSize: 
   return out;
 }
 
+/** Little-endian float32 bytes of `v` in base64 (OpenAI's encoding_format "base64"), whatever the host's byte order. */
+function _float32Base64(v: Float32Array): string {
+  const buf = Buffer.alloc(v.length * 4);
+  for (let i = 0; i < v.length; i++) buf.writeFloatLE(v[i]!, i * 4);
+  return buf.toString("base64");
+}
+
 /** Text of a chat message's content (text parts joined). */
 const contentText = (c: ChatBody["messages"][number]["content"]) => (typeof c === "string" ? c : c.map((p) => p.text).join(""));
 
@@ -134,8 +155,10 @@ const contentText = (c: ChatBody["messages"][number]["content"]) => (typeof c ==
  * await app.listen({ port: 8000, host: "127.0.0.1" });
  */
 export function createServer(opts: ServerOptions): FastifyInstance {
-  const { engine } = opts;
-  const names = opts.servedModelNames?.length ? opts.servedModelNames : [engine.modelName];
+  const { engine, embedder } = opts;
+  if (!engine && !embedder) throw new ValueError("createServer: pass an engine (completions, chat), an embedder (embeddings), or both");
+  const names = opts.servedModelNames?.length ? opts.servedModelNames : [engine?.modelName ?? `megalith-${embedder!.kind}`];
+  const maxEmbeddingInputs = opts.maxEmbeddingInputs ?? MAX_EMBEDDING_INPUTS;
   const chatTemplate = opts.chatTemplate ?? compileChatTemplate(DEFAULT_CHAT_TEMPLATE, "the default template");
   const bodyLimit = opts.maxBodyBytes ?? 1 << 20;
   const headersTimeout = opts.headersTimeoutMs ?? 10_000;
@@ -206,15 +229,25 @@ export function createServer(opts: ServerOptions): FastifyInstance {
   });
 
   app.get("/health", async () => ({ status: "ok" }));
-  app.get("/ready", async (_req, reply) => (engine.ready() ? { status: "ready" } : reply.code(503).send({ status: "not ready" })));
+  // Without an engine there is no step loop to stall: an embedder is ready once built.
+  app.get("/ready", async (_req, reply) => (!engine || engine.ready() ? { status: "ready" } : reply.code(503).send({ status: "not ready" })));
   app.get("/metrics", async (_req, reply) => reply.type(metrics.contentType).send(await metrics.render()));
   app.get("/v1/models", async () => ({
     object: "list",
-    data: names.map((id) => ({ id, object: "model", created: 0, owned_by: "megalith", max_model_len: engine.contextLength })),
+    data: names.map((id) => ({ id, object: "model", created: 0, owned_by: "megalith", max_model_len: engine?.contextLength ?? embedder!.maxTokens })),
   }));
+
+  /** Unknown `model`: 404 model_not_found, naming the served ones (as OpenAI and vLLM answer). */
+  const unknownModel = (reply: FastifyReply, model: string) =>
+    sendError(reply, 404, `The model \`${model}\` does not exist. This server serves: ${names.join(", ")}`, "invalid_request_error", "model", "model_not_found");
+
+  /** The generation routes of a server without an engine. */
+  const embeddingsOnly = (reply: FastifyReply) =>
+    sendError(reply, 400, `${names[0]} is ${embedder?.kind === "bert" ? "an encoder (BERT)" : "served for embeddings only"}; it serves /v1/embeddings only`, "invalid_request_error", "model", "embeddings_only");
 
   app.post("/v1/completions", async (req, reply) => {
     const arrival = performance.now();
+    if (!engine) return embeddingsOnly(reply);
     const parsed = CompletionBody.safeParse(req.body);
     if (!parsed.success) {
       const i = firstIssue(parsed.error);
@@ -222,14 +255,15 @@ export function createServer(opts: ServerOptions): FastifyInstance {
     }
     const b = parsed.data;
     const promptText = typeof b.prompt === "string" ? b.prompt : typeof b.prompt[0] === "string" ? (b.prompt[0] as string) : null;
-    const early = checkBeforeTokenizing(reply, b, promptText ?? "", "prompt");
+    const early = checkBeforeTokenizing(engine, reply, b, promptText ?? "", "prompt");
     if (early) return early;
     const tokens = promptText !== null ? engine.encode(promptText) : (b.prompt as number[]);
-    return generate(req, reply, b, tokens, b.logprobs ?? 0, "completion", b.echo ? promptText ?? "" : "", arrival);
+    return generate(engine, req, reply, b, tokens, b.logprobs ?? 0, "completion", b.echo ? promptText ?? "" : "", arrival);
   });
 
   app.post("/v1/chat/completions", async (req, reply) => {
     const arrival = performance.now();
+    if (!engine) return embeddingsOnly(reply);
     const parsed = ChatBody.safeParse(req.body);
     if (!parsed.success) {
       const i = firstIssue(parsed.error);
@@ -237,7 +271,7 @@ export function createServer(opts: ServerOptions): FastifyInstance {
     }
     const b = parsed.data;
     const messages = b.messages.map((m) => ({ role: m.role, content: contentText(m.content), ...(m.name !== undefined ? { name: m.name } : {}) }));
-    const early = checkBeforeTokenizing(reply, b, messages.map((m) => m.content).join(""), "messages");
+    const early = checkBeforeTokenizing(engine, reply, b, messages.map((m) => m.content).join(""), "messages");
     if (early) return early;
     let prompt: string;
     try {
@@ -246,7 +280,58 @@ export function createServer(opts: ServerOptions): FastifyInstance {
       return sendError(reply, 400, (e as Error).message, "invalid_request_error", "messages");
     }
     const tokens = engine.encode(prompt);
-    return generate(req, reply, b, tokens, b.logprobs ? Math.max(b.top_logprobs ?? 0, 0) : 0, "chat", "", arrival);
+    return generate(engine, req, reply, b, tokens, b.logprobs ? Math.max(b.top_logprobs ?? 0, 0) : 0, "chat", "", arrival);
+  });
+
+  /**
+   * OpenAI's embeddings: a vector per input, in input order, as numbers or as base64 of
+   * little-endian float32 (what the official client asks for by default). Every input is
+   * checked (the body's shape, then each input's tokens against the context) before any runs.
+   * `dimensions` other than the model's width is refused, not truncated: cutting a mean-pooled
+   * vector short only means something for models trained for it (Matryoshka), which these are not.
+   */
+  app.post("/v1/embeddings", async (req, reply) => {
+    const arrival = performance.now();
+    if (!embedder) {
+      return sendError(reply, 404, `${names[0]} is served without an embedding model; this server does not serve /v1/embeddings`, "not_found_error", null, "embeddings_not_served");
+    }
+    const parsed = EmbeddingBody.safeParse(req.body);
+    if (!parsed.success) {
+      const i = firstIssue(parsed.error);
+      return sendError(reply, 400, i.message, "invalid_request_error", i.param);
+    }
+    const b = parsed.data;
+    if (b.model != null && !names.includes(b.model)) return unknownModel(reply, b.model);
+    const inputs = embeddingInputs(b.input, maxEmbeddingInputs);
+    if (!Array.isArray(inputs)) return sendError(reply, 400, inputs.message, "invalid_request_error", "input");
+    if (b.dimensions != null && b.dimensions !== embedder.dim) {
+      return sendError(reply, 400, `dimensions ${b.dimensions} is not supported: this model's embeddings have ${embedder.dim} dimensions and are not truncated; omit dimensions or send ${embedder.dim}`, "invalid_request_error", "dimensions");
+    }
+    const abort = new AbortController();
+    reply.raw.on("close", () => {
+      if (!reply.raw.writableFinished) abort.abort();
+    });
+    let result: Awaited<ReturnType<typeof embedTexts>>;
+    try {
+      result = await embedTexts(embedder, inputs, { normalize: opts.normalizeEmbeddings ?? true, signal: abort.signal });
+    } catch (e) {
+      if (e instanceof EmbeddingInputError) {
+        return sendError(reply, 400, e.message, "invalid_request_error", "input", e.problem === "empty" ? null : e.problem);
+      }
+      if (abort.signal.aborted) return;  // the client left; nothing to answer
+      throw e;
+    }
+    const base64 = b.encoding_format === "base64";
+    metrics.embeddingRequests.inc();
+    metrics.embeddingInputs.inc(inputs.length);
+    metrics.embeddingTokens.inc(result.promptTokens);
+    metrics.embeddingLatency.observe((performance.now() - arrival) / 1000);
+    return reply.send({
+      object: "list",
+      data: result.vectors.map((v, index) => ({ object: "embedding", index, embedding: base64 ? _float32Base64(v) : Array.from(v) })),
+      model: b.model ?? names[0]!,
+      usage: { prompt_tokens: result.promptTokens, total_tokens: result.promptTokens },
+    });
   });
 
   /**
@@ -255,10 +340,8 @@ export function createServer(opts: ServerOptions): FastifyInstance {
    * B bytes has at least ceil(B / maxTokenBytes) tokens; when that alone leaves no room for one
    * generated token, the request cannot fit whatever its tokenization.
    */
-  function checkBeforeTokenizing(reply: FastifyReply, b: CompletionBody | ChatBody, text: string, param: string): FastifyReply | null {
-    if (b.model != null && !names.includes(b.model)) {
-      return sendError(reply, 404, `The model \`${b.model}\` does not exist. This server serves: ${names.join(", ")}`, "invalid_request_error", "model", "model_not_found");
-    }
+  function checkBeforeTokenizing(engine: EngineLike, reply: FastifyReply, b: CompletionBody | ChatBody, text: string, param: string): FastifyReply | null {
+    if (b.model != null && !names.includes(b.model)) return unknownModel(reply, b.model);
     const rf = b.response_format;
     if (rf != null && rf.type !== "text") {
       return sendError(reply, 400, `response_format type ${JSON.stringify(rf.type)} is not supported: this server generates plain text only; omit response_format or send {"type": "text"}`, "invalid_request_error", "response_format");
@@ -272,7 +355,7 @@ export function createServer(opts: ServerOptions): FastifyInstance {
   }
 
   async function generate(
-    req: FastifyRequest, reply: FastifyReply, b: CompletionBody | ChatBody, promptTokens: number[], logprobs: number,
+    engine: EngineLike, req: FastifyRequest, reply: FastifyReply, b: CompletionBody | ChatBody, promptTokens: number[], logprobs: number,
     kind: "completion" | "chat", echo: string, arrival: number,
   ): Promise<FastifyReply | void> {
     const param = kind === "chat" ? "messages" : "prompt";
