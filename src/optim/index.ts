@@ -7,3 +7,4 @@ export {
   type AdamWOptions, type AdamWHyper,
 } from "./adamw.js";
 export { cosineLr, type CosineScheduleOptions } from "./schedule.js";
+export { OffloadFile, OffloadedAdamW, type OffloadOptions, type OffloadSegment, type OffloadTimings } from "./offload.js";

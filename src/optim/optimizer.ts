@@ -53,7 +53,7 @@ export interface OptimizerStateDict {
  * all-reduces): every rank calls it, and the trainer awaits it.
  * @example
  * const { clipCoef } = await opt.gradNorm(1.0);
- * opt.step({ lr, gradScale: clipCoef });
+ * await opt.step({ lr, gradScale: clipCoef });
  * opt.zeroGrad();
  */
 export interface Optimizer {
@@ -63,8 +63,11 @@ export interface Optimizer {
   lr: number;
   /** Completed steps. */
   readonly stepCount: number;
-  /** One update from the current gradients. */
-  step(opts?: StepOptions): void;
+  /**
+   * One update from the current gradients. An optimizer that streams its state (offload.ts)
+   * returns a promise, which the caller awaits before touching parameters or state again.
+   */
+  step(opts?: StepOptions): void | Promise<void>;
   /** Drops every gradient (and gradient shard). */
   zeroGrad(): void;
   /** Global L2 norm of the gradients the next step will use, and the clipping coefficient. */

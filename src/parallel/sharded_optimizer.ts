@@ -24,9 +24,10 @@ import { Tensor, zeros, withCategory, keep, reduceSumSq, tensor } from "../tenso
 import {
   adamwState, adamwStepHyper, adamwUpdate, clearGrads, clipCoefficient, type GradNormScope, momentsOf, resolveAdamWOptions,
   type AdamWOptions, type AdamWState, type GradNormResult, type Optimizer, type OptimizerStateDict, type StepOptions,
+  OffloadFile, type OffloadOptions,
 } from "../optim/index.js";
 import { allReduce, broadcast, reduceScatterAsync, type ProcessGroup, type Work } from "./collectives.js";
-import type { FlatShards, ShardUnit } from "./flat_shards.js";
+import type { FlatShards, ShardPiece, ShardUnit } from "./flat_shards.js";
 import type { GradSync } from "./grad_sync.js";
 import { copyRange, flatRange, zeroRange } from "./_views.js";
 
@@ -44,6 +45,11 @@ export interface ShardedAdamWOptions {
   paramShard?: Tensor;
   /** dtype gradients are reduce-scattered in ("bfloat16" halves the bytes; shards accumulate in float32). Default "float32". */
   reduceDtype?: "float32" | "bfloat16";
+  /**
+   * Keep this rank's moment shards in a file instead of memory (ZeRO-Infinity's offload,
+   * optim/offload.ts): `step()` then streams them in chunks and returns a promise. Default: in memory.
+   */
+  offload?: OffloadOptions;
 }
 
 interface InFlight {
@@ -72,9 +78,11 @@ export class ShardedAdamW implements Optimizer, GradSync {
   readonly eps: number;
   readonly weightDecay: number;
   stepCount = 0;
-  /** AdamW moments of this rank's shards. */
-  readonly mShard: Tensor;
-  readonly vShard: Tensor;
+  /** AdamW moments of this rank's shards (null when they are offloaded to `offloaded`). */
+  readonly mShard: Tensor | null;
+  readonly vShard: Tensor | null;
+  /** The moments' scratch file when offloaded (flat elements as in mShard / vShard), else null. */
+  readonly offloaded: OffloadFile | null;
   /** Stage >= 2: this rank's averaged gradient shards (accumulated over micro-steps). */
   readonly gradShard: Tensor | null;
   /** Stage 3: FSDP's parameter shards. */
@@ -111,7 +119,8 @@ export class ShardedAdamW implements Optimizer, GradSync {
     this.eps = r.eps;
     this.weightDecay = r.weightDecay;
     const n = shards.shardSize;
-    [this.mShard, this.vShard] = withCategory("optimizer", () => [keep(zeros([n])), keep(zeros([n]))]);
+    this.offloaded = opts.offload ? new OffloadFile(n, opts.offload) : null;
+    [this.mShard, this.vShard] = this.offloaded ? [null, null] : withCategory("optimizer", () => [keep(zeros([n])), keep(zeros([n]))]);
     this.gradShard = this.stage >= 2 ? withCategory("grads", () => keep(zeros([n]))) : null;
     this.paramShard = opts.paramShard ?? null;
     // Every rank starts from rank 0's weights (at stage 3 FSDP did this before sharding them).
@@ -240,23 +249,51 @@ export class ShardedAdamW implements Optimizer, GradSync {
 
   // ---- update -------------------------------------------------------------------------------------
 
-  /** Updates this rank's shards with AdamW's math; stages 1 and 2 then all-gather the parameters. */
-  step(opts: StepOptions = {}): void {
+  /**
+   * Updates this rank's shards with AdamW's math; stages 1 and 2 then all-gather the
+   * parameters. Offloaded moments stream through memory first: the step is then async.
+   */
+  step(opts: StepOptions = {}): void | Promise<void> {
     if (opts.lr !== undefined) this.lr = opts.lr;
     this.stepCount++;
+    if (this.offloaded) return this.stepOffloaded(opts.gradScale ?? 1);
     const at = (buf: Tensor, u: ShardUnit, pc: { shardOffset: number; len: number }) => flatRange(buf, u.base + pc.shardOffset, pc.len);
     for (const u of this.shards.units) {
       for (const pc of u.pieces) {
         const p = this.params[pc.param]!;
         if (this.stage === 1 && !p.grad) continue;
-        const w = this.paramShard ? at(this.paramShard, u, pc) : flatRange(p, pc.start, pc.len);
-        const g = this.gradShard ? at(this.gradShard, u, pc) : flatRange(p.grad!, pc.start, pc.len);
-        const m = at(this.mShard, u, pc), v = at(this.vShard, u, pc);
-        adamwUpdate(w, g, m, v, adamwStepHyper(this, this.stepCount, p.ndim, opts.gradScale ?? 1));
-        for (const t of [w, g, m, v]) t.dispose();
+        const m = at(this.mShard!, u, pc), v = at(this.vShard!, u, pc);
+        this.updatePiece(u, pc, 0, pc.len, m, v, opts.gradScale ?? 1);
+        m.dispose();
+        v.dispose();
       }
     }
-    if (this.paramShard) return;  // stage 3: FSDP gathers the new shards when a unit is used
+    this.gatherParams();
+  }
+
+  /** AdamW on elements [from, from + n) of a piece, with the moments' views `m` and `v`. */
+  private updatePiece(u: ShardUnit, pc: ShardPiece, from: number, n: number, m: Tensor, v: Tensor, gradScale: number): void {
+    const p = this.params[pc.param]!;
+    const at = (buf: Tensor) => flatRange(buf, u.base + pc.shardOffset + from, n);
+    const w = this.paramShard ? at(this.paramShard) : flatRange(p, pc.start + from, n);
+    const g = this.gradShard ? at(this.gradShard) : flatRange(p.grad!, pc.start + from, n);
+    adamwUpdate(w, g, m, v, adamwStepHyper(this, this.stepCount, p.ndim, gradScale));
+    w.dispose();
+    g.dispose();
+  }
+
+  /** The offloaded step: each piece's moments stream from the file chunk by chunk. */
+  private async stepOffloaded(gradScale: number): Promise<void> {
+    const segments = this.shards.units.flatMap((u) => u.pieces.flatMap((pc) => (
+      this.stage === 1 && !this.params[pc.param]!.grad ? [] : [{ start: u.base + pc.shardOffset, len: pc.len, u, pc }]
+    )));
+    await this.offloaded!.update(segments, (s, from, n, m, v) => this.updatePiece(s.u, s.pc, from, n, m, v, gradScale));
+    this.gatherParams();
+  }
+
+  /** Stages 1 and 2: every rank gets the updated parameters (stage 3: FSDP gathers them when used). */
+  private gatherParams(): void {
+    if (this.paramShard) return;
     const params = (i: number) => this.params[i]!;
     for (const u of this.shards.units) {
       const send = Tensor.empty([u.shard]);
@@ -270,12 +307,17 @@ export class ShardedAdamW implements Optimizer, GradSync {
     return adamwState(this);
   }
 
-  /** Scalars and this rank's moment shards (the sharded form; views, not copies). */
+  /**
+   * Scalars and this rank's moment shards (the sharded form; the tensors themselves, not
+   * copies, unless offloaded: then new tensors read back from the file, which the caller disposes).
+   */
   stateDict(): OptimizerStateDict {
-    return {
-      state: this.state(),
-      shard: { rank: this.group.rank, size: this.group.size, layout: this.shards.layout(this.stage), tensors: { exp_avg: this.mShard, exp_avg_sq: this.vShard } },
-    };
+    let tensors = { exp_avg: this.mShard!, exp_avg_sq: this.vShard! };
+    if (this.offloaded) {
+      const { m, v } = this.offloaded.readRange(0, this.shards.shardSize);
+      tensors = withCategory("optimizer", () => ({ exp_avg: tensor(m), exp_avg_sq: tensor(v) }));
+    }
+    return { state: this.state(), shard: { rank: this.group.rank, size: this.group.size, layout: this.shards.layout(this.stage), tensors } };
   }
 
   /** Loads scalars and full (logical) moments from a checkpoint of any layout: each rank keeps its shard. */
@@ -284,12 +326,30 @@ export class ShardedAdamW implements Optimizer, GradSync {
     this.lr = sd.state.lr;
     if (!sd.moments) return;
     const m = momentsOf(sd.moments, "exp_avg", this.params.length), v = momentsOf(sd.moments, "exp_avg_sq", this.params.length);
+    if (this.offloaded) {
+      // The pieces, gathered on the host, into the file (padding stays zero).
+      const n = this.shards.shardSize, mh = new Float32Array(n), vh = new Float32Array(n);
+      for (const u of this.shards.units) {
+        for (const pc of u.pieces) {
+          const at = u.base + pc.shardOffset, md = m[pc.param]!.data() as Float32Array, vd = v[pc.param]!.data() as Float32Array;
+          mh.set(md.subarray(pc.start, pc.start + pc.len), at);
+          vh.set(vd.subarray(pc.start, pc.start + pc.len), at);
+        }
+      }
+      this.offloaded.writeRange(0, mh, vh);
+      return;
+    }
     for (const u of this.shards.units) {
       for (const pc of u.pieces) {
-        copyRange(this.mShard, u.base + pc.shardOffset, m[pc.param]!, pc.start, pc.len);
-        copyRange(this.vShard, u.base + pc.shardOffset, v[pc.param]!, pc.start, pc.len);
+        copyRange(this.mShard!, u.base + pc.shardOffset, m[pc.param]!, pc.start, pc.len);
+        copyRange(this.vShard!, u.base + pc.shardOffset, v[pc.param]!, pc.start, pc.len);
       }
     }
+  }
+
+  /** Closes (and deletes) the offload file, if any. */
+  close(): void {
+    this.offloaded?.close();
   }
 }
 

@@ -1,0 +1,427 @@
+/**
+ * Optimizer-state offload to disk (ZeRO-Infinity's NVMe offload, Rajbhandari et al. 2021, for
+ * AdamW's moments): m and v live in a scratch file and stream through memory in fixed-size
+ * chunks during `step()`, so resident optimizer memory is O(chunk), not O(parameters).
+ *
+ * The pipeline, one chunk at a time, with two host read buffers and one resident chunk tensor:
+ *
+ *     read chunk i+1  ─┐                  (libuv's thread pool, into the free host buffer)
+ *     update chunk i   ├─ at the same time (the native AdamW kernel, on this thread)
+ *     write chunk i-1 ─┘                  (thread pool, from the bytes read back after update i-1)
+ *
+ * Each chunk is one contiguous region of the file, [m(len) | v(len)], so it moves in one read
+ * and one write; the resident chunk tensor has the same layout. The update itself is optim's
+ * `adamwUpdate()` on views of the chunk: the same kernel call the in-memory AdamW makes, so the
+ * results are bit-exact with it (tested with chunks that cut tensors anywhere).
+ *
+ * What is offloaded is m and v (8 bytes per parameter). The fp32 parameters stay resident: in
+ * this runtime they are both the master weights and what the model computes with (bf16 mode
+ * casts them at use), so there is no separate master copy to move out. ZeRO-Infinity's 12
+ * bytes per parameter assume 16-bit resident weights beside an offloaded fp32 master.
+ *
+ * The file is scratch: it is created empty (all zeros) by every run and never read across a
+ * crash. Checkpoints hold the moments (read back from the file by `stateDict()`), and resuming
+ * rewrites the file from the checkpoint (`loadStateDict()`), so a process killed mid-step,
+ * with the file half-updated, resumes exactly from its last checkpoint.
+ *
+ * Memory: the chunk tensor (chunkBytes) counts under the allocator's "optimizer" category; the
+ * two host read buffers (2 x chunkBytes) and the bytes in flight to the file (at most two
+ * chunks) are Node buffers outside the allocator's counts. The OS page cache may keep file
+ * pages while memory is free; it gives them back under pressure (they are not process memory).
+ */
+import { closeSync, mkdirSync, openSync, read, readSync, ftruncateSync, unlinkSync, write, writeSync } from "node:fs";
+import { dirname } from "node:path";
+import { ValueError } from "../core/errors.js";
+import { backend, keep, noGrad, tensor, withCategory, Tensor } from "./_deps.js";
+import {
+  adamwState, adamwStepHyper, adamwUpdate, clearGrads, gradNorm, momentsOf, resolveAdamWOptions,
+  type AdamWOptions, type GradNormScope,
+} from "./adamw.js";
+import type { AdamWState, GradNormResult, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
+
+/** Bytes of m and v per element. */
+const STATE_BYTES = 8;
+/** Node's fs calls move at most 2 GiB at once; chunks stay well below. */
+const MAX_CHUNK_BYTES = 2 ** 30;
+
+/** Where and how the moments are offloaded. */
+export interface OffloadOptions {
+  /** The scratch file (its directory is created). Every run truncates it. */
+  path: string;
+  /** Bytes of optimizer state (m and v together) per chunk. Default 32 MiB. */
+  chunkBytes?: number;
+  /** Delete the file on `close()`. Default true. */
+  removeOnClose?: boolean;
+}
+
+/** I/O accounting of an OffloadFile, cumulative (the bench reads it; `resetTimings()` zeroes it). */
+export interface OffloadTimings {
+  /** Chunks streamed through `update()`. */
+  chunks: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Milliseconds this thread waited for reads or writes (the part of I/O not hidden by compute). */
+  waitMs: number;
+  /** Milliseconds in the update callbacks (the AdamW kernel). */
+  computeMs: number;
+  /** Milliseconds copying chunks between host buffers and the chunk tensor. */
+  copyMs: number;
+}
+
+/** A run of the flat state that belongs to one tensor: flat elements [start, start + len). */
+export interface OffloadSegment {
+  /** First flat element. */
+  start: number;
+  len: number;
+}
+
+/**
+ * AdamW's m and v for `numel` flat elements, in a scratch file streamed in chunks.
+ * @example
+ * const f = new OffloadFile(1_000_000, { path: "out/offload/rank0.bin", chunkBytes: 32 << 20 });
+ * await f.update([{ start: 0, len: 1_000_000 }], (seg, from, n, m, v) => adamwUpdate(p, g, m, v, h));
+ * f.close();
+ */
+export class OffloadFile {
+  readonly path: string;
+  /** Elements of m (and of v). */
+  readonly numel: number;
+  /** Elements per chunk. */
+  readonly chunkElems: number;
+  readonly timings: OffloadTimings = { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyMs: 0 };
+  private fd: number;
+  private readonly removeOnClose: boolean;
+  /** The resident chunk, [m(len) | v(len)] like the file's chunk regions. */
+  private readonly chunk: Tensor;
+  private readonly slots: Float32Array[];
+  private busy = false;
+
+  constructor(numel: number, opts: OffloadOptions) {
+    if (!Number.isSafeInteger(numel) || numel < 0) throw new ValueError(`OffloadFile: numel must be a non-negative integer, got ${numel}`);
+    const chunkBytes = opts.chunkBytes ?? 32 * 2 ** 20;
+    if (!(Number.isSafeInteger(chunkBytes) && chunkBytes >= STATE_BYTES && chunkBytes <= MAX_CHUNK_BYTES)) {
+      throw new ValueError(`OffloadFile: chunkBytes must be an integer from ${STATE_BYTES} (one element's m and v) to ${MAX_CHUNK_BYTES}, got ${chunkBytes}`);
+    }
+    this.path = opts.path;
+    this.numel = numel;
+    this.chunkElems = Math.max(1, Math.min(Math.floor(chunkBytes / STATE_BYTES), numel));
+    this.removeOnClose = opts.removeOnClose ?? true;
+    mkdirSync(dirname(opts.path), { recursive: true });
+    // "w+": a fresh file every run; the holes ftruncate leaves read as zeros (AdamW's initial state).
+    this.fd = openSync(opts.path, "w+", 0o600);
+    ftruncateSync(this.fd, numel * STATE_BYTES);
+    this.chunk = withCategory("optimizer", () => keep(Tensor.empty([2 * this.chunkElems])));
+    this.slots = [0, 1].map(() => new Float32Array(2 * this.chunkElems));
+  }
+
+  /** Number of chunks. */
+  get chunks(): number {
+    return Math.ceil(this.numel / this.chunkElems);
+  }
+
+  /** Bytes resident for streaming: the chunk tensor plus the two host read buffers. */
+  get residentBytes(): number {
+    return 3 * this.chunkElems * STATE_BYTES;
+  }
+
+  /**
+   * Streams every chunk that holds part of a segment through memory: `fn(seg, from, n, m, v)`
+   * is called for each part of each segment inside a chunk, `from` being the part's first
+   * element within the segment, `m`/`v` 1-D views (n elements) of the chunk that `fn` updates
+   * in place. Segments must not overlap; chunks no segment touches are neither read nor
+   * written. Resolves once every updated chunk is back in the file.
+   */
+  async update<S extends OffloadSegment>(segments: readonly S[], fn: (seg: S, from: number, n: number, m: Tensor, v: Tensor) => void): Promise<void> {
+    this.checkOpen();
+    if (this.busy) throw new ValueError(`OffloadFile ${this.path}: update() called while another update is running (await it first)`);
+    const C = this.chunkElems;
+    const byChunk = new Map<number, S[]>();
+    for (const s of segments) {
+      if (!(s.start >= 0 && s.len >= 0 && s.start + s.len <= this.numel)) {
+        throw new ValueError(`OffloadFile: segment [${s.start}, ${s.start + s.len}) is outside the ${this.numel} offloaded elements`);
+      }
+      for (let k = Math.floor(s.start / C); k * C < s.start + s.len; k++) {
+        let list = byChunk.get(k);
+        if (!list) byChunk.set(k, (list = []));
+        list.push(s);
+      }
+    }
+    const order = [...byChunk.keys()].sort((a, b) => a - b);
+    if (order.length === 0) return;
+    this.busy = true;
+    const t = this.timings;
+    const reads: Array<Promise<void>> = [];
+    const writes: Array<Promise<void>> = [];
+    const startRead = (i: number) => {
+      const k = order[i]!, len = this.chunkLen(k);
+      const slot = this.slots[i % 2]!;
+      reads[i] = _handled(_readAt(this.fd, new Uint8Array(slot.buffer, 0, 2 * len * 4), k * C * STATE_BYTES));
+      t.bytesRead += 2 * len * 4;
+    };
+    const wait = async (p: Promise<void>) => {
+      const t0 = performance.now();
+      await p;
+      t.waitMs += performance.now() - t0;
+    };
+    try {
+      startRead(0);
+      for (let i = 0; i < order.length; i++) {
+        const k = order[i]!, len = this.chunkLen(k), base = k * C;
+        await wait(reads[i]!);
+        let t0 = performance.now();
+        const view = noGrad(() => this.chunk.narrow(0, 0, 2 * len));
+        backend.write(view, this.slots[i % 2]!.subarray(0, 2 * len));
+        view.dispose();
+        t.copyMs += performance.now() - t0;
+        // This slot is copied: the next chunk's read may fill the other one while we compute.
+        if (i + 1 < order.length) startRead(i + 1);
+        t0 = performance.now();
+        for (const s of byChunk.get(k)!) {
+          const lo = Math.max(s.start, base), hi = Math.min(s.start + s.len, base + len);
+          if (hi <= lo) continue;
+          const [m, v] = noGrad(() => [this.chunk.narrow(0, lo - base, hi - lo), this.chunk.narrow(0, len + lo - base, hi - lo)]);
+          try {
+            fn(s, lo - s.start, hi - lo, m, v);
+          } finally {
+            m.dispose();
+            v.dispose();
+          }
+        }
+        t.computeMs += performance.now() - t0;
+        t0 = performance.now();
+        const out = new Uint8Array(backend.read(this.chunk, 2 * len));
+        t.copyMs += performance.now() - t0;
+        // At most two writes in flight: host memory stays O(chunk).
+        if (i >= 2) await wait(writes[i - 2]!);
+        writes[i] = _handled(_writeAt(this.fd, out, base * STATE_BYTES));
+        t.bytesWritten += out.byteLength;
+        t.chunks++;
+      }
+      await wait(Promise.all(writes).then(() => undefined));
+    } finally {
+      // On an error, let every request in flight finish before the buffers are reused.
+      await Promise.allSettled([...reads, ...writes]);
+      this.busy = false;
+    }
+  }
+
+  /** m and v of flat elements [start, start + len), read synchronously (checkpoints). */
+  readRange(start: number, len: number): { m: Float32Array; v: Float32Array } {
+    this.checkRange(start, len);
+    const m = new Float32Array(len), v = new Float32Array(len);
+    this.eachChunkPart(start, len, (pos, chunkBase, chunkLen, off, n) => {
+      _readSyncAt(this.fd, new Uint8Array(m.buffer, pos * 4, n * 4), (chunkBase * 2 + off) * 4);
+      _readSyncAt(this.fd, new Uint8Array(v.buffer, pos * 4, n * 4), (chunkBase * 2 + chunkLen + off) * 4);
+    });
+    return { m, v };
+  }
+
+  /** Overwrites m and v of flat elements [start, start + m.length) (restoring a checkpoint). */
+  writeRange(start: number, m: Float32Array, v: Float32Array): void {
+    if (m.length !== v.length) throw new ValueError(`OffloadFile.writeRange: m has ${m.length} elements, v ${v.length}`);
+    this.checkRange(start, m.length);
+    this.eachChunkPart(start, m.length, (pos, chunkBase, chunkLen, off, n) => {
+      _writeSyncAt(this.fd, new Uint8Array(m.buffer, m.byteOffset + pos * 4, n * 4), (chunkBase * 2 + off) * 4);
+      _writeSyncAt(this.fd, new Uint8Array(v.buffer, v.byteOffset + pos * 4, n * 4), (chunkBase * 2 + chunkLen + off) * 4);
+    });
+  }
+
+  /** Zeroes the I/O accounting. */
+  resetTimings(): void {
+    Object.assign(this.timings, { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyMs: 0 });
+  }
+
+  /** Closes (and by default deletes) the file and frees the chunk. Idempotent. */
+  close(): void {
+    if (this.fd < 0) return;
+    closeSync(this.fd);
+    this.fd = -1;
+    this.chunk.dispose();
+    if (this.removeOnClose) {
+      try {
+        unlinkSync(this.path);
+      } catch {
+        // already gone: nothing to clean up
+      }
+    }
+  }
+
+  private chunkLen(k: number): number {
+    return Math.min(this.chunkElems, this.numel - k * this.chunkElems);
+  }
+
+  /** Calls fn(posInRange, chunkBase, chunkLen, offsetInChunk, n) for each chunk part of a range. */
+  private eachChunkPart(start: number, len: number, fn: (pos: number, base: number, chunkLen: number, off: number, n: number) => void): void {
+    const C = this.chunkElems;
+    for (let e = start; e < start + len;) {
+      const k = Math.floor(e / C), base = k * C, n = Math.min(start + len, base + this.chunkLen(k)) - e;
+      fn(e - start, base, this.chunkLen(k), e - base, n);
+      e += n;
+    }
+  }
+
+  private checkRange(start: number, len: number): void {
+    this.checkOpen();
+    if (!(start >= 0 && len >= 0 && start + len <= this.numel)) throw new ValueError(`OffloadFile: range [${start}, ${start + len}) is outside the ${this.numel} offloaded elements`);
+  }
+
+  private checkOpen(): void {
+    if (this.fd < 0) throw new ValueError(`OffloadFile ${this.path} is closed`);
+  }
+}
+
+/**
+ * `p`, marked handled: a request that fails while this thread computes must not count as an
+ * unhandled rejection (Node would exit) before the loop gets to awaiting it.
+ */
+function _handled<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => {});
+  return p;
+}
+
+/** Reads dst.length bytes at `position` (looping over short reads). */
+function _readAt(fd: number, dst: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const more = (done: number) => {
+      if (done === dst.length) return resolve();
+      read(fd, dst, done, dst.length - done, position + done, (err, n) => {
+        if (err) return reject(err);
+        if (n === 0) return reject(new ValueError(`offload file: unexpected end of file at byte ${position + done} (the scratch file was truncated while training)`));
+        more(done + n);
+      });
+    };
+    more(0);
+  });
+}
+
+/** Writes all of src at `position`. */
+function _writeAt(fd: number, src: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const more = (done: number) => {
+      if (done === src.length) return resolve();
+      write(fd, src, done, src.length - done, position + done, (err, n) => (err ? reject(err) : more(done + n)));
+    };
+    more(0);
+  });
+}
+
+function _readSyncAt(fd: number, dst: Uint8Array, position: number): void {
+  for (let done = 0; done < dst.length;) {
+    const n = readSync(fd, dst, done, dst.length - done, position + done);
+    if (n === 0) throw new ValueError(`offload file: unexpected end of file at byte ${position + done}`);
+    done += n;
+  }
+}
+
+function _writeSyncAt(fd: number, src: Uint8Array, position: number): void {
+  for (let done = 0; done < src.length;) done += writeSync(fd, src, done, src.length - done, position + done);
+}
+
+/**
+ * AdamW with m and v offloaded to disk (see the file comment): same math, same kernel, same
+ * state dict as `AdamW`, but `step()` is async (it streams the moments through memory).
+ * @example
+ * const opt = new OffloadedAdamW(model.parameters(), { lr: 6e-4 }, { path: "out/offload/rank00000.bin" });
+ * loss.backward(); await opt.step(); opt.zeroGrad();
+ * opt.close();
+ */
+export class OffloadedAdamW implements Optimizer {
+  readonly params: Tensor[];
+  lr: number;
+  readonly betas: [number, number];
+  readonly eps: number;
+  readonly weightDecay: number;
+  stepCount = 0;
+  /** Which gradients the global norm counts and how ranks combine it (as AdamW's). */
+  normScope: GradNormScope | null = null;
+  /** The moments: parameter i owns flat elements [offsets[i], offsets[i] + numel). */
+  readonly file: OffloadFile;
+  private readonly offsets: number[] = [];
+
+  constructor(params: Tensor[], adam: AdamWOptions, offload: OffloadOptions) {
+    this.params = params;
+    const r = resolveAdamWOptions(adam);
+    this.lr = r.lr;
+    this.betas = r.betas;
+    this.eps = r.eps;
+    this.weightDecay = r.weightDecay;
+    let total = 0;
+    for (const p of params) {
+      if (p.dtype !== "float32" || !p.isContiguous) throw new ValueError(`OffloadedAdamW: parameter ${p.name ?? ""} must be a contiguous float32 tensor`);
+      this.offsets.push(total);
+      total += p.numel;
+    }
+    this.file = new OffloadFile(total, offload);
+  }
+
+  /** One update of every parameter that has a gradient, chunk by chunk through the file. */
+  async step(opts: StepOptions = {}): Promise<void> {
+    if (opts.lr !== undefined) this.lr = opts.lr;
+    this.stepCount++;
+    const scale = opts.gradScale ?? 1;
+    const segments = this.params.flatMap((p, i) => (p.grad ? [{ start: this.offsets[i]!, len: p.numel, param: i }] : []));
+    await this.file.update(segments, (s, from, n, m, v) => {
+      const p = this.params[s.param]!;
+      const [w, g] = noGrad(() => [_flatRange(p, from, n), _flatRange(p.grad!, from, n)]);
+      try {
+        adamwUpdate(w, g, m, v, adamwStepHyper(this, this.stepCount, p.ndim, scale));
+      } finally {
+        w.dispose();
+        g.dispose();
+      }
+    });
+  }
+
+  zeroGrad(): void {
+    clearGrads(this.params);
+  }
+
+  gradNorm(maxNorm = Infinity): GradNormResult {
+    return gradNorm(this.params, maxNorm, this.normScope ?? undefined);
+  }
+
+  state(): AdamWState {
+    return adamwState(this);
+  }
+
+  /**
+   * Scalars and the moments in the logical form, read back from the file: new tensors (unlike
+   * AdamW's), which the caller disposes (e.g. by calling this inside `withScope`).
+   */
+  stateDict(): OptimizerStateDict {
+    const exp_avg: Tensor[] = [], exp_avg_sq: Tensor[] = [];
+    withCategory("optimizer", () => this.params.forEach((p, i) => {
+      const { m, v } = this.file.readRange(this.offsets[i]!, p.numel);
+      exp_avg.push(tensor(m, { shape: p.shape }));
+      exp_avg_sq.push(tensor(v, { shape: p.shape }));
+    }));
+    return { state: this.state(), moments: { exp_avg, exp_avg_sq } };
+  }
+
+  /** Scalars and, when given, logical moments, which are written into the file. */
+  loadStateDict(sd: OptimizerStateDict): void {
+    this.stepCount = sd.state.step;
+    this.lr = sd.state.lr;
+    if (!sd.moments) return;
+    const m = momentsOf(sd.moments, "exp_avg", this.params.length), v = momentsOf(sd.moments, "exp_avg_sq", this.params.length);
+    this.params.forEach((p, i) => {
+      if (m[i]!.numel !== p.numel || v[i]!.numel !== p.numel) {
+        throw new ValueError(`OffloadedAdamW.loadStateDict: parameter ${p.name ?? i} has ${p.numel} elements, its moments ${m[i]!.numel}/${v[i]!.numel}`);
+      }
+      this.file.writeRange(this.offsets[i]!, m[i]!.data() as Float32Array, v[i]!.data() as Float32Array);
+    });
+  }
+
+  /** Closes and deletes the scratch file. */
+  close(): void {
+    this.file.close();
+  }
+}
+
+/** A 1-D view of elements [start, start + len) of contiguous `t`; call under noGrad. */
+function _flatRange(t: Tensor, start: number, len: number): Tensor {
+  const flat = t.reshape([t.numel]);
+  const out = flat.narrow(0, start, len);
+  flat.dispose();
+  return out;
+}
