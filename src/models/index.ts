@@ -1,2 +1,3 @@
 /** models: single-device model definitions. */
 export * from "./gpt/index.js";
+export * from "./bert/index.js";

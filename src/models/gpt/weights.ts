@@ -6,11 +6,13 @@
  * Names may carry HF's `transformer.` prefix; the causal-mask buffers `h.N.attn.bias` /
  * `h.N.attn.masked_bias` and the tied `lm_head.weight` are accepted and ignored.
  */
-import { mkdirSync, readFileSync, writeFileSync, renameSync, existsSync, lstatSync, realpathSync } from "node:fs";
-import { join, relative, isAbsolute } from "node:path";
+import { mkdirSync, existsSync } from "node:fs";
+import { join } from "node:path";
 import { FormatError, ValueError, fmtShape } from "../../core/errors.js";
 import { readSafetensors, writeSafetensors, type TensorRecord } from "../../checkpoint/index.js";
-import { bf16BytesToFloat32, f16BytesToFloat32 } from "../../checkpoint/_dtype.js";
+import {
+  checkInsideDir, warnNonFinite, hasNonFinite, recordToFloat32 as toFloat32, readConfigJson, writeJsonFile, type LoadWeightsOptions,
+} from "../_shared/weights_io.js";
 import { tensor, noGrad, type Tensor } from "./_deps.js";
 import { GPT, type GPTConfig, type GPTMoEConfig, type GPTOptions, resolveGPTConfig } from "./model.js";
 
@@ -19,14 +21,7 @@ const IGNORED = /^(h\.\d+\.attn\.(bias|masked_bias)|lm_head\.weight)$/;
 
 /** Reads config.json into a GPTConfig (HF field names), with errors naming the file and field. */
 export function readGPTConfig(dir: string): GPTConfig {
-  const file = join(dir, "config.json");
-  if (!existsSync(file)) throw new FormatError(file, "not found: a model directory needs config.json and model.safetensors");
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
-  } catch (e) {
-    throw new FormatError(file, `not valid JSON (${(e as Error).message})`);
-  }
+  const { file, raw } = readConfigJson(dir);
   const int = (k: string, fallback?: string): number => {
     const v = raw[k] ?? (fallback ? raw[fallback] : undefined);
     if (typeof v !== "number" || !Number.isInteger(v) || v < 1) throw new FormatError(file, `${k} must be a positive integer, got ${JSON.stringify(v)}`);
@@ -77,65 +72,7 @@ function moeFields(m: Required<GPTMoEConfig> | null): Record<string, unknown> {
   };
 }
 
-function toFloat32(name: string, r: TensorRecord, file: string): Float32Array {
-  const bytes = r.data;
-  switch (r.dtype) {
-    case "F32": {
-      const copy = new Uint8Array(bytes.byteLength);
-      copy.set(bytes);
-      return new Float32Array(copy.buffer);
-    }
-    case "BF16": return bf16BytesToFloat32(bytes);
-    case "F16": return f16BytesToFloat32(bytes);
-    default: throw new FormatError(file, `tensor ${name} has dtype ${r.dtype}; expected F32, BF16 or F16`);
-  }
-}
-
-/** Options for reading a model directory's weights. */
-export interface LoadWeightsOptions {
-  /**
-   * Follow a model.safetensors (or config.json) that is a symlink resolving outside the model
-   * directory. Default false: such a link is refused, so a directory handed over by someone
-   * else cannot make us read an arbitrary file. Links that stay inside the directory are fine.
-   */
-  allowSymlinks?: boolean;
-  /**
-   * Called with the names of tensors that hold NaN or Inf (a diverged run's export, a corrupted
-   * file). Default: a `megalith: warning:` line on stderr naming them. The model still loads.
-   */
-  onNonFinite?: (file: string, tensors: string[]) => void;
-}
-
-/** Refuses `file` when it is a symlink that resolves outside `dir` (unless allowed). */
-function checkInsideDir(file: string, dir: string, allow: boolean | undefined): void {
-  let st;
-  try {
-    st = lstatSync(file);
-  } catch {
-    return;  // missing: the caller reports it
-  }
-  if (!st.isSymbolicLink() || allow) return;
-  const target = realpathSync(file), root = realpathSync(dir);
-  const rel = relative(root, target);
-  if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
-    throw new ValueError(`${file} is a symlink to ${target}, outside the model directory ${dir}; refusing to follow it. ` +
-      "Copy the file into the directory, or pass --allow-symlinks if you trust the link.");
-  }
-}
-
-function warnNonFinite(file: string, names: string[]): void {
-  process.stderr.write(`megalith: warning: ${file}: ${names.length} tensor(s) hold NaN or Inf values: ${names.slice(0, 8).join(", ")}${names.length > 8 ? ", ..." : ""}; ` +
-    "the model will produce NaN (was it saved from a diverged run?)\n");
-}
-
-/** Whether a float32 array holds a NaN or an infinity. */
-function hasNonFinite(x: Float32Array): boolean {
-  for (let i = 0; i < x.length; i++) {
-    const v = x[i]!;
-    if (v - v !== 0) return true;  // NaN - NaN and Inf - Inf are NaN; finite - finite is 0
-  }
-  return false;
-}
+export type { LoadWeightsOptions } from "../_shared/weights_io.js";
 
 /**
  * Loads a GPT from a Hugging Face style directory.
@@ -240,13 +177,6 @@ export function hfConfig(c: GPTConfig, ids: SpecialTokenIds = {}): Record<string
  */
 export function generationConfig(ids: SpecialTokenIds = {}): Record<string, unknown> {
   return { _from_model_config: true, bos_token_id: ids.bosTokenId ?? 50256, eos_token_id: ids.eosTokenId ?? 50256 };
-}
-
-/** Writes `value` as JSON to `dir/name` through a temporary name. */
-function writeJsonFile(dir: string, name: string, value: unknown): void {
-  const tmp = join(dir, `.${name}.tmp-${process.pid}`);
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n");
-  renameSync(tmp, join(dir, name));
 }
 
 /** The model's tensors as safetensors records with HF names and layouts. */
