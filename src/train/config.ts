@@ -20,6 +20,8 @@ export const TrainConfigSchema = z
     out_dir: z.string().min(1),
     model: z
       .object({
+        /** The architecture: "gpt" (decoder, language modelling) or "bert" (encoder, MLM + NSP pretraining). */
+        type: z.enum(["gpt", "bert"]).default("gpt"),
         n_layer: posInt,
         n_head: posInt,
         n_embd: posInt,
@@ -27,7 +29,11 @@ export const TrainConfigSchema = z
         vocab_size: posInt.default(50304),
         dropout: z.number().min(0).lt(1).default(0),
         bias: z.boolean().default(true),
-        /** Load initial weights from a Hugging Face GPT-2 directory instead of random init. */
+        /** BERT: the feed-forward width (null = 4 x n_embd). */
+        intermediate_size: posInt.nullable().default(null),
+        /** BERT: token-type (segment) vocabulary: 2 for sentence pairs. */
+        type_vocab_size: posInt.default(2),
+        /** Load initial weights from a model directory (ours or Hugging Face GPT-2 / BERT) instead of random init. */
         init_from: z.string().nullable().default(null),
         /** Mixture of experts in the MLP slot (src/nn/moe.ts); null = dense. */
         moe: z
@@ -136,6 +142,46 @@ export const TrainConfigSchema = z
       })
       .strict()
       .default({}),
+    /**
+     * Fine-tuning (`megalith finetune`): a task on labelled data instead of pretraining. null =
+     * pretraining (language modelling for GPT, MLM + NSP for BERT) on `data`.
+     */
+    finetune: z
+      .object({
+        /** "classify": a sequence-classification head; "sft": loss on completion tokens only. */
+        task: z.enum(["classify", "sft"]),
+        /** A JSONL file (or CSV for classify). */
+        data: z.string().min(1),
+        /** classify: the text column / key. */
+        text_field: z.string().min(1).default("text"),
+        /** classify: the label column / key (strings or integers). */
+        label_field: z.string().min(1).default("label"),
+        /** sft: the prompt and completion keys ({prompt, completion} rows), or a chat `messages` list. */
+        prompt_field: z.string().min(1).default("prompt"),
+        completion_field: z.string().min(1).default("completion"),
+        messages_field: z.string().min(1).default("messages"),
+        /** Fraction of examples held out (seeded shuffle by train.seed) for evaluation. */
+        val_fraction: z.number().min(0).lt(1).default(0.2),
+        /** Tokens per example (longer ones are truncated); null = model.block_size. */
+        max_len: posInt.nullable().default(null),
+        /** classify pooling: "auto" ([CLS] pooler for BERT, last token for GPT), "cls", "last" or "mean". */
+        pooling: z.enum(["auto", "cls", "last", "mean"]).default("auto"),
+        /** LoRA adapters (PEFT layout): only adapters and the task head train. null = full fine-tuning. */
+        lora: z
+          .object({
+            r: posInt.default(8),
+            alpha: z.number().positive().default(16),
+            dropout: z.number().min(0).lt(1).default(0),
+            /** Linear module names to adapt (null = the attention projections: c_attn for GPT, query/value for BERT). */
+            target_modules: z.array(z.string().min(1)).min(1).nullable().default(null),
+          })
+          .strict()
+          .nullable()
+          .default(null),
+      })
+      .strict()
+      .nullable()
+      .default(null),
     parallel: z
       .object({
         /** Data-parallel size; the product of all axes must equal the number of ranks. */
@@ -148,6 +194,15 @@ export const TrainConfigSchema = z
         zero3_prefetch: z.boolean().default(true),
         /** dtype of data-parallel gradient reductions: fp32, or bf16 to halve the bytes on the wire. */
         reduce_dtype: z.enum(["fp32", "bf16"]).default("fp32"),
+        /**
+         * ZeRO-Infinity-style offload of AdamW's moments (src/optim/offload.ts): "none" keeps them in
+         * memory; "disk" keeps each rank's (shard of) m and v in a scratch file, streamed in chunks.
+         */
+        offload: z.enum(["none", "disk"]).default("none"),
+        /** Directory of the offload files, one per rank (null = <out_dir>/offload). */
+        offload_dir: z.string().min(1).nullable().default(null),
+        /** MiB of optimizer state (m and v) per streamed chunk: resident memory is about 3 chunks. */
+        offload_chunk_mb: z.number().positive().max(1024).default(32),
         /**
          * Expert-parallel size (model.moe): each MoE layer's experts are split over ep ranks and
          * replicated over dp / ep (DeepSpeed-MoE, Megatron); ep divides dp, and every one of the
@@ -341,6 +396,17 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
   };
   if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`, ["model.n_head"]);
   const p = c.parallel;
+  // BERT and fine-tuning run with data parallelism and ZeRO (the tp/pp/ep stages are GPT's).
+  const notGptLm = c.model.type === "bert" ? "model.type \"bert\"" : c.finetune ? `finetune.task "${c.finetune.task}"` : null;
+  if (notGptLm) {
+    for (const axis of ["tp", "pp", "ep"] as const) {
+      if (p[axis] > 1) bad(`parallel.${axis}`, `${notGptLm} runs with data parallelism and ZeRO only; use parallel.${axis}=1 (got ${p[axis]})`);
+    }
+    if (p.sp) bad("parallel.sp", `${notGptLm} has no sequence parallelism; use parallel.sp=false`);
+  }
+  if (c.model.type === "bert" && c.model.moe) bad("model.moe", "BERT has no mixture-of-experts layers; use model.moe=null with model.type \"bert\"", ["model.type"]);
+  if (c.finetune?.task === "sft" && c.model.type === "bert") bad("finetune.task", "sft trains a causal language model; it needs model.type \"gpt\"", ["model.type"]);
+  if (c.finetune?.lora && p.zero === 3) bad("finetune.lora", "ZeRO-3 shards every parameter, frozen ones included; use parallel.zero 0, 1 or 2 with LoRA", ["parallel.zero"]);
   const moe = c.model.moe;
   if (moe) {
     if (moe.top_k > moe.num_experts) bad("model.moe.top_k", `${moe.top_k} exceeds model.moe.num_experts (${moe.num_experts})`, ["model.moe.num_experts"]);
@@ -381,6 +447,12 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
     if (p.pp_schedule === "interleaved" && c.train.grad_accum_steps % p.pp !== 0) bad("parallel.pp_microbatches", `the interleaved schedule needs micro-batches (${c.train.grad_accum_steps}) divisible by parallel.pp (${p.pp})`);
     if (p.zero >= 2) bad("parallel.zero", `ZeRO-${p.zero} shards gradients every micro-batch, which pipeline parallelism cannot combine with (as in DeepSpeed); use parallel.zero=1 or 0 with parallel.pp=${p.pp}`);
   } else if (p.pp_layers !== null && p.pp_layers.length !== 1) bad("parallel.pp_layers", `lists ${p.pp_layers.length} stages but parallel.pp is 1`);
+  if (p.offload === "disk") {
+    // Offload streams the optimizer's flat state; the tp/pp/ep optimizers and checkpoints are other paths.
+    for (const axis of ["tp", "pp", "ep"] as const) {
+      if (p[axis] > 1) bad("parallel.offload", `"disk" offloads the optimizer of data-parallel and ZeRO layouts only; it does not combine with parallel.${axis}=${p[axis]} yet (use parallel.offload "none" or parallel.${axis}=1)`, [`parallel.${axis}`]);
+    }
+  }
   return c;
 }
 
