@@ -6,11 +6,17 @@
  *
  * `--input brown` is the built-in Brown corpus (no download); write `./brown` for a file of
  * that name. Plain text files are one document each unless `--doc-separator` is given.
+ *
+ *   megalith prepare --task mlm --tokenizer bert-base-uncased --input wiki.txt --doc-separator "\n\n" --out data/wiki-mlm
+ *
+ * `--task mlm` writes BERT sentence-pair examples ([CLS] A [SEP] B [SEP], 50% true next
+ * sentence) for MlmLoader instead of a token stream (see src/data/mlm_prepare.ts).
  */
 import { Command, Option } from "commander";
 import { resolve } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { prepareData, type InputFormat, type PrepareInput } from "../data/prepare.js";
+import { prepareMlmData } from "../data/mlm_prepare.js";
 import { brownSource } from "../data/prepare_brown.js";
 import type { PreparedMeta } from "../data/meta.js";
 import { loadTokenizer } from "../tokenizers/index.js";
@@ -27,7 +33,14 @@ interface PrepareFlags {
   overwrite?: boolean;
   strictUtf8?: boolean;
   progress: boolean;
+  task: "lm" | "mlm";
+  maxSeqLen?: string;
+  shortSeqProb?: string;
+  seed?: string;
 }
+
+/** Tokenizer names loadTokenizer knows; anything else is a path. */
+const NAMED_TOKENIZERS = new Set(["gpt2", "bert-base-uncased"]);
 
 /** Turns the escapes \n, \r, \t and \\ typed on a command line into the characters. */
 function unescapeSeparator(s: string): string {
@@ -47,7 +60,13 @@ function summary(out: string, meta: PreparedMeta): string {
     const s = meta.splits[split];
     return `  ${split}: ${s.tokens.toLocaleString("en-US")} tokens, ${s.documents.toLocaleString("en-US")} documents, ${s.shards.length} shard(s)`;
   };
-  return [`prepared ${out} (${meta.tokenizer.name}, vocab ${meta.tokenizer.vocabSize}, ${meta.dtype})`, line("train"), line("val")].join("\n");
+  const examples = (split: "train" | "val"): string => {
+    const m = meta.mlm!.splits[split];
+    return `  ${split}: ${m.examples.toLocaleString("en-US")} sentence pairs (${m.randomNext.toLocaleString("en-US")} with a random second segment)`;
+  };
+  const lines = [`prepared ${out} (${meta.tokenizer.name}, vocab ${meta.tokenizer.vocabSize}, ${meta.dtype})`, line("train"), line("val")];
+  if (meta.task === "mlm") lines.push(`  mlm examples of at most ${meta.mlm!.maxSeqLen} tokens:`, examples("train"), examples("val"));
+  return lines.join("\n");
 }
 
 /**
@@ -68,14 +87,35 @@ export function register(program: Command): void {
     .option("--overwrite", "replace --out if it already exists")
     .option("--strict-utf8", "refuse input files that are not valid UTF-8 (default: replace invalid bytes with U+FFFD and report how many)")
     .option("--no-progress", "do not print progress lines")
+    .addOption(new Option("--task <task>", "lm = a token stream for causal LM; mlm = BERT sentence pairs for masked-LM + next-sentence pretraining").choices(["lm", "mlm"]).default("lm"))
+    .option("--max-seq-len <n>", "--task mlm: tokens per example at most, [CLS] and [SEP]s included (default 128)")
+    .option("--short-seq-prob <p>", "--task mlm: probability of a shorter random target length, as Google's BERT (default 0.1)")
+    .option("--seed <n>", "--task mlm: seed of the sentence pairing (masks are drawn by the loader) (default 12345)")
     .action(async (flags: PrepareFlags) => {
       const valFraction = parseNumber("--val-fraction", flags.valFraction, false);
       const shardTokens = parseNumber("--shard-tokens", flags.shardTokens, true);
-      const spec = flags.tokenizer === "gpt2" ? "gpt2" : resolve(flags.tokenizer);
+      if (flags.task !== "mlm") {
+        const mlmOnly = (["maxSeqLen", "shortSeqProb", "seed"] as const).filter((k) => flags[k] !== undefined);
+        if (mlmOnly.length > 0) {
+          const names = mlmOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(", ");
+          throw new ValueError(`${names} only apply to --task mlm (this run prepares --task ${flags.task})`);
+        }
+      }
+      const spec = NAMED_TOKENIZERS.has(flags.tokenizer) ? flags.tokenizer : resolve(flags.tokenizer);
       const tokenizer = loadTokenizer(spec);
       const inputs: PrepareInput[] = flags.input.map((i) => (i === "brown" ? brownSource() : i));
       const replaced: Array<[string, number]> = [];
-      const meta = await prepareData({
+      const prepare = flags.task === "mlm"
+        ? (o: Parameters<typeof prepareData>[0]) =>
+            prepareMlmData({
+              ...o,
+              tokenizer,
+              maxSeqLen: flags.maxSeqLen === undefined ? undefined : parseNumber("--max-seq-len", flags.maxSeqLen, true),
+              shortSeqProb: flags.shortSeqProb === undefined ? undefined : parseNumber("--short-seq-prob", flags.shortSeqProb, false),
+              seed: flags.seed === undefined ? undefined : parseNumber("--seed", flags.seed, true),
+            })
+        : prepareData;
+      const meta = await prepare({
         tokenizer,
         tokenizerSpec: spec,
         inputs,

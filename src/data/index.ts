@@ -9,6 +9,8 @@
  * - `loader.ts`: TokenLoader (shuffled, resumable, data-parallel-sharded training batches) and
  *   evalBatches (deterministic validation batches).
  * - `brown.ts`, `prepare_brown.ts`: the built-in Brown corpus, prepared and cached on first use.
+ * - `mlm_prepare.ts`, `mlm_shards.ts`: BERT sentence-pair examples and their index (`prepare --task mlm`).
+ * - `mlm_masking.ts`, `mlm_loader.ts`: dynamic 80/10/10 masking and MlmLoader / mlmEvalBatches.
  *
  * @example
  * import { ensurePreparedBrown, TokenLoader } from "../data/index.js";
@@ -28,8 +30,9 @@ export {
   ShardWriter,
 } from "./shards.js";
 export type { TokenDtype, ShardHeader, ShardWriterOptions } from "./shards.js";
-export { META_FILE, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, readMeta, validateMeta } from "./meta.js";
+export { META_FILE, PREPARED_FORMAT, PREPARED_FORMAT_VERSION, readMeta, validateMeta, requireTask } from "./meta.js";
 export type { PreparedMeta, Split, SplitInfo, ShardInfo, SourceInfo, TokenizerInfo } from "./meta.js";
+export type { PreparedTask, MlmInfo, MlmSpecialIds, MlmSplitInfo } from "./meta.js";
 export { prepareData, isValDocument, tokenizerFingerprint } from "./prepare.js";
 export type { PrepareOptions, PrepareInput, DocumentSource, InputFormat, DataTokenizer } from "./prepare.js";
 export type { PieceSizes } from "./_text_sources.js";
@@ -39,3 +42,13 @@ export { brownCorpus, brownCorpusDocuments, brownCorpusText, detagBrown } from "
 export type { BrownDocument } from "./brown.js";
 export { BROWN_VAL_FRACTION, brownSource, prepareBrown, ensurePreparedBrown } from "./prepare_brown.js";
 export type { BrownPrepareOptions } from "./prepare_brown.js";
+export { prepareMlmData, mlmSpecialIds, SentenceSplitter } from "./mlm_prepare.js";
+export type { MlmPrepareOptions, MlmTokenizer } from "./mlm_prepare.js";
+export { MLM_INDEX_MAGIC, MLM_INDEX_VERSION, MLM_INDEX_HEADER_BYTES, MLM_INDEX_RECORD_BYTES, MlmIndexReader, MlmIndexWriter } from "./mlm_shards.js";
+export type { MlmExampleRecord, MlmIndexHeader } from "./mlm_shards.js";
+export { MLM_IGNORE_INDEX, maskExample, maskingVocab, resolveMasking } from "./mlm_masking.js";
+export type { MaskingOptions, MaskingVocab, MaskKey } from "./mlm_masking.js";
+export { MlmLoader, mlmEvalBatches, mlmEvalBatchCount } from "./mlm_loader.js";
+export type { MlmBatch, MlmLoaderOptions, MlmLoaderState, MlmEvalBatchesOptions } from "./mlm_loader.js";
+export { readRows, readLabelledTexts, readSftExamples, seededSplit } from "./labelled.js";
+export type { LabelledText, ChatMessage, SftExample, FieldOptions } from "./labelled.js";

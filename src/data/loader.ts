@@ -19,7 +19,7 @@
 import { join } from "node:path";
 import { FormatError, ValueError } from "../core/errors.js";
 import { IndexPermutation, splitU53 } from "./_permutation.js";
-import { readMeta, type PreparedMeta, type Split } from "./meta.js";
+import { readMeta, requireTask, type PreparedMeta, type Split } from "./meta.js";
 import { ShardReader, readShardHeader } from "./shards.js";
 
 /** One rank's micro-batch. Arrays are row-major (B, T) int32, ready to wrap as tensors. */
@@ -60,6 +60,7 @@ class SplitWindows {
   ) {
     if (!Number.isSafeInteger(blockSize) || blockSize < 1) throw new ValueError(`blockSize must be a positive integer, got ${blockSize}`);
     this.meta = readMeta(dir);
+    requireTask(this.meta, dir, "lm"); // an mlm directory holds [CLS] A [SEP] B [SEP] examples, not a document stream
     const info = this.meta.splits[split];
     this.paths = info.shards.map((s) => join(dir, s.file));
     this.firstWindow = [0];

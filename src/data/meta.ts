@@ -5,7 +5,7 @@
 
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { FormatError } from "../core/errors.js";
+import { FormatError, ValueError } from "../core/errors.js";
 import type { TokenDtype } from "./shards.js";
 
 /** Version of the prepared-directory layout (meta.json + shards). */
@@ -57,15 +57,58 @@ export interface TokenizerInfo {
   fingerprint: string;
 }
 
+/**
+ * What a prepared directory is for. "lm": one token stream per split, documents separated by
+ * eot (causal LM, read by TokenLoader). "mlm": BERT sentence-pair examples plus a per-example
+ * index (read by MlmLoader; see mlm_prepare.ts). A meta.json without `task` is "lm".
+ */
+export type PreparedTask = "lm" | "mlm";
+
+/** The special token ids an mlm directory was built with. */
+export interface MlmSpecialIds {
+  cls: number;
+  sep: number;
+  mask: number;
+  pad: number;
+  /** [UNK], or null when the tokenizer has none. Never drawn as a random replacement. */
+  unk: number | null;
+}
+
+/** Per-split totals of an mlm directory. */
+export interface MlmSplitInfo {
+  /** Sentence-pair examples in the split. */
+  examples: number;
+  /** Examples whose second segment is a random span (next-sentence label 1). */
+  randomNext: number;
+  /** The example index file (see mlm_shards.ts), e.g. "train_index.bin". */
+  index: string;
+}
+
+/** The `mlm` block of meta.json (task "mlm" only). */
+export interface MlmInfo {
+  /** Every example has at most this many tokens, [CLS] and both [SEP]s included. */
+  maxSeqLen: number;
+  /** Probability of a shorter random target length, as Google's create_pretraining_data.py. */
+  shortSeqProb: number;
+  /** Seed of the pairing and truncation randomness. */
+  seed: number;
+  special: MlmSpecialIds;
+  /** Documents are grouped in buffers of about this many tokens; random second segments come from the same buffer. */
+  bufferTokens: number;
+  splits: Record<Split, MlmSplitInfo>;
+}
+
 /** The whole manifest. Every field is plain JSON. */
 export interface PreparedMeta {
   format: typeof PREPARED_FORMAT;
   version: number;
+  /** Absent in directories written before mlm existed: read as "lm". */
+  task?: PreparedTask;
   tokenizer: TokenizerInfo;
   /** Storage type of every shard. */
   dtype: TokenDtype;
-  /** Where eot sits relative to documents (always before each document). */
-  eotPlacement: "before-document";
+  /** Where eot sits relative to documents: before each document ("lm"), or nowhere ("mlm" examples hold no eot). */
+  eotPlacement: "before-document" | "none";
   /** Requested fraction of documents in val, and the shard size limit used. */
   valFraction: number;
   shardTokens: number;
@@ -75,6 +118,8 @@ export interface PreparedMeta {
   sources: SourceInfo[];
   /** ISO 8601 time the preparation finished. */
   createdAt: string;
+  /** Task "mlm" only: the example layout and per-split example counts. */
+  mlm?: MlmInfo;
 }
 
 const fail = (file: string, what: string): never => {
@@ -125,7 +170,55 @@ export function validateMeta(raw: unknown, file: string): PreparedMeta {
   checkSplit(file, "val", m.splits.val);
   if (!Array.isArray(m.sources)) fail(file, "sources must be a list");
   if (typeof m.createdAt !== "string") fail(file, "createdAt must be a string");
+  if (m.task !== undefined && m.task !== "lm" && m.task !== "mlm") fail(file, `task must be "lm" or "mlm", got ${JSON.stringify(m.task)}`);
+  if (m.task === "mlm") checkMlm(file, m.mlm, t.vocabSize, m.splits);
   return m as PreparedMeta;
+}
+
+function checkMlm(file: string, raw: unknown, vocabSize: number, splits: Record<Split, SplitInfo>): void {
+  if (typeof raw !== "object" || raw === null) return fail(file, "task is \"mlm\" but the mlm block is missing");
+  const m = raw as Partial<MlmInfo>;
+  if (!isNonNegInt(m.maxSeqLen) || m.maxSeqLen < 5 || m.maxSeqLen > 65535) fail(file, `mlm.maxSeqLen must be an integer in [5, 65535], got ${JSON.stringify(m.maxSeqLen)}`);
+  if (typeof m.shortSeqProb !== "number" || !(m.shortSeqProb >= 0 && m.shortSeqProb <= 1)) fail(file, `mlm.shortSeqProb must be in [0, 1], got ${JSON.stringify(m.shortSeqProb)}`);
+  if (!isNonNegInt(m.seed)) fail(file, `mlm.seed must be a non-negative integer, got ${JSON.stringify(m.seed)}`);
+  if (!isNonNegInt(m.bufferTokens) || m.bufferTokens === 0) fail(file, `mlm.bufferTokens must be a positive integer, got ${JSON.stringify(m.bufferTokens)}`);
+  const sp = m.special;
+  if (typeof sp !== "object" || sp === null) return fail(file, "mlm.special is missing");
+  for (const key of ["cls", "sep", "mask", "pad", "unk"] as const) {
+    const id = sp[key];
+    if (key === "unk" && id === null) continue;
+    if (!isNonNegInt(id) || id >= vocabSize) fail(file, `mlm.special.${key} must be an id below vocabSize ${vocabSize}, got ${JSON.stringify(id)}`);
+  }
+  if (typeof m.splits !== "object" || m.splits === null) return fail(file, "mlm.splits is missing");
+  for (const name of ["train", "val"] as const) {
+    const s = m.splits[name] as Partial<MlmSplitInfo> | undefined;
+    if (typeof s !== "object" || s === null) return fail(file, `mlm.splits.${name} is missing`);
+    if (!isNonNegInt(s.examples) || !isNonNegInt(s.randomNext) || s.randomNext > s.examples) {
+      fail(file, `mlm.splits.${name} needs non-negative integer examples >= randomNext, got ${JSON.stringify(s)}`);
+    }
+    if (typeof s.index !== "string" || !/^[\w.-]+$/.test(s.index)) fail(file, `mlm.splits.${name}.index must be a plain file name, got ${JSON.stringify(s.index)}`);
+    if (s.examples! > splits[name].tokens) fail(file, `mlm.splits.${name} has ${s.examples} examples but only ${splits[name].tokens} tokens`);
+  }
+}
+
+/**
+ * Throws a ValueError unless `meta` was prepared for `task` (a meta.json without `task` is "lm"),
+ * naming what the directory holds and which reader or command fits it.
+ * @example requireTask(readMeta(dir), dir, "mlm"); // before reading sentence-pair examples
+ */
+export function requireTask(meta: PreparedMeta, dir: string, task: PreparedTask): void {
+  const has = meta.task ?? "lm";
+  if (has === task) return;
+  if (has === "mlm") {
+    throw new ValueError(
+      `${dir} was prepared with --task mlm (BERT sentence pairs with an example index), not as a causal-LM token stream; ` +
+        "read it with MlmLoader / mlmEvalBatches, or prepare the text again with `megalith prepare --task lm`",
+    );
+  }
+  throw new ValueError(
+    `${dir} was prepared for causal LM (--task lm: one token stream, no sentence pairs); MlmLoader needs a directory from ` +
+      "`megalith prepare --task mlm --tokenizer <a WordPiece tokenizer with [CLS], [SEP], [MASK] and [PAD]>`",
+  );
 }
 
 /**

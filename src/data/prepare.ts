@@ -183,14 +183,16 @@ class SplitWriter {
   }
 }
 
-interface ResolvedInput {
+/** An input ready to stream. Exported (not from index.ts) for mlm_prepare.ts, which reads inputs the same way. */
+export interface ResolvedInput {
   info: SourceInfo;
   pieces: (onBytes: (n: number) => void) => AsyncGenerator<TextPiece>;
   /** Files only: counts (or, strict, refuses) invalid UTF-8 as the file is read. */
   utf8?: Utf8Checker;
 }
 
-async function resolveInputs(opts: PrepareOptions, sizes: PieceSizes): Promise<ResolvedInput[]> {
+/** Checks the inputs (files exist, formats) and wraps each as a piece stream; shared with mlm_prepare.ts. */
+export async function resolveInputs(opts: PrepareOptions, sizes: PieceSizes): Promise<ResolvedInput[]> {
   const format = opts.format ?? "auto";
   return Promise.all(
     opts.inputs.map(async (input): Promise<ResolvedInput> => {
@@ -216,7 +218,8 @@ async function resolveInputs(opts: PrepareOptions, sizes: PieceSizes): Promise<R
   );
 }
 
-async function isNonEmptyDir(path: string): Promise<boolean | "file"> {
+/** Whether `path` is a non-empty directory ("file" when it is a file). */
+export async function isNonEmptyDir(path: string): Promise<boolean | "file"> {
   try {
     return (await readdir(path)).length > 0;
   } catch (err) {
@@ -232,7 +235,7 @@ async function isNonEmptyDir(path: string): Promise<boolean | "file"> {
  * renamed aside, the new one renamed in, and the old one deleted; otherwise a ValueError. Returns
  * false (leaving `tmp` in place) if `out` appeared meanwhile and `overwrite` is off.
  */
-async function installDir(tmp: string, out: string, overwrite: boolean): Promise<boolean> {
+export async function installDir(tmp: string, out: string, overwrite: boolean): Promise<boolean> {
   try {
     await rename(tmp, out);
     return true;
@@ -249,7 +252,7 @@ async function installDir(tmp: string, out: string, overwrite: boolean): Promise
 }
 
 /** Writes `text` to `path` and fsyncs it. */
-async function writeFileSynced(path: string, text: string): Promise<void> {
+export async function writeFileSynced(path: string, text: string): Promise<void> {
   const fh = await open(path, "wx");
   try {
     await fh.writeFile(text, "utf8");
