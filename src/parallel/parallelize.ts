@@ -39,7 +39,8 @@
 import { ValueError } from "../core/errors.js";
 import { GPT, type ActivationCheckpointing } from "../models/index.js";
 import type { Module } from "../nn/index.js";
-import { AdamW, type AdamWOptions, type Optimizer, type GradNormScope } from "../optim/index.js";
+import { join } from "node:path";
+import { AdamW, OffloadedAdamW, type AdamWOptions, type Optimizer, type GradNormScope, type OffloadOptions } from "../optim/index.js";
 import type { Tensor } from "../tensor/index.js";
 import type { ProcessGroup } from "./collectives.js";
 import { DataParallel } from "./data_parallel.js";
@@ -98,6 +99,12 @@ export interface ParallelizeConfig {
   sequenceParallel?: boolean;
   /** Pipeline parallelism (mesh pp > 1): schedule, virtual stages, layers per stage. */
   pipeline?: PipelineOptions;
+  /**
+   * Offload AdamW's moments to disk (ZeRO-Infinity, optim/offload.ts): each rank streams its
+   * state (its shard under ZeRO) from a scratch file in `dir`. Data parallelism and ZeRO only.
+   * Default: in memory.
+   */
+  offload?: { dir: string; chunkBytes?: number };
   /** A micro-batch's forward and loss for models other than the GPT language model (see schedule.ts). */
   forwardBatch?: BatchForward;
 }
@@ -210,6 +217,7 @@ const dataParallel: Stage = (ctx) => {
   const { model, config } = ctx;
   const zero = config.zero ?? 0;
   const experts = ctx.ep?.expertParams ?? new Set<Tensor>();
+  const offload = offloadOptions(ctx);
   if (experts.size > 0) {
     // Expert parallelism (zero 0 or 1, checked in its stage): the shared parameters reduce
     // over dp x ep, the experts over dp, then the experts' 1/ep scale (expert_parallel.ts).
@@ -244,7 +252,8 @@ const dataParallel: Stage = (ctx) => {
       ctx.gradSync.push(new DataParallel(params, group, { ...(config.bucketBytes !== undefined ? { bucketBytes: config.bucketBytes } : {}), reduceDtype: config.reduceDtype ?? "float32" }));
       ctx.applied.push(`DDP (dp=${group.size})`);
     }
-    ctx.optimizer = new AdamW(params, config.optimizer);
+    ctx.optimizer = offload ? new OffloadedAdamW(params, config.optimizer ?? {}, offload) : new AdamW(params, config.optimizer);
+    if (offload) ctx.applied.push("optimizer state offloaded to disk");
     return;
   }
   if (![1, 2, 3].includes(zero)) throw new ValueError(`parallelize: zero must be 0, 1, 2 or 3, got ${String(zero)}`);
@@ -255,12 +264,28 @@ const dataParallel: Stage = (ctx) => {
     if (params.length !== model.parameters().length) throw new ValueError("parallelize: ZeRO-3 shards every parameter; with frozen parameters (LoRA) use parallel.zero 0, 1 or 2");
     ctx.fsdp = new FullyShardedUnits(model, blocks, shards, { prefetch: config.zero3Prefetch ?? true });
   }
-  const opt = new ShardedAdamW(shards, config.optimizer, { stage: zero, reduceDtype: config.reduceDtype ?? "float32", ...(ctx.fsdp ? { paramShard: ctx.fsdp.paramShard } : {}) });
+  const opt = new ShardedAdamW(shards, config.optimizer, {
+    stage: zero, reduceDtype: config.reduceDtype ?? "float32", ...(ctx.fsdp ? { paramShard: ctx.fsdp.paramShard } : {}), ...(offload ? { offload } : {}),
+  });
   ctx.optimizer = opt;
   // The optimizer's reduce-scatters first: FSDP's cleanup expects every unit reduced.
   ctx.gradSync.push(opt, ...(ctx.fsdp ? [ctx.fsdp] : []));
-  ctx.applied.push(`ZeRO-${zero} (dp=${group.size})`);
+  ctx.applied.push(`ZeRO-${zero} (dp=${group.size}${offload ? ", optimizer state offloaded to disk" : ""})`);
 };
+
+/**
+ * The offload file of this rank (`<dir>/adamw-moments-rank00000.bin`), or undefined without
+ * offload. Refused with model parallelism: its optimizers (tp/pp logical checkpoints, ep's
+ * split AdamW) keep their state in memory.
+ */
+function offloadOptions(ctx: Context): OffloadOptions | undefined {
+  const o = ctx.config.offload;
+  if (!o) return undefined;
+  const split = (["tp", "pp", "ep"] as const).filter((a) => ctx.mesh.sizes[a] > 1);
+  if (split.length) throw new ValueError(`parallelize: parallel.offload "disk" works with data parallelism and ZeRO only, not with ${split.map((a) => `${a}=${ctx.mesh.sizes[a]}`).join(", ")}`);
+  const rank = String(ctx.mesh.world.rank).padStart(5, "0");
+  return { path: join(o.dir, `adamw-moments-rank${rank}.bin`), ...(o.chunkBytes !== undefined ? { chunkBytes: o.chunkBytes } : {}) };
+}
 
 /** The stages, in the order they apply. */
 const STAGES: ReadonlyArray<readonly [string, Stage]> = [
@@ -333,6 +358,6 @@ function normScope(model: ParallelModel, mesh: DeviceMesh, tp: TensorParallelPla
 
 function setNormScope(opt: Optimizer, scope: GradNormScope | null): void {
   if (opt instanceof ExpertShardedAdamW) return;  // its parts got their scopes when it was built
-  if (opt instanceof AdamW || opt instanceof ShardedAdamW) opt.normScope = scope;
+  if (opt instanceof AdamW || opt instanceof ShardedAdamW || opt instanceof OffloadedAdamW) opt.normScope = scope;
   else if (scope) throw new ValueError("parallelize: the optimizer cannot take a model-parallel gradient norm scope");
 }

@@ -157,6 +157,7 @@ const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 :
  *  - model states by ZeRO's formulas with 4/4/8 bytes per parameter in every precision
  *    (`FP32_ADAM`: the fp32 parameters are the master weights); a ZeRO shard is one flat buffer
  *    per state, counted at the allocator's rounded size (`allocatedBytes`), m and v apart;
+ *    with parallel.offload "disk" the optimizer's resident state is one streamed chunk;
  *  - activations by Korthikanti's per-layer formula without the dropout masks (never stored),
  *    at the precision's bytes per value, times the micro-batches in flight, plus the larger of
  *    the head's backward (last stage: [SP] §4.3's head activations and the logits' gradient)
@@ -173,6 +174,11 @@ function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction
     if (l.zero >= 3) state.parameters = shard(per.param);
     if (l.zero >= 2) state.gradients = shard(per.grad);
     if (l.zero >= 1) state.optimizer = (per.k / 4) * shard(4);  // m and v: one buffer each
+    state.total = state.parameters + state.gradients + state.optimizer;
+  }
+  if (c.parallel.offload === "disk") {
+    // The moments live in a file; one chunk of them (m and v together) is resident while streamed.
+    state.optimizer = Math.min(state.optimizer, allocatedBytes(Math.round(c.parallel.offload_chunk_mb * 2 ** 20)));
     state.total = state.parameters + state.gradients + state.optimizer;
   }
   const shape = { s, b: l.microBatchSize, h, a, t: l.tp, sp: l.sp };

@@ -194,7 +194,8 @@ export function trainingStateBytes(c: TrainConfig): { params: number; state: num
   const dp = p.dp;
   const weights = 4 * local / (p.zero >= 3 ? dp : 1);
   const grads = 4 * local / (p.zero >= 2 ? dp : 1);
-  const moments = 8 * local / (p.zero >= 1 ? dp : 1);
+  // parallel.offload "disk": the moments stream from a file, one chunk resident (optim/offload.ts).
+  const moments = p.offload === "disk" ? Math.min(8 * local / (p.zero >= 1 ? dp : 1), p.offload_chunk_mb * 2 ** 20) : 8 * local / (p.zero >= 1 ? dp : 1);
   const state = weights + grads + moments;
   const tokens = c.train.micro_batch_size * m.block_size;
   const perLayer = (tokens * (68 * m.n_embd + 10 * m.n_head * m.block_size)) / p.tp;

@@ -35,7 +35,7 @@ import {
 import { saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, worldSizeOf } from "./config.js";
 import { createTask, specialTokenIds, type TrainTask, type TaskLoader } from "./tasks/index.js";
-import { startTrace, stopTrace, traceStep, traceSpan, tracing } from "../core/trace.js";
+import { startTrace, stopTrace, traceStep, traceSpanAsync, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
   type Parallelized, type ParallelModel, type ProcessGroup, type ZeroStage,
@@ -247,6 +247,7 @@ export class Trainer {
       sequenceParallel: pc.sp,
       pipeline: { schedule: pc.pp_schedule, virtualStages: pc.pp_schedule === "interleaved" ? pc.pp_virtual_stages : 1, layers: pc.pp_layers },
       ...(this.task.forwardBatch ? { forwardBatch: this.task.forwardBatch } : {}),
+      ...(pc.offload === "disk" ? { offload: { dir: pc.offload_dir ?? join(c.out_dir, "offload"), chunkBytes: Math.round(pc.offload_chunk_mb * 2 ** 20) } } : {}),
     });
     this.optimizer = this.parallel.optimizer;
     this.moeMetrics = new MoEMetrics(this.model);
@@ -349,8 +350,9 @@ export class Trainer {
       return { step: stepNumber, skipped: true, reason };
     }
     this.consecutiveNonFinite = 0;
-    traceSpan("optimizer", "optimizer", () => {
-      this.optimizer.step({ lr, gradScale: clipCoef / lossScale });
+    // Awaited: an offloaded optimizer (parallel.offload "disk") streams its state from disk.
+    await traceSpanAsync("optimizer", "optimizer", async () => {
+      await this.optimizer.step({ lr, gradScale: clipCoef / lossScale });
       this.optimizer.zeroGrad();
     });
     this.step++;
@@ -556,7 +558,11 @@ export class Trainer {
     }
     const { rank, size } = this.dpGroup;
     const names = this.model.namedParameters().filter(([, p]) => p.requiresGrad).map(([n]) => n);
-    const optFiles = optimizerFiles(this.optimizer.stateDict(), names);
+    // In a scope: an offloaded optimizer's state dict is tensors read back from its file, freed here.
+    const { optFiles, optState } = withScope(() => {
+      const sd = this.optimizer.stateDict();
+      return { optFiles: optimizerFiles(sd, names), optState: sd.state };
+    });
     await saveCheckpointCollective(dir, this.saveGroup(), async (tmp) => {
       await this.parallel.withFullParams(async () => {
         if (this.isMain) await writeSafetensors(join(tmp, "model.safetensors"), this.task.records(), { format: "pt" });
@@ -564,7 +570,7 @@ export class Trainer {
       await writeOptimizerFiles(tmp, optFiles, this.isMain);
       if (this.isMain) {
         writeFileSync(join(tmp, "config.json"), JSON.stringify(this.task.hfConfig(), null, 2) + "\n");
-        writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(), null, 2) + "\n");
+        writeFileSync(join(tmp, "trainer_state.json"), JSON.stringify(this.trainerState(optState), null, 2) + "\n");
       }
     }, { step: this.step, kind: this.task.checkpointKind, dp: size, parallel: this.parallel.applied }, {
       expectFiles: ["model.safetensors", "trainer_state.json", ...optimizerFileNames(optFiles)],
@@ -595,9 +601,9 @@ export class Trainer {
     };
   }
 
-  private trainerState(): TrainerState {
+  private trainerState(optimizer: AdamWState = this.optimizer.stateDict().state): TrainerState {
     return {
-      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer: this.optimizer.stateDict().state, config: this.config, tokens_seen: this.tokensSeen,
+      step: this.step, rng: getRngState(), loader: this.loader.state(), optimizer, config: this.config, tokens_seen: this.tokensSeen,
       ...(this.precision.scaler ? { loss_scaler: this.precision.scaler.state() } : {}),
     };
   }

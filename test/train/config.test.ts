@@ -45,7 +45,7 @@ test("`validateConfig` fills documented defaults for a minimal config", () => {
   assert.deepEqual(c.eval, { interval: 0, batches: 10 });
   assert.deepEqual(c.checkpoint, { interval: 0, keep: 2 });
   assert.deepEqual(c.parallel, {
-    dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true, reduce_dtype: "fp32", ep: 1,
+    dp: 1, zero: 0, bucket_mb: 25, zero3_prefetch: true, reduce_dtype: "fp32", offload: "none", offload_dir: null, offload_chunk_mb: 32, ep: 1,
     tp: 1, sp: false, pp: 1, pp_schedule: "1f1b", pp_microbatches: null, pp_virtual_stages: 1, pp_layers: null,
   });
   assert.equal(c.train.trace, null);
