@@ -6,12 +6,17 @@
  *
  * Flags that need no model (port, names, counts) are checked before the weights load, so a typo
  * costs no loading time.
+ *
+ * A GPT directory serves completions, chat and embeddings. A BERT directory (config.json
+ * model_type "bert") is an encoder: it serves /v1/embeddings (plus /v1/models, /health, /ready,
+ * /metrics), and its completion and chat routes answer 400 saying so.
  */
 import type { Command } from "commander";
 import { basename } from "node:path";
 import { ValueError } from "../core/errors.js";
-import { GPT } from "../models/index.js";
-import { Engine, gptEmbedder, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
+import { GPT, isBERTDir, loadBERT } from "../models/index.js";
+import { Engine, bertEmbedder, gptEmbedder, quantizeModelInt8, type SpeculativeOptions } from "../inference/index.js";
+import { loadTokenizer } from "../tokenizers/index.js";
 import { createServer, loadChatTemplate } from "../serve/index.js";
 import { modelDirTokenizer } from "./_model_dir.js";
 
@@ -19,7 +24,7 @@ export function register(program: Command): void {
   program
     .command("serve")
     .description("serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache)")
-    .requiredOption("--model <dir>", "Hugging Face style directory: config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt")
+    .requiredOption("--model <dir>", "Hugging Face style directory: config.json, model.safetensors, tokenizer.json or vocab.json + merges.txt (a BERT directory, with tokenizer.json or vocab.txt, serves /v1/embeddings only)")
     .option("--port <n>", "port (1-65535)", "8000")
     .option("--host <addr>", "address to bind", "127.0.0.1")
     .option("--api-key <key>", "require Authorization: Bearer <key> (default: $MEGALITH_API_KEY)")
@@ -55,6 +60,7 @@ export function register(program: Command): void {
         kvCacheBytes: int("kv-cache-mb", o.kvCacheMb!) * 2 ** 20, maxNumSeqs: int("max-num-seqs", o.maxNumSeqs!),
         maxNumBatchedTokens: int("max-num-batched-tokens", o.maxNumBatchedTokens!), maxWaiting: int("max-waiting", o.maxWaiting!),
       };
+      if (isBERTDir(dir)) return serveEncoder(o, { dir, names, port, maxModelLen, maxConnections });
       const chatTemplate = loadChatTemplate(dir, o.chatTemplate);
       const tokenizer = modelDirTokenizer(dir);
       const allowSymlinks = (o as Record<string, unknown>).allowSymlinks === true;
@@ -90,6 +96,42 @@ export function register(program: Command): void {
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
     });
+}
+
+/**
+ * `megalith serve` for a BERT directory: an embedder and no engine. Generation flags that were
+ * given a value are refused by name (the KV-cache and batching sizes, which have defaults, are
+ * unused). The tokenizer is the directory's own (tokenizer.json or vocab.txt): GPT-2's
+ * fallback would be meaningless for an encoder.
+ */
+async function serveEncoder(
+  o: Record<string, string | undefined>,
+  s: { dir: string; names: string[]; port: number; maxModelLen: number | undefined; maxConnections: number },
+): Promise<void> {
+  const generationOnly: Array<[string, boolean]> = [
+    ["chat-template", o.chatTemplate !== undefined], ["speculative-tokens", (o.speculativeTokens ?? "0") !== "0"], ["draft-model", o.draftModel !== undefined],
+    ["speculative-method", (o.speculativeMethod ?? "ngram") !== "ngram"], ["quantize", (o.quantize ?? "none") !== "none"], ["kv-cache-dtype", (o.kvCacheDtype ?? "auto") !== "auto"],
+  ];
+  for (const [flag, given] of generationOnly) {
+    if (given) throw new ValueError(`--${flag} is for text generation, but ${s.dir} is a BERT encoder, served for /v1/embeddings only; drop --${flag}`);
+  }
+  if (o.dtype !== "float32" && o.dtype !== "bfloat16") throw new ValueError(`--dtype must be float32 or bfloat16, got ${JSON.stringify(o.dtype)}`);
+  const tokenizer = loadTokenizer(s.dir);
+  const model = await loadBERT(s.dir, { allowSymlinks: (o as Record<string, unknown>).allowSymlinks === true });
+  if (s.maxModelLen !== undefined && s.maxModelLen > model.config.maxPositions) {
+    throw new ValueError(`--max-model-len ${s.maxModelLen} is larger than the model's max_position_embeddings ${model.config.maxPositions}; use at most ${model.config.maxPositions}`);
+  }
+  if (o.dtype === "bfloat16") model.to("bfloat16");
+  const embedder = bertEmbedder(model, tokenizer, s.maxModelLen !== undefined ? { maxTokens: s.maxModelLen } : {});
+  const app = createServer({ embedder, servedModelNames: s.names, maxConnections: s.maxConnections, apiKey: o.apiKey ?? process.env.MEGALITH_API_KEY });
+  await app.listen({ port: s.port, host: o.host! });
+  process.stderr.write(`serving ${s.names.join(", ")} on http://${o.host}:${s.port}/v1 (BERT encoder: /v1/embeddings only, ${embedder.dim} dimensions, at most ${embedder.maxTokens} tokens per input)\n`);
+  const stop = async () => {
+    await app.close();
+    process.exit(0);
+  };
+  process.once("SIGINT", stop);
+  process.once("SIGTERM", stop);
 }
 
 /** The engine's speculative options from the flags (null = off); errors name the flag and value. */

@@ -9,6 +9,7 @@ export {
 } from "./quant/index.js";
 export { perplexity, readSplitTokens, type PerplexityOptions, type PerplexityResult } from "./eval/index.js";
 export {
-  embedTexts, gptEmbedder, l2Normalize, meanPool, EmbeddingInputError,
+  embedTexts, gptEmbedder, bertEmbedder, l2Normalize, meanPool, EmbeddingInputError,
   type Embedder, type EmbedOptions, type EmbedResult, type EmbeddingInputProblem, type GPTEmbedderOptions,
+  type BERTEncoderModel, type BERTEmbedderOptions,
 } from "./embed/index.js";

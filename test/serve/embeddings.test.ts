@@ -1,7 +1,8 @@
 // POST /v1/embeddings against a real server on a small random GPT (saved with savePretrained and
 // loaded back, as `megalith serve` does), driven by the official openai client where it can be:
 // shapes, base64 vs float, token-id inputs, vectors independent of the batch they come in, the
-// vector against the model's own forward, error bodies, and an embeddings-only server.
+// vector against the model's own forward, error bodies, and an embeddings-only server. Then BERT:
+// the embedder against a padded, masked batch, and `megalith serve` on a BERT directory.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -11,8 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import OpenAI from "openai";
-import { GPT, loadTokenizer, tensor, noGrad, withScope } from "../../src/index.js";
-import { Engine, embedTexts, gptEmbedder, type Embedder } from "../../src/inference/index.js";
+import { GPT, BertForPreTraining, saveBERT, loadTokenizer, tensor, noGrad, withScope, type Tokenizer } from "../../src/index.js";
+import { Engine, bertEmbedder, embedTexts, gptEmbedder, type Embedder } from "../../src/inference/index.js";
 import { createServer, type ServerOptions } from "../../src/serve/index.js";
 
 const tokenizer = loadTokenizer("gpt2");
@@ -287,6 +288,100 @@ test("`megalith serve --model DIR` (a GPT directory) serves /v1/embeddings: the 
     const served = await client.embeddings.create({ model: "tiny", input });
     const local = (await embedTexts(gptEmbedder(model, tokenizer), input)).vectors;
     input.forEach((_, i) => assert.equal(bits(Float32Array.from(served.data[i]!.embedding)), bits(local[i]!), `input ${i}`));
+  } finally {
+    proc.kill("SIGTERM");
+    await new Promise((r) => (proc.exitCode !== null ? r(null) : proc.once("exit", r)));
+  }
+});
+
+/** BERT's uncased WordPiece vocabulary, or why it cannot be had (then the BERT tests skip). */
+function bertTokenizer(): Tokenizer | string {
+  try {
+    const tok = loadTokenizer("bert-base-uncased");
+    return tok.tokenToId("[CLS]") === undefined ? "loadTokenizer(\"bert-base-uncased\") has no [CLS] token" : tok;
+  } catch (e) {
+    return `no WordPiece tokenizer: loadTokenizer("bert-base-uncased") throws ${(e as Error).message}`;
+  }
+}
+
+test("`bertEmbedder()` is the mean over [CLS] ids [SEP] of BERT's last hidden state, as a padded, masked batch computes it, within 1e-6", async (t) => {
+  const tok = bertTokenizer();
+  if (typeof tok === "string") return t.skip(tok);
+  const bert = new BertForPreTraining({ nLayer: 2, nHead: 2, nEmbd: 32, maxPositions: 40, vocabSize: tok.vocabSize }, { seed: 9 });
+  const e = bertEmbedder(bert, tok);
+  assert.equal(e.kind, "bert");
+  const texts = ["A café in Zürich.", "the quick brown fox jumps over the lazy dog"];
+  const ids = texts.map((x) => tok.encode(x));
+  const cls = tok.tokenToId("[CLS]")!, sep = tok.tokenToId("[SEP]")!, pad = tok.tokenToId("[PAD]")!;
+  // Both inputs in one batch, the short one padded and masked: sentence-transformers' layout.
+  const rows = ids.map((x) => [cls, ...x, sep]);
+  const T = Math.max(...rows.map((r) => r.length));
+  const flat = new Int32Array(2 * T).fill(pad), mask = new Int32Array(2 * T);
+  rows.forEach((r, b) => r.forEach((id, j) => { flat[b * T + j] = id; mask[b * T + j] = 1; }));
+  const h = noGrad(() => withScope(() => bert.encode(tensor(flat, { shape: [2, T], dtype: "int32" }), { attentionMask: tensor(mask, { shape: [2, T], dtype: "int32" }) }).data() as Float32Array)); // (2, T, C)
+  const raw = ids.map((x) => e.embed(x));
+  rows.forEach((r, b) => {
+    for (let c = 0; c < 32; c++) {
+      let m = 0;
+      for (let j = 0; j < r.length; j++) m += h[(b * T + j) * 32 + c]! / r.length;
+      assert.ok(Math.abs(raw[b]![c]! - m) <= 1e-6, `input ${b} dim ${c}: ${raw[b]![c]} vs ${m}`);
+    }
+  });
+  assert.equal(e.tokenCount(ids[0]!), ids[0]!.length + 2, "[CLS] and [SEP] are counted");
+  // A blank text has no WordPiece tokens: refused, not embedded as [CLS] [SEP] alone.
+  await assert.rejects(embedTexts(e, ["ok", "   "]), /input\[1\] has no tokens \(an empty or blank text\)/);
+});
+
+test("`megalith serve --model DIR` on a BERT directory serves /v1/embeddings (the in-process vectors); completions and chat answer 400", async (t) => {
+  const tok = bertTokenizer();
+  if (typeof tok === "string") return t.skip(tok);
+  const dir = join(root, "bert-tiny");
+  const bert = new BertForPreTraining({ nLayer: 2, nHead: 2, nEmbd: 32, maxPositions: 24, vocabSize: tok.vocabSize }, { seed: 4 });
+  await saveBERT(bert, dir);
+  tok.save(join(dir, "tokenizer.json"));
+  const port = await new Promise<number>((resolve, reject) => {
+    const srv = netServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => { const p = (srv.address() as { port: number }).port; srv.close(() => resolve(p)); });
+  });
+  const bin = fileURLToPath(new URL("../../bin/megalith.js", import.meta.url));
+  const proc: ChildProcess = spawn(process.execPath, [bin, "serve", "--model", dir, "--port", String(port)], {
+    env: { ...process.env, MEGALITH_FROM_SOURCE: "1" }, stdio: ["ignore", "ignore", "pipe"],
+  });
+  let stderr = "";
+  proc.stderr!.on("data", (d: Buffer) => { stderr += d.toString(); });
+  try {
+    const base = `http://127.0.0.1:${port}`;
+    for (const deadline = Date.now() + 60_000; ;) {
+      if (proc.exitCode !== null) assert.fail(`megalith serve exited with ${proc.exitCode}:\n${stderr}`);
+      if (await fetch(`${base}/health`).then(() => true, () => false)) break;
+      if (Date.now() > deadline) assert.fail(`megalith serve did not start within 60 s:\n${stderr}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.match(stderr, /BERT encoder: \/v1\/embeddings only, 32 dimensions, at most 24 tokens per input/);
+    const client = new OpenAI({ apiKey: "none", baseURL: `${base}/v1`, maxRetries: 0 });
+    const input = ["Hello, world!", "naïve café", "Hello, world!"];
+    const served = await client.embeddings.create({ model: "bert-tiny", input });
+    const local = (await embedTexts(bertEmbedder(bert, tok), input)).vectors;
+    input.forEach((_, i) => assert.equal(bits(Float32Array.from(served.data[i]!.embedding)), bits(local[i]!), `input ${i}`));
+    const tokens = input.reduce((n, x) => n + tok.encode(x).length + 2, 0);
+    assert.equal(served.usage.prompt_tokens, tokens, "usage counts [CLS] and [SEP]");
+    const tooLong = await fetch(`${base}/v1/embeddings`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ input: "word ".repeat(23) }) });
+    assert.equal(tooLong.status, 400);
+    assert.match(((await tooLong.json()) as { error: { message: string } }).error.message, /input\[0\] has 25 tokens \(23 \+ 2 special\), but the model's maximum context length is 24 tokens/);
+    for (const call of [
+      () => client.completions.create({ model: "bert-tiny", prompt: "hi" }),
+      () => client.chat.completions.create({ model: "bert-tiny", messages: [{ role: "user", content: "hi" }] }),
+    ]) {
+      await assert.rejects(call(), (e: unknown) => {
+        assert.ok(e instanceof OpenAI.BadRequestError, String(e));
+        assert.match((e as Error).message, /bert-tiny is an encoder \(BERT\); it serves \/v1\/embeddings only/);
+        return true;
+      });
+    }
+    assert.deepEqual((await client.models.list()).data.map((m) => m.id), ["bert-tiny"]);
+    assert.equal((await fetch(`${base}/ready`)).status, 200);
+    assert.match(await (await fetch(`${base}/metrics`)).text(), /megalith_embedding_requests_total 1/);
   } finally {
     proc.kill("SIGTERM");
     await new Promise((r) => (proc.exitCode !== null ? r(null) : proc.once("exit", r)));

@@ -25,7 +25,7 @@
  * longest the loop is held is one input's forward, about one prefill of that many tokens.
  */
 import { ValueError } from "../../core/errors.js";
-import { tensor, withScope } from "../../tensor/index.js";
+import { tensor, withScope, type Tensor } from "../../tensor/index.js";
 import { noGrad } from "../../autograd/index.js";
 import { MoE } from "../../nn/index.js";
 import type { GPT } from "../../models/index.js";
@@ -213,4 +213,63 @@ function _dropRouterLosses(model: GPT): void {
     l?.aux.dispose();
     l?.z.dispose();
   }
+}
+
+/**
+ * What `bertEmbedder` needs of a BERT model: its sizes and `encode` down to the last hidden
+ * state. `BertForPreTraining` (models/bert) is one; so is any encoder with the same contract.
+ */
+export interface BERTEncoderModel {
+  readonly config: { readonly nEmbd: number; readonly maxPositions: number; readonly vocabSize: number };
+  /** inputIds (B, T) int32 -> last hidden state (B, T, C); no mask = every position is a token. */
+  encode(inputIds: Tensor, opts?: { attentionMask?: Tensor | null }): Tensor;
+  eval(): unknown;
+}
+
+/** Options of `bertEmbedder`. */
+export interface BERTEmbedderOptions {
+  /** Most tokens per input, [CLS] and [SEP] included. Default and maximum: the model's max_position_embeddings. */
+  maxTokens?: number;
+}
+
+/**
+ * Embeddings from a BERT encoder, as sentence-transformers' mean pooling computes them:
+ * `[CLS] ids [SEP]` through the encoder (segment 0, every position attended: one input, no
+ * padding), then the mean of the last hidden state over all of those tokens, [CLS] and [SEP]
+ * included. Token-id inputs are the ids without specials, as `encode` gives them; [CLS] and
+ * [SEP] are added to them too. The tokenizer must have "[CLS]" and "[SEP]" entries (WordPiece).
+ * Puts the model in eval mode (no dropout).
+ * @example
+ * const e = bertEmbedder(await loadBERT(dir), loadTokenizer(dir));
+ * const v = e.embed(e.encode("a sentence"));   // (hidden_size) mean over [CLS] a sentence [SEP]
+ */
+export function bertEmbedder(model: BERTEncoderModel, tokenizer: Tokenizer, opts: BERTEmbedderOptions = {}): Embedder {
+  const c = model.config;
+  const special = (t: string) => {
+    const id = tokenizer.tokenToId(t);
+    if (id === undefined) throw new ValueError(`bertEmbedder: the tokenizer ${tokenizer.name} has no ${t} token; a BERT model needs its WordPiece vocabulary (tokenizer.json or vocab.txt in the model directory)`);
+    return id;
+  };
+  const cls = special("[CLS]"), sep = special("[SEP]");
+  const maxTokens = opts.maxTokens ?? c.maxPositions;
+  if (!Number.isInteger(maxTokens) || maxTokens < 3 || maxTokens > c.maxPositions) {
+    throw new ValueError(`bertEmbedder: maxTokens must be an integer in [3, ${c.maxPositions}] (the model's max_position_embeddings; [CLS] and [SEP] take two), got ${maxTokens}`);
+  }
+  model.eval();
+  return {
+    kind: "bert",
+    dim: c.nEmbd,
+    maxTokens,
+    vocabSize: Math.min(tokenizer.vocabSize, c.vocabSize),
+    encode: (text) => tokenizer.encode(text),
+    tokenCount: (ids) => ids.length + 2,
+    embed(ids) {
+      const T = ids.length + 2;
+      const rows = noGrad(() => withScope(() => {
+        const idx = tensor(Int32Array.from([cls, ...ids, sep]), { shape: [1, T], dtype: "int32" }); // (1, T)
+        return model.encode(idx).data() as Float32Array;                                          // (1, T, C) -> T*C floats
+      }));
+      return meanPool(rows, T, c.nEmbd);
+    },
+  };
 }
