@@ -25,6 +25,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   parallel: () => import("./parallel.js"),
   bubble: () => import("./bubble.js"),
   plan: () => import("./plan.js"),
+  moe: () => import("./moe.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

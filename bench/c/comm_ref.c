@@ -4,6 +4,8 @@
 //
 //   mpirun ... comm_ref [multiple|single]
 //   mpirun -np 1 ... comm_ref overhead    nanoseconds per 1 KiB MPI_Allreduce on a 1-rank world
+//   mpirun ... comm_ref alltoall          MPI_Alltoall, 16 KiB to 16 MiB, for `npm run bench -- moe`
+//                                         (thread multiple; {"sizes": [{"bytes", "alltoall_gbs"}]})
 //
 // "multiple" initialises like Megalith (MPI_THREAD_MULTIPLE, which Megalith's communication
 // threads need); "single" is plain MPI_Init, to show what thread safety itself costs.
@@ -18,6 +20,8 @@ static int g_size;
 static void ar(float* a, float* b, int n) { (void)b; MPI_Allreduce(MPI_IN_PLACE, a, n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); }
 static void rs(float* a, float* b, int n) { MPI_Reduce_scatter_block(a, b, n / g_size, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD); }
 static void ag(float* a, float* b, int n) { MPI_Allgather(b, n / g_size, MPI_FLOAT, a, n / g_size, MPI_FLOAT, MPI_COMM_WORLD); }
+// Block j of a goes to rank j; block i of b came from rank i (MoE token dispatch).
+static void a2a(float* a, float* b, int n) { MPI_Alltoall(a, n / g_size, MPI_FLOAT, b, n / g_size, MPI_FLOAT, MPI_COMM_WORLD); }
 
 // Seconds per call: the best of `reps` repetitions of `iters` calls (plus one warm-up).
 static double best_of(int reps, int iters, void (*fn)(float*, float*, int), float* a, float* b, int n) {
@@ -52,6 +56,25 @@ int main(int argc, char** argv) {
       if (dt < best) best = dt;
     }
     if (rank == 0) printf("{\"ns\": %.1f}\n", best * 1e9);
+    MPI_Finalize();
+    return 0;
+  }
+  if (argc > 1 && strcmp(argv[1], "alltoall") == 0) {
+    // The sizes and timing of bench/moe.ts's Megalith worker; bandwidth counts the whole input buffer.
+    if (rank == 0) printf("{\"sizes\": [");
+    for (long bytes = 16L << 10; bytes <= 16L << 20; bytes *= 4) {
+      int n = (int)(bytes / 4);
+      float* a = calloc((size_t)n, 4);
+      float* b = calloc((size_t)n, 4);
+      long iters = (16L << 20) / bytes;
+      if (iters > 1000) iters = 1000;
+      if (iters < 1) iters = 1;
+      double t = best_of(7, (int)iters, a2a, a, b, n);
+      if (rank == 0) printf("%s{\"bytes\": %ld, \"alltoall_gbs\": %.4f}", bytes == (16L << 10) ? "" : ", ", bytes, bytes / t / 1e9);
+      free(a);
+      free(b);
+    }
+    if (rank == 0) printf("]}\n");
     MPI_Finalize();
     return 0;
   }
