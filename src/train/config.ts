@@ -204,15 +204,6 @@ export const TrainConfigSchema = z
         /** MiB of optimizer state (m and v) per streamed chunk: resident memory is about 3 chunks. */
         offload_chunk_mb: z.number().positive().max(1024).default(32),
         /**
-         * ZeRO-Infinity-style offload of AdamW's moments (src/optim/offload.ts): "none" keeps them in
-         * memory; "disk" keeps each rank's (shard of) m and v in a scratch file, streamed in chunks.
-         */
-        offload: z.enum(["none", "disk"]).default("none"),
-        /** Directory of the offload files, one per rank (null = <out_dir>/offload). */
-        offload_dir: z.string().min(1).nullable().default(null),
-        /** MiB of optimizer state (m and v) per streamed chunk: resident memory is about 3 chunks. */
-        offload_chunk_mb: z.number().positive().max(1024).default(32),
-        /**
          * Expert-parallel size (model.moe): each MoE layer's experts are split over ep ranks and
          * replicated over dp / ep (DeepSpeed-MoE, Megatron); ep divides dp, and every one of the
          * dp ranks still reads its own data. With ZeRO stages 0 and 1.
