@@ -14,7 +14,7 @@
  * exits 128 + the signal number.
  */
 import type { Command } from "commander";
-import { loadConfig } from "../train/config.js";
+import { loadConfig, type TrainConfig } from "../train/config.js";
 import { Trainer, type StopSignal, type StoppedRun } from "../train/trainer.js";
 import { underMpi, worldGroup } from "../parallel/index.js";
 
@@ -73,18 +73,26 @@ export function register(program: Command): void {
     .option("--allow-config-change", "with --resume: continue although the config changed in ways that break a bit-exact resume", false)
     .option("--allow-symlinks", "model.init_from: follow a model.safetensors that links outside its directory", false)
     .action(async (o: TrainFlags) => {
-      const config = loadConfig(o.config, o.set);
-      const trainer = new Trainer(config, { resume: o.resume, overwrite: o.overwrite, allowConfigChange: o.allowConfigChange, allowSymlinks: o.allowSymlinks });
-      const world = underMpi() ? worldGroup() : { rank: 0, size: 1 };
-      const say = (line: string) => {
-        if (world.rank === 0) process.stderr.write(`${line}\n`);
-      };
-      const removeHandlers = handleStopSignals(trainer, say);
-      await trainer.setup();
-      const result = await trainer.run();
-      removeHandlers();
-      if (result.stopped) reportStop(result.stopped, world.size, say);
+      await runTraining(loadConfig(o.config, o.set), o);
     });
+}
+
+/**
+ * Sets up and runs a Trainer with the stop-signal handling above (shared by `train` and
+ * `finetune`); prints how to resume when a signal stopped it.
+ */
+export async function runTraining(config: TrainConfig, o: Omit<TrainFlags, "config" | "set">): Promise<{ trainer: Trainer; result: Awaited<ReturnType<Trainer["run"]>> }> {
+  const trainer = new Trainer(config, { resume: o.resume, overwrite: o.overwrite, allowConfigChange: o.allowConfigChange, allowSymlinks: o.allowSymlinks });
+  const world = underMpi() ? worldGroup() : { rank: 0, size: 1 };
+  const say = (line: string) => {
+    if (world.rank === 0) process.stderr.write(`${line}\n`);
+  };
+  const removeHandlers = handleStopSignals(trainer, say);
+  await trainer.setup();
+  const result = await trainer.run();
+  removeHandlers();
+  if (result.stopped) reportStop(result.stopped, world.size, say);
+  return { trainer, result };
 }
 
 /** Prints where the checkpoint is and how to resume; sets the exit code (128 + signal number). */

@@ -22,6 +22,11 @@ export interface LoadWeightsOptions {
    * file). Default: a `megalith: warning:` line on stderr naming them. The model still loads.
    */
   onNonFinite?: (file: string, tensors: string[]) => void;
+  /**
+   * Tensors of the file that belong to something else and are skipped, not refused: e.g. a
+   * classification head (`score.weight`) when loading a fine-tuned model's transformer.
+   */
+  skip?: (name: string) => boolean;
 }
 
 /** Refuses `file` when it is a symlink that resolves outside `dir` (unless allowed). */

@@ -9,3 +9,4 @@ export {
   isBERTDir, readBERTConfig, hfBertConfig, bertToRecords, saveBERT, loadBERT, loadBERTWeights,
   type SaveBERTOptions, type BERTLoadOptions, type BERTLoadReport,
 } from "./weights.js";
+export { BertForSequenceClassification, type BertClassifyOptions } from "./classify.js";

@@ -23,3 +23,4 @@ export class GPT extends GPTBase {
 export { type GPTConfig, type GPTMoEConfig, type ResolvedGPTConfig, isMoELayer, type GPTOptions, type GPTOutput, type KVCache, type ActivationCheckpointing, resolveGPTConfig, Block, MLP, CausalSelfAttention } from "./model.js";
 export { readGPTConfig, hfConfig, generationConfig, gptToRecords, loadGPTWeights, type LoadWeightsOptions, type SpecialTokenIds } from "./weights.js";
 export { generate, sampleToken, type GenerateOptions, type SampleOptions } from "./generate.js";
+export { GPT2ForSequenceClassification, type ClassifierOutput, type SequencePooling } from "./classify.js";

@@ -104,7 +104,7 @@ export async function loadGPTWeights(model: GPT, dir: string, opts: LoadWeightsO
   noGrad(() => {
     for (const [rawName, rec] of tensors) {
       const name = rawName.startsWith("transformer.") ? rawName.slice("transformer.".length) : rawName;
-      if (IGNORED.test(name)) continue;
+      if (IGNORED.test(name) || opts.skip?.(rawName)) continue;
       const p = own.get(name);
       if (!p) {
         unexpected.push(rawName);

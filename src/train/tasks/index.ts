@@ -4,10 +4,12 @@
  */
 import type { TrainConfig } from "../config.js";
 import { LanguageModelTask } from "./lm.js";
+import { ClassifyTask } from "./classify.js";
 import type { TrainTask } from "./task.js";
 
 export type { TrainTask, TaskLoader, TaskKind } from "./task.js";
 export { LanguageModelTask, specialTokenIds } from "./lm.js";
+export { ClassifyTask, classificationReport, type ClassificationReport } from "./classify.js";
 
 /** What a task needs from the trainer while it builds the model and data. */
 export interface TaskContext {
@@ -28,5 +30,6 @@ export interface TaskContext {
  * const task = await createTask(config, { say: console.error, rank: 0, dpSize: 1, allowSymlinks: false, beforeModel: () => {} });
  */
 export async function createTask(c: TrainConfig, ctx: TaskContext): Promise<TrainTask> {
+  if (c.finetune?.task === "classify") return ClassifyTask.create(c, ctx);
   return LanguageModelTask.create(c, ctx);
 }
