@@ -359,7 +359,12 @@ export class BertPooler extends Module {
 
 /**
  * The encoder: embeddings, post-LN layers and the pooler (HF BertModel; its names sit under
- * `bert.` in BertForPreTraining).
+ * `bert.` in BertForPreTraining). `prefix` is the dotted name it sits under ("bert" there, ""
+ * alone): each parameter draws its initial values from its full name.
+ * @example
+ * const encoder = new BertModel({ nLayer: 2, nHead: 4, nEmbd: 32, maxPositions: 64, vocabSize: 101 });
+ * const h = encoder.encode(ids, { attentionMask });   // (B, T, C)
+ * const cls = encoder.pool(h);                        // (B, C)
  */
 export class BertModel extends Module {
   readonly config: ResolvedBERTConfig;
@@ -551,6 +556,11 @@ export class BertForPreTraining extends Module {
     this.config = this.bert.config;
     const init: _Init = { seed: opts.seed ?? 1337, std: this.config.initializerRange };
     this.cls = this.module("cls", new BertPreTrainingHeads(this.config, init, this.bert.embeddings.word_embeddings.weight));
+  }
+
+  /** The encoder layers, in order: the ZeRO/FSDP units of parallelize() (a BlockModel). */
+  get blocks(): readonly BertLayer[] {
+    return this.bert.encoder.layer;
   }
 
   get activationCheckpointing(): BERTActivationCheckpointing {
