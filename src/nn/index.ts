@@ -8,3 +8,11 @@ export {
   type AttentionContext, type CausalContext, type KVContext, type PagedContext, type KVCache,
 } from "./attention.js";
 export * as F from "./functional.js";
+export {
+  LoRALinear, applyLoRA, mergeLoRA, loraModules, loraTargets, trainableParameters, countParameters, validateLoRAConfig,
+  type LoRAConfig, type LoRAOptions, type LoRASummary,
+} from "./lora.js";
+export {
+  saveLoRAAdapters, loadLoRAAdapters, readAdapterConfig, detectPeftModelType, PEFT_NAMINGS, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+  type PeftLoraConfig, type PeftNaming, type PeftTaskType, type PeftModelType, type SaveLoRAOptions, type LoadLoRAOptions,
+} from "./lora_files.js";
