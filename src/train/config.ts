@@ -201,7 +201,7 @@ export const TrainConfigSchema = z
         offload: z.enum(["none", "disk"]).default("none"),
         /** Directory of the offload files, one per rank (null = <out_dir>/offload). */
         offload_dir: z.string().min(1).nullable().default(null),
-        /** MiB of optimizer state (m and v) per streamed chunk: resident memory is about 3 chunks. */
+        /** MiB of optimizer state (m and v) per streamed chunk: resident memory is 4 chunks (one tensor, three host buffers). */
         offload_chunk_mb: z.number().positive().max(1024).default(32),
         /**
          * Expert-parallel size (model.moe): each MoE layer's experts are split over ep ranks and
