@@ -58,15 +58,12 @@ function parseNumber(flag: string, value: string, integer: boolean): number {
 function summary(out: string, meta: PreparedMeta): string {
   const line = (split: "train" | "val"): string => {
     const s = meta.splits[split];
-    return `  ${split}: ${s.tokens.toLocaleString("en-US")} tokens, ${s.documents.toLocaleString("en-US")} documents, ${s.shards.length} shard(s)`;
+    const m = meta.mlm?.splits[split];
+    const pairs = m ? `; ${m.examples.toLocaleString("en-US")} sentence pairs (${m.randomNext.toLocaleString("en-US")} with a random second segment)` : "";
+    return `  ${split}: ${s.tokens.toLocaleString("en-US")} tokens, ${s.documents.toLocaleString("en-US")} documents, ${s.shards.length} shard(s)${pairs}`;
   };
-  const examples = (split: "train" | "val"): string => {
-    const m = meta.mlm!.splits[split];
-    return `  ${split}: ${m.examples.toLocaleString("en-US")} sentence pairs (${m.randomNext.toLocaleString("en-US")} with a random second segment)`;
-  };
-  const lines = [`prepared ${out} (${meta.tokenizer.name}, vocab ${meta.tokenizer.vocabSize}, ${meta.dtype})`, line("train"), line("val")];
-  if (meta.task === "mlm") lines.push(`  mlm examples of at most ${meta.mlm!.maxSeqLen} tokens:`, examples("train"), examples("val"));
-  return lines.join("\n");
+  const task = meta.mlm ? `, mlm pairs of at most ${meta.mlm.maxSeqLen} tokens` : "";
+  return [`prepared ${out} (${meta.tokenizer.name}, vocab ${meta.tokenizer.vocabSize}, ${meta.dtype}${task})`, line("train"), line("val")].join("\n");
 }
 
 /**
@@ -98,7 +95,7 @@ export function register(program: Command): void {
         const mlmOnly = (["maxSeqLen", "shortSeqProb", "seed"] as const).filter((k) => flags[k] !== undefined);
         if (mlmOnly.length > 0) {
           const names = mlmOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(", ");
-          throw new ValueError(`${names} only apply to --task mlm (this run prepares --task ${flags.task})`);
+          throw new ValueError(`${names} only appl${mlmOnly.length > 1 ? "y" : "ies"} to --task mlm (this run prepares --task ${flags.task})`);
         }
       }
       const spec = NAMED_TOKENIZERS.has(flags.tokenizer) ? flags.tokenizer : resolve(flags.tokenizer);

@@ -2,7 +2,12 @@
  * Test helpers for the mlm data path: a tiny BERT-like tokenizer and a corpus whose token ids
  * say where each token came from, so tests can check that pairs are consecutive text.
  */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import type { PreparedMeta, Split } from "../../src/data/meta.js";
 import type { MlmTokenizer } from "../../src/data/mlm_prepare.js";
+import { MlmIndexReader } from "../../src/data/mlm_shards.js";
+import { readShard } from "../../src/data/shards.js";
 import { rng } from "./_helpers.js";
 
 /** Special ids of wordTokenizer, laid out as bert-base-uncased's are not (on purpose: other ids). */
@@ -96,3 +101,31 @@ export function docOfWord(corpus: NumberedCorpus, id: number): number {
   }
   return lo;
 }
+
+/** An example as stored, split into its parts. */
+export interface StoredExample {
+  tokens: number[];
+  a: number[];
+  b: number[];
+  nspLabel: 0 | 1;
+}
+
+/** Every example of a split, read through the index and the shards. */
+export function readExamples(dir: string, meta: PreparedMeta, split: Split): StoredExample[] {
+  const all: number[] = [];
+  for (const s of meta.splits[split].shards) for (const t of readShard(join(dir, s.file)).tokens) all.push(t);
+  const index = new MlmIndexReader(join(dir, meta.mlm!.splits[split].index));
+  const out: StoredExample[] = [];
+  let next = 0;
+  for (let i = 0; i < index.header.exampleCount; i++) {
+    const r = index.read(i);
+    assert.equal(r.offset, next, "examples are stored back to back, in index order");
+    next += r.length;
+    const tokens = all.slice(r.offset, r.offset + r.length);
+    out.push({ tokens, a: tokens.slice(1, r.bStart - 1), b: tokens.slice(r.bStart, r.length - 1), nspLabel: r.nspLabel });
+  }
+  index.close();
+  assert.equal(next, all.length, "the index covers every token of the split");
+  return out;
+}
+

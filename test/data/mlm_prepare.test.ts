@@ -3,44 +3,16 @@ import assert from "node:assert/strict";
 import { readdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { FormatError, ValueError } from "../../src/core/errors.js";
-import { readMeta, requireTask, validateMeta, type PreparedMeta, type Split } from "../../src/data/meta.js";
+import { readMeta, requireTask, validateMeta, type PreparedMeta } from "../../src/data/meta.js";
 import { prepareMlmData, SentenceSplitter, type MlmPrepareOptions } from "../../src/data/mlm_prepare.js";
 import { MlmIndexReader } from "../../src/data/mlm_shards.js";
 import { prepareData, isValDocument } from "../../src/data/prepare.js";
-import { readShard } from "../../src/data/shards.js";
 import { TokenLoader, evalBatches } from "../../src/data/loader.js";
 import { MlmLoader } from "../../src/data/mlm_loader.js";
 import { byteTokenizer, tempDir } from "./_helpers.js";
-import { DOT, SPECIAL, WORD0, docOfWord, noSpecialsTokenizer, numberedCorpus, wordTokenizer, type NumberedCorpus } from "./_mlm_helpers.js";
+import { DOT, SPECIAL, WORD0, docOfWord, noSpecialsTokenizer, numberedCorpus, readExamples, wordTokenizer, type NumberedCorpus } from "./_mlm_helpers.js";
 
 const quiet = { progress: false } satisfies Partial<MlmPrepareOptions>;
-
-/** An example as stored, split into its parts. */
-interface StoredExample {
-  tokens: number[];
-  a: number[];
-  b: number[];
-  nspLabel: 0 | 1;
-}
-
-/** Every example of a split, read through the index and the shards. */
-function readExamples(dir: string, meta: PreparedMeta, split: Split): StoredExample[] {
-  const all: number[] = [];
-  for (const s of meta.splits[split].shards) for (const t of readShard(join(dir, s.file)).tokens) all.push(t);
-  const index = new MlmIndexReader(join(dir, meta.mlm!.splits[split].index));
-  const out: StoredExample[] = [];
-  let next = 0;
-  for (let i = 0; i < index.header.exampleCount; i++) {
-    const r = index.read(i);
-    assert.equal(r.offset, next, "examples are stored back to back, in index order");
-    next += r.length;
-    const tokens = all.slice(r.offset, r.offset + r.length);
-    out.push({ tokens, a: tokens.slice(1, r.bStart - 1), b: tokens.slice(r.bStart, r.length - 1), nspLabel: r.nspLabel });
-  }
-  index.close();
-  assert.equal(next, all.length, "the index covers every token of the split");
-  return out;
-}
 
 async function prepareNumbered(t: { after(fn: () => void): void }, corpus: NumberedCorpus, extra: Partial<MlmPrepareOptions> = {}): Promise<{ dir: string; meta: PreparedMeta }> {
   const dir = join(tempDir(t), "mlm");
