@@ -5,7 +5,7 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { loadTokenizer, type ByteLevelBpe } from "../tokenizers/index.js";
+import { loadTokenizer, type ByteLevelBpe, type WordPiece } from "../tokenizers/index.js";
 
 /**
  * The tokenizer of a Hugging Face style model directory, in this order:
@@ -19,7 +19,7 @@ import { loadTokenizer, type ByteLevelBpe } from "../tokenizers/index.js";
  * const tok = modelDirTokenizer("runs/tiny/final");            // runs/tiny/final/tokenizer.json
  * const gpt2 = modelDirTokenizer("runs/tiny/final", "gpt2");   // --tokenizer gpt2 wins
  */
-export function modelDirTokenizer(dir: string, override?: string): ByteLevelBpe {
+export function modelDirTokenizer(dir: string, override?: string): ByteLevelBpe | WordPiece {
   if (override !== undefined) return loadTokenizer(override);
   const has = (f: string) => existsSync(join(dir, f));
   // loadTokenizer(dir) itself prefers tokenizer.json over vocab.json + merges.txt.

@@ -12,7 +12,8 @@ import { readFileSync, renameSync, writeFileSync } from "node:fs";
 import { FormatError } from "../core/errors.js";
 import type { BpeModel } from "./byte_level_bpe.js";
 
-function readText(file: string): string {
+/** A file's UTF-8 text; FormatError when it cannot be read. */
+export function readText(file: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (err) {
@@ -20,7 +21,8 @@ function readText(file: string): string {
   }
 }
 
-function parseJson(file: string, text: string): unknown {
+/** JSON.parse with a FormatError naming the file. */
+export function parseJson(file: string, text: string): unknown {
   try {
     return JSON.parse(text);
   } catch (err) {
@@ -28,18 +30,20 @@ function parseJson(file: string, text: string): unknown {
   }
 }
 
-function isObject(x: unknown): x is Record<string, unknown> {
+/** A plain JSON object (not null, not an array). */
+export function isObject(x: unknown): x is Record<string, unknown> {
   return typeof x === "object" && x !== null && !Array.isArray(x);
 }
 
-function describe(x: unknown): string {
+/** How a JSON value is named in error messages. */
+export function describe(x: unknown): string {
   if (x === null) return "null";
   if (Array.isArray(x)) return "an array";
   return typeof x === "object" ? "an object" : `${typeof x} ${JSON.stringify(x)}`;
 }
 
 /** Parses a token -> id object (vocab.json, or tokenizer.json's model.vocab). */
-function readVocabObject(file: string, where: string, value: unknown): Map<string, number> {
+export function readVocabObject(file: string, where: string, value: unknown): Map<string, number> {
   if (!isObject(value)) throw new FormatError(file, `${where} should be an object of token -> id, got ${describe(value)}`);
   const entries = Object.entries(value);
   for (const [token, id] of entries) {
@@ -83,14 +87,24 @@ export function readVocabAndMerges(vocabFile: string, mergesFile: string, eot: s
   return { vocab, merges, special };
 }
 
-/** Reads a Hugging Face tokenizer.json holding a byte-level BPE. */
-export function readTokenizerJson(file: string): BpeModel {
+/** Parses a Hugging Face tokenizer.json into its top-level object, checking it has a "model" object. */
+export function readTokenizerJsonRoot(file: string): Record<string, unknown> {
   const root = parseJson(file, readText(file));
   if (!isObject(root)) throw new FormatError(file, `should hold a JSON object, got ${describe(root)}`);
-  const model = root.model;
-  if (!isObject(model)) throw new FormatError(file, `has no "model" object; is this a Hugging Face tokenizer.json?`);
+  if (!isObject(root.model)) throw new FormatError(file, `has no "model" object; is this a Hugging Face tokenizer.json?`);
+  return root;
+}
+
+/** Reads a Hugging Face tokenizer.json holding a byte-level BPE. */
+export function readTokenizerJson(file: string): BpeModel {
+  return bpeModelFromJson(file, readTokenizerJsonRoot(file));
+}
+
+/** The byte-level BPE of a parsed tokenizer.json (`root` from readTokenizerJsonRoot). */
+export function bpeModelFromJson(file: string, root: Record<string, unknown>): BpeModel {
+  const model = root.model as Record<string, unknown>;
   if (model.type !== undefined && model.type !== "BPE") {
-    throw new FormatError(file, `model.type is ${JSON.stringify(model.type)}; only byte-level BPE tokenizers are supported`);
+    throw new FormatError(file, `model.type is ${JSON.stringify(model.type)}; supported are "BPE" (byte-level, GPT-2) and "WordPiece" (BERT)`);
   }
   const unsupported = (what: string, value: unknown, fix: string) => {
     throw new FormatError(file, `${what} is ${JSON.stringify(value)}, which this byte-level BPE does not support; ${fix}`);

@@ -88,7 +88,7 @@ test("`trainBpe()` combines several files and texts, and saves/loads like any to
   same(tok, await trainBpe({ texts: [...a, ...b], vocabSize: 330, progress: false }));
   assert.equal(tok.name, "mine");
   tok.save(join(dir, "tok.json"));
-  const back = loadTokenizer(join(dir, "tok.json"));
+  const back = loadTokenizer(join(dir, "tok.json")) as ByteLevelBpe;
   same(back, tok);
   const text = a.join("\n") + " naïve 🙂 <|endoftext|>";
   assert.deepEqual(back.encode(text, { allowedSpecial: "all" }), tok.encode(text, { allowedSpecial: "all" }));
