@@ -176,13 +176,21 @@ function _concat(segments: readonly Int32Array[]): number[] {
   return out;
 }
 
-/** Google's truncate_seq_pair: trims the longer side, from its front or back at random, until the pair fits. */
-function _truncatePair(a: number[], b: number[], maxTokens: number, rng: _Rng): void {
-  while (a.length + b.length > maxTokens) {
-    const longer = a.length > b.length ? a : b;
-    if (rng.random() < 0.5) longer.shift();
-    else longer.pop();
+/**
+ * Google's truncate_seq_pair: trims the longer side (B on a tie), one token at a time from its
+ * front or back at random, until the pair fits; the kept spans are sliced out once at the end.
+ */
+function _truncatePair(a: number[], b: number[], maxTokens: number, rng: _Rng): [number[], number[]] {
+  let [aLo, aHi, bLo, bHi] = [0, a.length, 0, b.length];
+  while (aHi - aLo + (bHi - bLo) > maxTokens) {
+    const front = rng.random() < 0.5;
+    if (aHi - aLo > bHi - bLo) {
+      if (front) aLo++;
+      else aHi--;
+    } else if (front) bLo++;
+    else bHi--;
   }
+  return [a.slice(aLo, aHi), b.slice(bLo, bHi)];
 }
 
 /** The sentence pairs of document `docs[d]`, following the steps in the file comment. */
@@ -217,7 +225,7 @@ function _documentPairs(docs: readonly Doc[], d: number, maxTokens: number, shor
         b = _concat(chunk.slice(aEnd));
       }
     }
-    _truncatePair(a, b, maxTokens, rng);
+    [a, b] = _truncatePair(a, b, maxTokens, rng);
     pairs.push({ a, b, random });
     chunk = [];
     chunkLen = 0;

@@ -10,7 +10,7 @@ import { MlmIndexReader } from "../../src/data/mlm_shards.js";
 import { readShard } from "../../src/data/shards.js";
 import { rng } from "./_helpers.js";
 
-/** Special ids of wordTokenizer, laid out as bert-base-uncased's are not (on purpose: other ids). */
+/** Special ids of wordTokenizer (deliberately not bert-base-uncased's 0/100/101/102/103). */
 export const SPECIAL = { pad: 0, unk: 1, cls: 2, sep: 3, mask: 4 } as const;
 /** The id of "." (sentence punctuation). */
 export const DOT = 5;
