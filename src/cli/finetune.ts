@@ -18,7 +18,7 @@ import { ValueError, FormatError } from "../core/errors.js";
 import { readGPTConfig, readBERTConfig, isBERTDir } from "../models/index.js";
 import { readRows } from "../data/index.js";
 import { applyOverrides, validateConfig } from "../train/config.js";
-import { ClassifyTask } from "../train/tasks/index.js";
+import { ClassifyTask } from "../train/tasks.js";
 import { runTraining } from "./train.js";
 
 interface FinetuneFlags {

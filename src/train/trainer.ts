@@ -34,7 +34,7 @@ import {
 } from "../checkpoint/index.js";
 import { saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, worldSizeOf } from "./config.js";
-import { createTask, specialTokenIds, type TrainTask, type TaskLoader } from "./tasks/index.js";
+import { createTask, specialTokenIds, type TrainTask, type TaskLoader } from "./tasks.js";
 import { startTrace, stopTrace, traceStep, traceSpanAsync, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { Trainer } from "../../src/train/trainer.js";
-import type { LanguageModelTask } from "../../src/train/tasks/index.js";
+import type { LanguageModelTask } from "../../src/train/tasks.js";
 import { validateConfig } from "../../src/train/config.js";
 import { tempDir, trainLosses } from "./_helpers.js";
 

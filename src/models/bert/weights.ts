@@ -205,6 +205,7 @@ export async function loadBERTWeights(model: BertForPreTraining, dir: string, op
   const seen = new Set<string>(), unexpected: string[] = [], ignored: string[] = [], nonFinite: string[] = [];
   noGrad(() => {
     for (const [rawName, rec] of tensors) {
+      if (opts.skip?.(rawName)) continue;
       if (IGNORED.test(rawName)) {
         ignored.push(rawName);
         continue;

@@ -7,22 +7,21 @@
  */
 import { writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { ValueError } from "../../core/errors.js";
+import { ValueError } from "../core/errors.js";
 import {
   GPT, GPT2ForSequenceClassification, BertForSequenceClassification, BertForPreTraining, loadGPTWeights, gptToRecords, hfConfig,
   loadBERTWeights, hfBertConfig, isBERTDir, type SequencePooling,
-} from "../../models/index.js";
-import { readLabelledTexts, seededSplit } from "../../data/index.js";
-import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../../tokenizers/index.js";
-import { writeSafetensors, type TensorRecord } from "../../checkpoint/index.js";
-import { tensor, withScope } from "../../tensor/index.js";
-import { noGrad } from "../../autograd/index.js";
-import type { MicroBatch } from "../../parallel/index.js";
-import type { TrainConfig } from "../config.js";
+} from "../models/index.js";
+import { readLabelledTexts, seededSplit } from "../data/index.js";
+import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import { writeSafetensors, type TensorRecord } from "../checkpoint/index.js";
+import { tensor, withScope } from "../tensor/index.js";
+import { noGrad } from "../autograd/index.js";
+import type { MicroBatch } from "../parallel/index.js";
+import type { TrainConfig } from "./config.js";
 import { ExampleLoader, collatePadded, type TokenizedExample } from "./_examples.js";
 import { applyFinetuneLoRA, loadNamedTensors, tensorRecords, saveAdapters, type LoRAInfo } from "./_finetune.js";
-import type { TaskContext } from "./index.js";
-import type { TrainTask } from "./task.js";
+import type { TaskContext, TrainTask } from "./task.js";
 
 /** Accuracy, macro-F1 and the confusion matrix (rows: true class, columns: predicted). */
 export interface ClassificationReport {

@@ -7,8 +7,8 @@
  * rank r takes its B of them, so the global batch is the same under any dp layout, a sample's
  * number keys its dropout masks, and the state is one counter.
  */
-import { ValueError } from "../../core/errors.js";
-import type { MicroBatch } from "../../parallel/index.js";
+import { ValueError } from "../core/errors.js";
+import type { MicroBatch } from "../parallel/index.js";
 import type { TaskLoader } from "./task.js";
 
 /** A seeded permutation of [0, n) (Fisher-Yates over splitmix32). */

@@ -4,13 +4,13 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { FormatError } from "../../core/errors.js";
-import { applyLoRA, saveLoRAAdapters, type Module, type PeftTaskType } from "../../nn/index.js";
-import { readSafetensors, type TensorRecord } from "../../checkpoint/index.js";
-import { tensor } from "../../tensor/index.js";
-import { noGrad } from "../../autograd/index.js";
-import { recordToFloat32 } from "../../models/_shared/weights_io.js";
-import type { TrainConfig } from "../config.js";
+import { FormatError } from "../core/errors.js";
+import { applyLoRA, saveLoRAAdapters, type Module, type PeftTaskType } from "../nn/index.js";
+import { readSafetensors, type TensorRecord } from "../checkpoint/index.js";
+import { tensor } from "../tensor/index.js";
+import { noGrad } from "../autograd/index.js";
+import { recordToFloat32 } from "../models/_shared/weights_io.js";
+import type { TrainConfig } from "./config.js";
 
 /** The LoRA settings a run applied (for the adapter files). */
 export interface LoRAInfo {

@@ -4,16 +4,15 @@
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ValueError } from "../../core/errors.js";
-import { GPT, loadGPTWeights, gptToRecords, hfConfig, type SpecialTokenIds } from "../../models/index.js";
-import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta } from "../../data/index.js";
-import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../../tokenizers/index.js";
-import type { TensorRecord } from "../../checkpoint/index.js";
-import type { MicroBatch } from "../../parallel/index.js";
-import { type TrainConfig, moeConfigOf } from "../config.js";
-import { bitsPerByte, bytesPerToken } from "../bits_per_byte.js";
-import type { TaskContext } from "./index.js";
-import type { TrainTask } from "./task.js";
+import { ValueError } from "../core/errors.js";
+import { GPT, loadGPTWeights, gptToRecords, hfConfig, type SpecialTokenIds } from "../models/index.js";
+import { TokenLoader, evalBatches, evalBatchCount, ensurePreparedBrown, readMeta } from "../data/index.js";
+import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import type { TensorRecord } from "../checkpoint/index.js";
+import type { MicroBatch } from "../parallel/index.js";
+import { type TrainConfig, moeConfigOf } from "./config.js";
+import { bitsPerByte, bytesPerToken } from "./bits_per_byte.js";
+import type { TaskContext, TrainTask } from "./task.js";
 
 /** The data directory of `data.source`: the prepared Brown corpus or a `megalith prepare` output. */
 export async function resolveDataDir(c: TrainConfig, say: (m: string) => void): Promise<string> {

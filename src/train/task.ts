@@ -4,14 +4,14 @@
  * signals, metrics. A task supplies the model, its data loader and evaluation batches, the
  * micro-batch forward with its loss, and the model's files (torchtitan's TrainSpec idea).
  *
- * - `lm.ts`: GPT language modelling on prepared token shards (pretraining, the default).
- * - `mlm.ts`: BERT pretraining, masked-language modelling + next-sentence prediction.
- * - `classify.ts`: sequence classification (finetune --task classify) on GPT or BERT.
- * - `sft.ts`: supervised fine-tuning of a GPT on prompt/completion pairs, loss on completions.
+ * - `task_lm.ts`: GPT language modelling on prepared token shards (pretraining, the default).
+ * - `task_mlm.ts`: BERT pretraining, masked-language modelling + next-sentence prediction.
+ * - `task_classify.ts`: sequence classification (finetune --task classify) on GPT or BERT.
+ * - `task_sft.ts`: supervised fine-tuning of a GPT on prompt/completion pairs, loss on completions.
  */
-import type { MicroBatch, BatchForward, ParallelModel } from "../../parallel/index.js";
-import type { TensorRecord } from "../../checkpoint/index.js";
-import type { Tokenizer } from "../../tokenizers/index.js";
+import type { MicroBatch, BatchForward, ParallelModel } from "../parallel/index.js";
+import type { TensorRecord } from "../checkpoint/index.js";
+import type { Tokenizer } from "../tokenizers/index.js";
 
 /** The task kinds: `model.type` and `finetune.task` pick one (createTask in index.ts). */
 export type TaskKind = "lm" | "mlm" | "classify" | "sft";
@@ -60,4 +60,17 @@ export interface TrainTask {
   loadWeights(dir: string): Promise<void>;
   /** Writes a complete model directory (weights, config, tokenizer files) for `final/`. */
   saveModelDir(dir: string): Promise<void>;
+}
+
+/** What a task needs from the trainer while it builds the model and data. */
+export interface TaskContext {
+  /** Progress lines (rank 0 prints them). */
+  say(msg: string): void;
+  /** This rank's position in the data-parallel group (the loader's shard). */
+  rank: number;
+  dpSize: number;
+  /** model.init_from / --model: follow a model.safetensors that links outside its directory. */
+  allowSymlinks: boolean;
+  /** Called once the data is known and before the model is allocated (memory budget check, seeding). */
+  beforeModel(): void;
 }
