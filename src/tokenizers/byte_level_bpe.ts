@@ -13,7 +13,8 @@ import { applyMerges, PairRanks } from "./_merge.js";
 import { PieceCache } from "./_piece_cache.js";
 import { pieceEnd } from "./_pretokenize.js";
 import { writeTokenizerJson } from "./_formats.js";
-import type { EncodeOptions, SpecialTokenSet, Tokenizer } from "./tokenizer.js";
+import { SpecialTokenMatcher } from "./_special_tokens.js";
+import type { EncodeOptions, Tokenizer } from "./tokenizer.js";
 
 /** The end-of-text token of GPT-2 and of every vocabulary trained here. */
 export const END_OF_TEXT = "<|endoftext|>";
@@ -74,7 +75,7 @@ export class ByteLevelBpe implements Tokenizer {
   private readonly cache: PieceCache;
   // ignoreBOM: keep a leading U+FEFF (the default strips it, and decode(encode(x)) would lose it).
   private readonly textDecoder = new TextDecoder("utf-8", { ignoreBOM: true });
-  private readonly specialRegexes = new Map<string, RegExp>();
+  private readonly specialMatcher: SpecialTokenMatcher;
   // Scratch buffers for one pre-token: UTF-8 bytes and the symbols being merged.
   private bytes = new Uint8Array(3 * 256);
   private symbols = new Int32Array(3 * 256);
@@ -165,33 +166,18 @@ export class ByteLevelBpe implements Tokenizer {
       fail(`no special token "${eot}" to use as end-of-text; add it to the added tokens, or name another one with the eot option`);
     }
     this.eotToken = eotId!;
+    this.specialMatcher = new SpecialTokenMatcher(model.special, this.name);
   }
 
   /** Token ids of `text`; see EncodeOptions for special tokens. */
   encode(text: string, options: EncodeOptions = {}): number[] {
     const out: number[] = [];
-    const allowed = this.resolveSpecial(options.allowedSpecial);
-    if (options.disallowedSpecial !== undefined) {
-      const disallowed = this.resolveSpecial(options.disallowedSpecial).filter((s) => !allowed.includes(s));
-      for (const s of disallowed) {
-        if (text.includes(s)) {
-          throw new ValueError(`encode: the text contains the special token "${s}", which is not allowed; pass allowedSpecial: ["${s}"] to encode it as a special token, or leave disallowedSpecial unset to encode it as text`);
-        }
-      }
-    }
-    if (allowed.length === 0) {
-      this.encodeOrdinary(text, 0, text.length, out);
-      return out;
-    }
-    const re = this.specialRegex(allowed);
-    let start = 0;
-    re.lastIndex = 0;
-    for (let m = re.exec(text); m !== null; m = re.exec(text)) {
-      this.encodeOrdinary(text, start, m.index, out);
-      out.push(this.model.special.get(m[0])!);
-      start = m.index + m[0].length;
-    }
-    this.encodeOrdinary(text, start, text.length, out);
+    this.specialMatcher.split(
+      text,
+      options,
+      (start, end) => this.encodeOrdinary(text, start, end, out),
+      (id) => out.push(id),
+    );
     return out;
   }
 
@@ -274,28 +260,5 @@ export class ByteLevelBpe implements Tokenizer {
     const ids = applyMerges(this.symbols, n, this.ranks, this.mergeResults);
     for (let k = 0; k < ids.length; k++) out.push(ids[k]!);
     if (units <= CACHE_MAX_PIECE) this.cache.insert(text.slice(i, j), ids);
-  }
-
-  private resolveSpecial(set: SpecialTokenSet | undefined): string[] {
-    if (set === undefined) return [];
-    if (set === "all") return [...this.model.special.keys()];
-    for (const s of set) {
-      if (!this.model.special.has(s)) {
-        throw new ValueError(`encode: "${s}" is not a special token of "${this.name}"; it has ${JSON.stringify([...this.model.special.keys()])}`);
-      }
-    }
-    return [...set];
-  }
-
-  /** A global regex matching any of `tokens`, longest first so a prefix never shadows a longer token. */
-  private specialRegex(tokens: string[]): RegExp {
-    const key = tokens.join("\u0000");
-    let re = this.specialRegexes.get(key);
-    if (re === undefined) {
-      const escaped = [...tokens].sort((a, b) => b.length - a.length).map((s) => s.replace(/[\\^$*+?.()|[\]{}]/g, "\\$&"));
-      re = new RegExp(escaped.join("|"), "g");
-      this.specialRegexes.set(key, re);
-    }
-    return re;
   }
 }
