@@ -26,6 +26,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   bubble: () => import("./bubble.js"),
   plan: () => import("./plan.js"),
   moe: () => import("./moe.js"),
+  offload: () => import("./offload.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);
