@@ -71,6 +71,11 @@ function _baseConfig(dir: string): Record<string, unknown> {
  */
 export async function exportMergedLoRA(o: ExportLoRAOptions): Promise<ExportLoRAResult> {
   const cfg = readAdapterConfig(o.adapter);
+  if (cfg.task_type === "SEQ_CLS" || cfg.task_type === "TOKEN_CLS" || cfg.task_type === "QUESTION_ANS") {
+    // The head (modules_to_save) needs the task model class and its labels, which a base directory does not have.
+    throw new ValueError(`export: ${join(o.adapter, "adapter_config.json")} is a ${cfg.task_type} adapter (head: ${JSON.stringify(cfg.modules_to_save ?? [])}); ` +
+      "export merges adapters on the base architecture only (CAUSAL_LM, FEATURE_EXTRACTION). The fine-tuning run's final/ directory holds the whole classifier");
+  }
   const model = o.model ?? cfg.base_model_name_or_path;
   if (!model) throw new ValueError(`export: --model is required (${join(o.adapter, "adapter_config.json")} names no base_model_name_or_path)`);
   if (!existsSync(model) || !statSync(model).isDirectory()) {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { GPT, type GPTConfig } from "../../src/models/index.js";
+import { GPT, GPT2ForSequenceClassification, type GPTConfig } from "../../src/models/index.js";
 import {
   Linear, LoRALinear, applyLoRA, mergeLoRA, loraModules, trainableParameters, countParameters, saveLoRAAdapters,
   loadLoRAAdapters, PEFT_NAMINGS, detectPeftModelType, type Module,
@@ -317,4 +317,33 @@ test("`loadLoRAAdapters()` refuses an adapter for another base size or with a te
 
   await assert.rejects(loadLoRAAdapters(same, join(root, "nowhere")), /adapter_config\.json: not found/);
   void tensor;
+});
+
+test("`saveLoRAAdapters()` on GPT2ForSequenceClassification writes HF's SEQ_CLS names (transformer.*, score) and loads back exactly", async () => {
+  const seed = seedFor("lora-seq-cls") % 1_000_000;
+  const dir = join(root, "adapter-cls");
+  const make = () => new GPT2ForSequenceClassification(smallGPT(seed), 3, { seed }).eval();
+  const clf = make();
+  const opts = { r: 2, alpha: 4, targetModules: ["c_attn"], modulesToSave: ["score"] };
+  const s = applyLoRA(clf, { ...opts, seed });
+  assert.equal(s.trainable, 2 * 2 * (32 + 96) + 3 * 32, "adapters + the head");
+  randomizeAdapters(clf, seed + 1);
+  noGrad(() => {
+    const v = normal(clf.score.weight.shape, 0, 0.5, { seed: seed + 5 });
+    clf.score.weight.copy_(v);
+    v.dispose();
+  });
+  const idx = randomIds(seed), lengths = Int32Array.from([12, 7]);
+  const out = (m: GPT2ForSequenceClassification) => noGrad(() => withScope(() => Float32Array.from(m.forward(idx, lengths).logits.data() as Float32Array)));
+  const want = out(clf);
+  await saveLoRAAdapters(clf, dir, { baseModel: "b", taskType: "SEQ_CLS", ...opts });
+  const { tensors } = await readSafetensors(join(dir, "adapter_model.safetensors"));
+  assert.deepEqual([...tensors.keys()].sort(), [
+    "base_model.model.score.weight",
+    "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight", "base_model.model.transformer.h.0.attn.c_attn.lora_B.weight",
+    "base_model.model.transformer.h.1.attn.c_attn.lora_A.weight", "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight",
+  ]);
+  const fresh = make();
+  await loadLoRAAdapters(fresh, dir);
+  assert.equal(maxAbsDiff(out(fresh), want), 0);
 });
