@@ -20,6 +20,7 @@ import { register as dashboard } from "./dashboard.js";
 import { register as plot } from "./plot.js";
 import { register as plan } from "./plan.js";
 import { register as exportModel } from "./export.js";
+import { register as finetune } from "./finetune.js";
 
 /** The package's version, from package.json (two levels up from src/cli, three from dist/src/cli). */
 function packageVersion(): string {
@@ -42,7 +43,7 @@ program
   .showHelpAfterError();
 
 // One line per command, in the order of the data's path.
-const registrations: Array<(p: Command) => void> = [tokenizer, prepare, plan, train, launch, dashboard, plot, exportModel, sample, evaluate, serve, demo, env];
+const registrations: Array<(p: Command) => void> = [tokenizer, prepare, plan, train, finetune, launch, dashboard, plot, exportModel, sample, evaluate, serve, demo, env];
 
 for (const register of registrations) register(program);
 

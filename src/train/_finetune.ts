@@ -40,8 +40,8 @@ export function applyFinetuneLoRA(
   return { r: lora.r, alpha: lora.alpha, dropout: lora.dropout, targetModules, modulesToSave: saved };
 }
 
-/** Writes final/adapter/: adapter_config.json + adapter_model.safetensors (PEFT's layout). */
-export async function saveAdapters(model: Module, dir: string, l: LoRAInfo, o: { baseModel: string; taskType: PeftTaskType; modulesToSave?: string[] }): Promise<void> {
+/** Writes adapter_config.json + adapter_model.safetensors (PEFT's layout) into `dir`. */
+export async function saveAdapters(model: Module, dir: string, l: LoRAInfo, o: { baseModel: string; taskType: PeftTaskType }): Promise<void> {
   await saveLoRAAdapters(model, dir, {
     baseModel: o.baseModel, taskType: o.taskType, targetModules: l.targetModules, r: l.r, alpha: l.alpha, dropout: l.dropout, modulesToSave: l.modulesToSave,
   });

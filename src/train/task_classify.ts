@@ -232,13 +232,17 @@ export class ClassifyTask implements TrainTask {
 
   /**
    * final/: the whole fine-tuned model (weights, config.json with id2label, tokenizer files);
-   * with LoRA also the adapters in PEFT's layout under final/adapter/.
+   * with LoRA, the adapters and the head in PEFT's layout (adapter_config.json +
+   * adapter_model.safetensors) instead: `megalith export --merge-lora` makes a plain model.
    */
   async saveModelDir(dir: string): Promise<void> {
     mkdirSync(dir, { recursive: true });
-    await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
-    writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
+    if (this.lora) {
+      await saveAdapters(this.model, dir, this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "SEQ_CLS" });
+    } else {
+      await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
+      writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
+    }
     saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
-    if (this.lora) await saveAdapters(this.model, join(dir, "adapter"), this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "SEQ_CLS", modulesToSave: [this.model instanceof GPT2ForSequenceClassification ? "score" : "classifier"] });
   }
 }

@@ -6,12 +6,14 @@ import type { TrainConfig } from "./config.js";
 import { LanguageModelTask } from "./task_lm.js";
 import { ClassifyTask } from "./task_classify.js";
 import { MaskedLanguageModelTask } from "./task_mlm.js";
+import { SftTask } from "./task_sft.js";
 import type { TrainTask, TaskContext } from "./task.js";
 
 export type { TrainTask, TaskLoader, TaskKind, TaskContext } from "./task.js";
 export { LanguageModelTask, specialTokenIds } from "./task_lm.js";
 export { ClassifyTask, classificationReport, type ClassificationReport } from "./task_classify.js";
 export { MaskedLanguageModelTask, mlmMicroBatch } from "./task_mlm.js";
+export { SftTask, sftTokens } from "./task_sft.js";
 
 
 /**
@@ -21,6 +23,7 @@ export { MaskedLanguageModelTask, mlmMicroBatch } from "./task_mlm.js";
  */
 export async function createTask(c: TrainConfig, ctx: TaskContext): Promise<TrainTask> {
   if (c.finetune?.task === "classify") return ClassifyTask.create(c, ctx);
+  if (c.finetune?.task === "sft") return SftTask.create(c, ctx);
   if (c.model.type === "bert") return MaskedLanguageModelTask.create(c, ctx);
   return LanguageModelTask.create(c, ctx);
 }

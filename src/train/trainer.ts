@@ -27,7 +27,7 @@ import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "..
 import { PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
 import { GPT, hfConfig, generationConfig, type GPTOutput } from "../models/index.js";
-import { cosineLr, type AdamWState, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
+import { cosineLr, type AdamWState, type HostArray, type HostOptimizerStateDict, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
 import {
   findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles, writeDirAtomic,
   optimizerFileNames, readOptimizerMoments, type OptimizerFiles, type SaveGroup, type TensorRecord,
@@ -357,7 +357,8 @@ export class Trainer {
     });
     this.step++;
     const dt = (performance.now() - t0) / 1000;
-    const tokens = this.tokensPerStep();
+    // Token positions this step computed (fine-tuning batches are padded only to their longest row).
+    const tokens = batches.reduce((a, b) => a + b.batchSize * b.blockSize, 0) * this.config.parallel.dp;
     this.tokensSeen += tokens;
     const flops = (this.modelFlopsPerToken * tokens) / dt;
     const mem = memoryStats();
@@ -558,11 +559,10 @@ export class Trainer {
     }
     const { rank, size } = this.dpGroup;
     const names = this.model.namedParameters().filter(([, p]) => p.requiresGrad).map(([n]) => n);
-    // In a scope: an offloaded optimizer's state dict is tensors read back from its file, freed here.
-    const { optFiles, optState } = withScope(() => {
-      const sd = this.optimizer.stateDict();
-      return { optFiles: optimizerFiles(sd, names), optState: sd.state };
-    });
+    // Host copies of the moments: an offloaded optimizer reads them from its file (hostStateDict),
+    // the others' tensors are copied; either way no tensor is allocated for the save.
+    const sd = this.optimizer.hostStateDict?.() ?? this.optimizer.stateDict();
+    const optFiles = optimizerFiles(sd, names), optState = sd.state;
     await saveCheckpointCollective(dir, this.saveGroup(), async (tmp) => {
       await this.parallel.withFullParams(async () => {
         if (this.isMain) await writeSafetensors(join(tmp, "model.safetensors"), this.task.records(), { format: "pt" });
@@ -671,12 +671,13 @@ export class Trainer {
 }
 
 /** A float32 tensor's bytes as a safetensors record (a copy). */
-function toRecord(t: Tensor): TensorRecord {
-  return { dtype: "F32", shape: [...t.shape], data: new Uint8Array((t.data() as Float32Array).buffer) };
+function toRecord(t: Tensor | HostArray): TensorRecord {
+  const a = "numel" in t ? (t.data() as Float32Array) : t.data;  // a tensor is copied; a host array is already a copy
+  return { dtype: "F32", shape: [...t.shape], data: new Uint8Array(a.buffer, a.byteOffset, a.byteLength) };
 }
 
 /** An optimizer state dict as checkpoint records, parameters named as in the model. */
-function optimizerFiles(sd: OptimizerStateDict, names: readonly string[]): OptimizerFiles {
+function optimizerFiles(sd: OptimizerStateDict | HostOptimizerStateDict, names: readonly string[]): OptimizerFiles {
   if (sd.shard) {
     const { rank, size, layout, tensors } = sd.shard;
     return {
@@ -686,6 +687,6 @@ function optimizerFiles(sd: OptimizerStateDict, names: readonly string[]): Optim
     };
   }
   const moments: Record<string, Record<string, TensorRecord>> = {};
-  for (const [k, ts] of Object.entries(sd.moments ?? {})) moments[k] = Object.fromEntries(ts.map((t, i) => [names[i]!, toRecord(t)]));
+  for (const [k, ts] of Object.entries<Array<Tensor | HostArray>>(sd.moments ?? {})) moments[k] = Object.fromEntries(ts.map((t, i) => [names[i]!, toRecord(t)]));
   return { kind: "logical", moments };
 }
