@@ -1,6 +1,6 @@
 /** optim: the Optimizer interface, AdamW (fused), learning-rate schedules, gradient clipping. */
 export {
-  type Optimizer, type OptimizerStateDict, type StepOptions, type GradNormResult, type AdamWState,
+  type Optimizer, type OptimizerStateDict, type StepOptions, type GradNormResult, type AdamWState, type HostArray, type HostOptimizerStateDict,
 } from "./optimizer.js";
 export {
   AdamW, adamwUpdate, adamwStepHyper, resolveAdamWOptions, momentsOf, gradNorm, clipCoefficient, type GradNormScope, clearGrads, adamwState,

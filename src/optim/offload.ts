@@ -39,7 +39,7 @@ import {
   adamwState, adamwStepHyper, adamwUpdate, clearGrads, gradNorm, momentsOf, resolveAdamWOptions,
   type AdamWOptions, type GradNormScope,
 } from "./adamw.js";
-import type { AdamWState, GradNormResult, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
+import type { AdamWState, GradNormResult, HostArray, HostOptimizerStateDict, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
 
 /** Bytes of m and v per element. */
 const STATE_BYTES = 8;
@@ -415,6 +415,20 @@ export class OffloadedAdamW implements Optimizer {
       exp_avg.push(tensor(m, { shape: p.shape }));
       exp_avg_sq.push(tensor(v, { shape: p.shape }));
     }));
+    return { state: this.state(), moments: { exp_avg, exp_avg_sq } };
+  }
+
+  /**
+   * Scalars and the logical moments as host arrays read from the file: what a checkpoint
+   * writes, with no tensor allocated (the trainer's save path).
+   */
+  hostStateDict(): HostOptimizerStateDict {
+    const exp_avg: HostArray[] = [], exp_avg_sq: HostArray[] = [];
+    this.params.forEach((p, i) => {
+      const { m, v } = this.file.readRange(this.offsets[i]!, p.numel);
+      exp_avg.push({ shape: [...p.shape], data: m });
+      exp_avg_sq.push({ shape: [...p.shape], data: v });
+    });
     return { state: this.state(), moments: { exp_avg, exp_avg_sq } };
   }
 

@@ -48,6 +48,22 @@ export interface OptimizerStateDict {
   shard?: { rank: number; size: number; layout: FlatShardLayout<number>; tensors: Record<string, Tensor> };
 }
 
+/** One moment in host memory (a copy): what a checkpoint writes, without a tensor. */
+export interface HostArray {
+  shape: number[];
+  data: Float32Array;
+}
+
+/**
+ * An `OptimizerStateDict` whose moments are host arrays instead of tensors, in the same two
+ * forms: what `Optimizer.hostStateDict()` returns for a checkpoint.
+ */
+export interface HostOptimizerStateDict {
+  state: AdamWState;
+  moments?: Record<string, HostArray[]>;
+  shard?: { rank: number; size: number; layout: FlatShardLayout<number>; tensors: Record<string, HostArray> };
+}
+
 /**
  * What the trainer calls. `gradNorm` may be a collective (a sharded optimizer sums its shards and
  * all-reduces): every rank calls it, and the trainer awaits it.
@@ -76,4 +92,10 @@ export interface Optimizer {
   stateDict(): OptimizerStateDict;
   /** Restores scalars and, when given, moments in the logical form (any layout saved them). */
   loadStateDict(sd: OptimizerStateDict): void;
+  /**
+   * The state dict with host copies of the moments, for a checkpoint. Optional: an optimizer
+   * whose moments are on disk (offload.ts) reads them into host memory here without allocating
+   * tensors; without it, the caller copies `stateDict()`'s tensors itself.
+   */
+  hostStateDict?(): HostOptimizerStateDict;
 }

@@ -24,7 +24,7 @@ import { Tensor, zeros, withCategory, keep, reduceSumSq, tensor } from "../tenso
 import {
   adamwState, adamwStepHyper, adamwUpdate, clearGrads, clipCoefficient, type GradNormScope, momentsOf, resolveAdamWOptions,
   type AdamWOptions, type AdamWState, type GradNormResult, type Optimizer, type OptimizerStateDict, type StepOptions,
-  OffloadFile, type OffloadOptions,
+  OffloadFile, type OffloadOptions, type HostOptimizerStateDict,
 } from "../optim/index.js";
 import { allReduce, broadcast, reduceScatterAsync, type ProcessGroup, type Work } from "./collectives.js";
 import type { FlatShards, ShardPiece, ShardUnit } from "./flat_shards.js";
@@ -317,6 +317,14 @@ export class ShardedAdamW implements Optimizer, GradSync {
       const { m, v } = this.offloaded.readRange(0, this.shards.shardSize);
       tensors = withCategory("optimizer", () => ({ exp_avg: tensor(m), exp_avg_sq: tensor(v) }));
     }
+    return { state: this.state(), shard: { rank: this.group.rank, size: this.group.size, layout: this.shards.layout(this.stage), tensors } };
+  }
+
+  /** `stateDict()` with host copies of the shards (read from the file when offloaded: no tensor is allocated). */
+  hostStateDict(): HostOptimizerStateDict {
+    const n = this.shards.shardSize;
+    const { m, v } = this.offloaded ? this.offloaded.readRange(0, n) : { m: this.mShard!.data() as Float32Array, v: this.vShard!.data() as Float32Array };
+    const tensors = { exp_avg: { shape: [n], data: m }, exp_avg_sq: { shape: [n], data: v } };
     return { state: this.state(), shard: { rank: this.group.rank, size: this.group.size, layout: this.shards.layout(this.stage), tensors } };
   }
 
