@@ -146,3 +146,17 @@ test("memoryTrafficBytes() counts 4 passes over each micro-batch's activations (
   const slow = { ...a100, memoryBandwidth: a100.memoryBandwidth / 10 };
   assert.ok(predict(c, base, slow).step_time.compute > predict(c, base, a100).step_time.compute);
 });
+
+test("predict() with parallel.offload=disk counts one streamed chunk of optimizer state instead of the moments", () => {
+  const model = { n_embd: 256, block_size: 128, vocab_size: 4096, n_layer: 4 };
+  const psi = gptParameters(config(model));
+  const offloaded = (parallel: Record<string, unknown>) => validateConfig({ ...config(model), parallel: { offload: "disk", ...parallel } });
+  for (const l of [base, { ...base, dp: 2, zero: 2 as const, microBatches: 2 }]) {
+    const mem = predict(config(model), l, a100).memory, disk = predict(offloaded({ offload_chunk_mb: 1 }), l, a100).memory;
+    assert.equal(disk.optimizer, 2 ** 20, `dp${l.dp} zero${l.zero}`);
+    assert.ok(mem.optimizer >= (8 * psi) / l.dp, `dp${l.dp} zero${l.zero}: in memory ${mem.optimizer}`);
+    assert.equal(mem.total - disk.total, mem.optimizer - 2 ** 20, "the rest is unchanged");
+  }
+  // A chunk larger than the moments: the moments themselves (the offload file holds no more).
+  assert.equal(predict(offloaded({ offload_chunk_mb: 64 }), base, a100).memory.optimizer, 8 * psi);
+});
