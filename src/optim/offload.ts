@@ -74,8 +74,9 @@ export interface OffloadTimings {
   waitMs: number;
   /** Milliseconds in the update callbacks (the AdamW kernel). */
   computeMs: number;
-  /** Milliseconds copying chunks between host buffers and the chunk tensor. */
-  copyMs: number;
+  /** Milliseconds copying chunks from host buffers into the chunk tensor, and back out. */
+  copyInMs: number;
+  copyOutMs: number;
 }
 
 /** A run of the flat state that belongs to one tensor: flat elements [start, start + len). */
@@ -98,7 +99,7 @@ export class OffloadFile {
   readonly numel: number;
   /** Elements per chunk. */
   readonly chunkElems: number;
-  readonly timings: OffloadTimings = { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyMs: 0 };
+  readonly timings: OffloadTimings = { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyInMs: 0, copyOutMs: 0 };
   private fd: number;
   private readonly removeOnClose: boolean;
   /** The resident chunk, [m(len) | v(len)] like the file's chunk regions. */
@@ -190,7 +191,7 @@ export class OffloadFile {
         const view = noGrad(() => this.chunk.narrow(0, 0, 2 * len));
         backend.write(view, slot);
         view.dispose();
-        t.copyMs += performance.now() - t0;
+        t.copyInMs += performance.now() - t0;
         if (i + 1 < order.length) reads[i + 1] = _handled(startRead(i + 1));
         t0 = performance.now();
         for (const s of byChunk.get(k)!) {
@@ -212,7 +213,7 @@ export class OffloadFile {
           slot.set(new Float32Array(backend.read(piece, n)), e);
           piece.dispose();
         }
-        t.copyMs += performance.now() - t0;
+        t.copyOutMs += performance.now() - t0;
         writes[i] = _handled(_writeAt(this.fd, new Uint8Array(slot.buffer, 0, 2 * len * 4), base * STATE_BYTES).then(() => { written[i] = true; }));
         t.bytesWritten += 2 * len * 4;
         t.chunks++;
@@ -248,7 +249,7 @@ export class OffloadFile {
 
   /** Zeroes the I/O accounting. */
   resetTimings(): void {
-    Object.assign(this.timings, { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyMs: 0 });
+    Object.assign(this.timings, { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyInMs: 0, copyOutMs: 0 });
   }
 
   /** Closes (and by default deletes) the file and frees the chunk. Idempotent. */
