@@ -27,6 +27,7 @@ const suites: Record<string, () => Promise<{ run(args: string[]): Promise<BenchR
   plan: () => import("./plan.js"),
   moe: () => import("./moe.js"),
   offload: () => import("./offload.js"),
+  finetune: () => import("./finetune.js"),
 };
 
 const [suite, ...args] = process.argv.slice(2);

