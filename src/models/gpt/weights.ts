@@ -112,6 +112,18 @@ export async function loadGPTWeights(model: GPT, dir: string, opts: LoadWeightsO
       }
       const conv = CONV1D.test(name);
       const want = conv ? [p.shape[1]!, p.shape[0]!] : [...p.shape];
+      if (name === "wte.weight" && opts.padVocab && rec.shape.length === 2 && rec.shape[1] === want[1] && rec.shape[0]! < want[0]!) {
+        // A padded vocabulary (e.g. GPT-2's 50257 as 50304): the file's rows first, zero rows after.
+        const values = toFloat32(rawName, rec, file);
+        if (hasNonFinite(values)) nonFinite.push(rawName);
+        const padded = new Float32Array(want[0]! * want[1]!);
+        padded.set(values);
+        const t = tensor(padded, { shape: want });
+        p.copy_(t);
+        t.dispose();
+        seen.add(name);
+        continue;
+      }
       if (rec.shape.length !== want.length || rec.shape.some((s, i) => s !== want[i])) {
         throw new FormatError(file, `tensor ${rawName} has shape ${fmtShape(rec.shape)}, expected ${fmtShape(want)} for this config`);
       }
