@@ -30,7 +30,7 @@ import { cpus, loadavg, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
-  GPT, AdamW, Expert, MoE, backend, cosineLr, noGrad, normal, randn, stack, tensor, withScope,
+  GPT, AdamW, Expert, MoE, Linear, backend, cosineLr, noGrad, normal, randn, stack, tensor, withScope,
   TokenLoader, evalBatches, ensurePreparedBrown, brownCorpusDocuments, trainBpe, type Module, type Tensor, type Batch,
 } from "../src/index.js";
 import { mpirunFlags } from "../src/cli/launch.js";
@@ -145,7 +145,7 @@ function denseTwin(seed: number, vocabSize: number): GPT {
   model.h.forEach((b, i) => {
     const wide = new Expert(C, K * 4 * C, true);
     noGrad(() => {
-      for (const [l, std] of [[wide.c_fc, 0.02], [wide.c_proj, projStd]] as const) {
+      for (const [l, std] of [[wide.c_fc as Linear, 0.02], [wide.c_proj as Linear, projStd]] as const) {
         l.weight.copy_(normal(l.weight.shape, 0, std, { seed: seed + 1000 * i + (std === 0.02 ? 1 : 2) }));
         l.bias?.zero_();
       }

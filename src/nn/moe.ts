@@ -40,19 +40,27 @@
  * rank's slots for them), and the outputs go back the same way. Capacity S stays computed on
  * this rank's N tokens (DeepSpeed's per-source-rank capacity).
  *
+ * Inference (`dropless`, set by `setMoEDropless` for generation and serving): in eval mode every
+ * routing choice gets a slot, whatever `evalCapacityFactor` says, and S shrinks to the busiest
+ * expert's load (empty slots are wasted work, no dropping needs more). Serving needs this: the
+ * paged runner feeds the tokens of many requests as one batch, and a capacity limit would make
+ * one request's tokens depend on which others share its step (continuous batching would then
+ * differ from generating each request alone). Eval losses keep `evalCapacityFactor`.
+ *
  * Trade-off: the experts are separate Linear modules (checkpoint names, sharding by expert), so
  * each forward stacks their weights into (E, F, C) / (E, C, F) before the grouped GEMM: a copy
  * of the expert weights per call (8 C^2 E floats), small next to the GEMM's 16 S C^2 E flops at
  * training batch sizes. The experts' own `forward` (a plain MLP) is the per-expert reference
- * the grouped path is tested against; module swaps of the expert Linears (int8) are not seen
- * by the grouped path.
+ * the grouped path is tested against. When the expert projections are swapped for int8 ones
+ * (`quantizeModelInt8` in serving) there are no float weights to stack, so the experts run one
+ * after the other through their own `forward` over their slots (int8 is forward-only anyway).
  */
 import {
   Tensor, cat, stack, zeros, rand, tensor, softmax, embedding, gelu, withScope, withAutocast,
 } from "../tensor/index.js";
 import { ValueError } from "../core/errors.js";
 import { Module } from "./module.js";
-import { Linear, Dropout } from "./layers.js";
+import { Linear, Dropout, type Projection } from "./layers.js";
 
 /** Options of a mixture-of-experts layer (defaults as in the training config's `model.moe`). */
 export interface MoEOptions {
@@ -114,10 +122,13 @@ export interface ExpertExchange {
   exchange(x: Tensor): Tensor;
 }
 
-/** One expert: C -> F -> GELU(tanh) -> C, GPT-2's MLP without dropout. */
+/**
+ * One expert: C -> F -> GELU(tanh) -> C, GPT-2's MLP without dropout. Its projections are
+ * Linears, or int8 stand-ins after `quantizeModelInt8` (hence `Projection`).
+ */
 export class Expert extends Module {
-  readonly c_fc: Linear;
-  readonly c_proj: Linear;
+  readonly c_fc: Projection;
+  readonly c_proj: Projection;
   constructor(nEmbd: number, hidden: number, bias: boolean) {
     super();
     this.c_fc = this.module("c_fc", new Linear(nEmbd, hidden, { bias }));
@@ -148,8 +159,8 @@ interface DispatchPlan {
  * second choices (GShard's order), each expert filling slots 0..S-1; a choice finding its
  * expert full is dropped.
  */
-export function planDispatch(choices: Int32Array, N: number, k: number, E: number, capacityFactor: number): DispatchPlan {
-  const capacity = Math.max(1, Math.min(N, Math.ceil((capacityFactor * N * k) / E)));
+export function planDispatch(choices: Int32Array, N: number, k: number, E: number, capacityFactor: number | "dropless"): DispatchPlan {
+  const capacity = capacityFactor === "dropless" ? _busiestLoad(choices, E) : Math.max(1, Math.min(N, Math.ceil((capacityFactor * N * k) / E)));
   const slotToken = new Int32Array(E * capacity).fill(N);
   const choiceSlot = new Int32Array(N * k).fill(E * capacity);
   const fill = new Int32Array(E);
@@ -175,6 +186,14 @@ export function planDispatch(choices: Int32Array, N: number, k: number, E: numbe
   return { slotToken, choiceSlot, capacity, stats };
 }
 
+/** The most routing choices any one expert received (at least 1): the dropless capacity. */
+function _busiestLoad(choices: Int32Array, E: number): number {
+  const load = new Int32Array(E);
+  let most = 1;
+  for (const e of choices) most = Math.max(most, ++load[e]!);
+  return most;
+}
+
 /**
  * A mixture-of-experts MLP: router, top-k dispatch with capacity, grouped expert GEMM, combine.
  * @example
@@ -196,6 +215,12 @@ export class MoE extends Module {
   readonly dropoutP: number;
   /** Routing statistics of the last forward (null before the first). */
   lastStats: RoutingStats | null = null;
+  /**
+   * Eval mode only: drop nothing, ignoring `evalCapacityFactor` (generation and serving; see
+   * the file comment). Not under expert parallelism, whose all-to-all needs one S on every
+   * rank. Default false; `setMoEDropless` sets it on every MoE layer of a model.
+   */
+  dropless = false;
   private pending: RouterLosses | null = null;
   /** Expert parallelism (`shardExperts`), null when this layer holds every expert. */
   private ep: ExpertExchange | null = null;
@@ -283,7 +308,7 @@ export class MoE extends Module {
     const gates = k === 1 ? top.values : top.values.div(top.values.sum(-1, true)); // (N, k)
 
     // 2. Dispatch plan on the host.
-    const cf = this.training ? this.capacityFactor : this.evalCapacityFactor;
+    const cf = this.training ? this.capacityFactor : this.dropless && !this.ep ? "dropless" : this.evalCapacityFactor;
     const plan = planDispatch(top.indices.data() as Int32Array, N, k, E, cf);
     this.lastStats = plan.stats;
     const S = plan.capacity;
@@ -298,13 +323,7 @@ export class MoE extends Module {
     const xin = ep
       ? ep.exchange(buf.view([n, El, S, C])).transpose(0, 1).reshape([El, n * S, C]) // (El, n*S, C)
       : buf;
-    const w1 = stack(this.experts.map((e) => e.c_fc.weight)).transpose(1, 2);   // (El, C, F)
-    const w2 = stack(this.experts.map((e) => e.c_proj.weight)).transpose(1, 2); // (El, F, C)
-    let h = xin.matmul(w1);                                                     // (El, n*S, F)
-    if (this.experts[0]!.c_fc.bias) h = h.add(this.stackedBias("c_fc", h.dtype));
-    h = gelu(h, "tanh");
-    let out = h.matmul(w2);                                                     // (El, n*S, C)
-    if (this.experts[0]!.c_proj.bias) out = out.add(this.stackedBias("c_proj", out.dtype));
+    let out = this.expertsForward(xin);                                         // (El, n*S, C)
     if (ep) out = ep.exchange(out.view([El, n, S, C]).transpose(0, 1).contiguous()).view([E, S, C]); // (E, S, C)
 
     // 4. Combine: each token's k slot outputs (zero row when dropped), weighted by its gates.
@@ -323,9 +342,44 @@ export class MoE extends Module {
     return { y, aux, z };
   }
 
-  /** The experts' `name` biases stacked to (E, 1, width), cast to the compute dtype. */
-  private stackedBias(name: "c_fc" | "c_proj", dtype: Tensor["dtype"]): Tensor {
-    const b = stack(this.experts.map((e) => e[name].bias!)).unsqueeze(1);       // (E, 1, width)
-    return b.dtype === dtype ? b : b.to(dtype);
+  /**
+   * Every local expert over its slots, (El, M, C) -> (El, M, C): one grouped GEMM over the
+   * stacked float weights, or (int8 experts, see the file comment) each expert's own forward.
+   */
+  private expertsForward(xin: Tensor): Tensor {
+    const linears = this.experts.map((e) => [e.c_fc, e.c_proj] as const);
+    if (!linears.every(([a, b]) => a instanceof Linear && b instanceof Linear)) {
+      return stack(this.experts.map((e, j) => e.forward(xin.select(0, j))));   // (El, M, C)
+    }
+    const fc = linears.map(([a]) => a as Linear), proj = linears.map(([, b]) => b as Linear);
+    const w1 = stack(fc.map((l) => l.weight)).transpose(1, 2);                  // (El, C, F)
+    const w2 = stack(proj.map((l) => l.weight)).transpose(1, 2);                // (El, F, C)
+    let h = xin.matmul(w1);                                                     // (El, M, F)
+    if (fc[0]!.bias) h = h.add(_stackedBias(fc, h.dtype));
+    h = gelu(h, "tanh");
+    let out = h.matmul(w2);                                                     // (El, M, C)
+    if (proj[0]!.bias) out = out.add(_stackedBias(proj, out.dtype));
+    return out;
   }
+}
+
+/** The Linears' biases stacked to (E, 1, width), cast to the compute dtype. */
+function _stackedBias(linears: readonly Linear[], dtype: Tensor["dtype"]): Tensor {
+  const b = stack(linears.map((l) => l.bias!)).unsqueeze(1);                   // (E, 1, width)
+  return b.dtype === dtype ? b : b.to(dtype);
+}
+
+/**
+ * Sets `MoE.dropless` on every MoE layer under `root`: generation and serving turn it on, so a
+ * request's tokens do not depend on what shares its batch. Returns a function that puts the
+ * previous settings back (a no-op for a dense model).
+ * @example
+ * const restore = setMoEDropless(model, true);   // no capacity limit while generating
+ * try { ... } finally { restore(); }             // eval losses use evalCapacityFactor again
+ */
+export function setMoEDropless(root: Module, on: boolean): () => void {
+  const layers = root.namedModules().map(([, m]) => m).filter((m): m is MoE => m instanceof MoE);
+  const before = layers.map((m) => m.dropless);
+  for (const m of layers) m.dropless = on;
+  return () => layers.forEach((m, i) => { m.dropless = before[i]!; });
 }

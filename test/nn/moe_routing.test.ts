@@ -10,7 +10,7 @@
 // count is known in closed form.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { MoE } from "../../src/nn/index.js";
+import { MoE, type Linear } from "../../src/nn/index.js";
 import { GPT } from "../../src/models/index.js";
 import { randn, randint, withScope, type Tensor } from "../../src/tensor/index.js";
 import { noGrad } from "../../src/autograd/index.js";
@@ -59,7 +59,7 @@ test("`MoE.forward()` top-2 in training mode with capacity factor Infinity (or n
     moe.train();
     assert.equal(moe.training, true);
     const out = trainStep(moe, x);
-    return { cf, out, stats: moe.lastStats!, grads: moe.experts.map((e) => e.c_fc.weight.grad) };
+    return { cf, out, stats: moe.lastStats!, grads: moe.experts.map((e) => (e.c_fc as Linear).weight.grad) };
   });
   const [inf, atEk, tight] = runs as [typeof runs[0], typeof runs[0], typeof runs[0]];
   // The skew holds: every token's choices are experts 0 and 1.

@@ -10,7 +10,8 @@
  * and the paged runner all run whatever modules the model holds.
  *
  * What is quantized: the four projections of every block (attn.c_attn, attn.c_proj,
- * mlp.c_fc, mlp.c_proj), i.e. all of the per-layer matmul weights. By default the token and
+ * mlp.c_fc, mlp.c_proj), i.e. all of the per-layer matmul weights; in a mixture-of-experts
+ * block every expert's c_fc and c_proj (the bulk of an MoE model's bytes), not the router. By default the token and
  * position embeddings and the LM head stay float32: the logits are what sampling and logprobs
  * see, so that is where int8 error would be most visible. But the head is the largest single
  * read of a decode step (GPT-2: 768 x 50257 floats, 154 MB, against 340 MB for all twelve
@@ -25,7 +26,7 @@
  */
 import { ValueError } from "../../core/errors.js";
 import { dtypeSize } from "../../tensor/index.js";
-import { Linear, Int8Linear, type Module } from "../../nn/index.js";
+import { Linear, Int8Linear, MoE, type Module } from "../../nn/index.js";
 import type { GPT } from "../../models/index.js";
 
 /**
@@ -41,9 +42,19 @@ export function quantizeLinear(linear: Linear): Int8Linear {
 /** @deprecated The int8 linear layer is `Int8Linear` (nn); this alias keeps older imports working. */
 export const QuantizedLinear = Int8Linear;
 
-/** The dotted module paths `quantizeModelInt8` swaps: the four projections of every block. */
+/**
+ * The dotted module paths `quantizeModelInt8` swaps: the four projections of every block; in an
+ * MoE block, every expert's two (`mlp.experts.{j}.c_fc`, `.c_proj`) in place of the MLP's. The
+ * router (`mlp.gate`) stays float32: its softmax picks experts, and int8 error there would
+ * change which experts run rather than nudge their outputs.
+ */
 export function projectionPaths(model: GPT): string[] {
-  return model.h.flatMap((_, i) => ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"].map((p) => `h.${i}.${p}`));
+  return model.h.flatMap((b, i) => {
+    const mlp = b.mlp instanceof MoE
+      ? b.mlp.experts.flatMap((_, j) => [`mlp.experts.${j}.c_fc`, `mlp.experts.${j}.c_proj`])
+      : ["mlp.c_fc", "mlp.c_proj"];
+    return ["attn.c_attn", "attn.c_proj", ...mlp].map((p) => `h.${i}.${p}`);
+  });
 }
 
 /** Whether every block projection of `model` is int8 (it went through `quantizeModelInt8`). */
@@ -53,7 +64,7 @@ export function isQuantizedInt8(model: GPT): boolean {
 
 /** What `quantizeModelInt8` did. */
 export interface QuantizationSummary {
-  /** Linears quantized (4 per block). */
+  /** Linears quantized (4 per dense block; 2 + 2 per expert in an MoE block). */
   linears: number;
   /** Their weight bytes in float32. */
   bytesFloat32: number;

@@ -7,12 +7,13 @@
  * (counted under the "kvCache" memory category). A batch runs through the model's own
  * `GPT.forward` with a paged attention context (nn/attention.ts): the N tokens are fed as
  * idx (1, N), and `logitsRows` makes the model apply its LM head to the sampled rows only.
- * Whatever modules the model holds (Int8Linear after quantizeModelInt8) are what runs.
+ * Whatever modules the model holds (Int8Linear after quantizeModelInt8) are what runs. Mixture-
+ * of-experts layers run dropless (every routed token computed, `setMoEDropless`).
  */
 import { ValueError } from "../../core/errors.js";
 import { Tensor, tensor, zeros, withScope, withCategory, keep, dtypeSize } from "../../tensor/index.js";
 import { noGrad } from "../../autograd/index.js";
-import type { PagedContext } from "../../nn/index.js";
+import { setMoEDropless, type PagedContext } from "../../nn/index.js";
 import type { GPT } from "../../models/index.js";
 
 /** One ragged batch: every array is per scheduled token unless noted. */
@@ -66,6 +67,9 @@ export class ModelRunner {
       }
     });
     model.eval();
+    // A batch holds many requests' tokens: a capacity limit in MoE layers would make each
+    // request's output depend on its neighbours, so serving drops no routed token (nn/moe.ts).
+    setMoEDropless(model, true);
   }
 
   /** The dtype a model computes in: its token embedding's (float32, or bfloat16 after `model.to("bfloat16")`). */

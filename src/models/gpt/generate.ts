@@ -8,7 +8,7 @@
  */
 import { ValueError } from "../../core/errors.js";
 import { DEFAULT_SAMPLING, drawToken, tokenDistribution, uniformAt, type SamplingParams } from "../../inference/sample/index.js";
-import { tensor, noGrad, withScope } from "./_deps.js";
+import { tensor, noGrad, withScope, setMoEDropless } from "./_deps.js";
 import { GPT } from "./model.js";
 
 export interface SampleOptions {
@@ -69,6 +69,9 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
   const params = checkSampleOptions(opts);
   const wasTraining = model.training;
   model.eval();
+  // MoE layers drop nothing while generating, as in serving (nn/moe.ts), so `megalith sample`
+  // and `megalith serve` give the same greedy tokens.
+  const restoreDropless = setMoEDropless(model, true);
   const kv = model.newKVCache();
   const seed = opts.seed ?? 0;
   if (!Number.isSafeInteger(seed) || seed < 0) throw new ValueError(`generate: seed must be a non-negative integer, got ${seed}`);
@@ -94,6 +97,7 @@ export function* generate(model: GPT, prompt: readonly number[], opts: GenerateO
     }
   } finally {
     GPT.disposeKVCache(kv);
+    restoreDropless();
     model.train(wasTraining);
   }
 }

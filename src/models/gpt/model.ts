@@ -295,8 +295,8 @@ export class GPT extends Module {
       if (b.mlp instanceof MoE) {
         initLinear(b.mlp.gate, 0.02, seed, `h.${i}.mlp.gate.weight`);
         b.mlp.experts.forEach((e, j) => {
-          initLinear(e.c_fc, 0.02, seed, `h.${i}.mlp.experts.${j}.c_fc.weight`);
-          initLinear(e.c_proj, projStd, seed, `h.${i}.mlp.experts.${j}.c_proj.weight`);
+          initLinear(e.c_fc as Linear, 0.02, seed, `h.${i}.mlp.experts.${j}.c_fc.weight`);
+          initLinear(e.c_proj as Linear, projStd, seed, `h.${i}.mlp.experts.${j}.c_proj.weight`);
         });
         return;
       }
