@@ -177,7 +177,7 @@ test("megalith finetune --task sft pads GPT-2's 50257-token vocabulary inside an
   const r = await megalith("finetune", "--model", base, "--task", "sft", "--data", data, "--out", out, "--steps", "40", "--lr", "3e-3", "--batch-size", "4");
   assert.equal(r.code, 0, r.stderr);
   const rows = readFileSync(join(out, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l) as { loss: number; split?: string }).filter((m) => !m.split);
-  assert.ok(rows[rows.length - 1]!.loss < rows[0]!.loss * 0.6, `completion loss falls: ${rows[0]!.loss} -> ${rows[rows.length - 1]!.loss}`);
+  assert.ok(rows[rows.length - 1]!.loss < rows[0]!.loss - 2, `completion loss falls: ${rows[0]!.loss} -> ${rows[rows.length - 1]!.loss}`);
   const cfg = JSON.parse(readFileSync(join(out, "final", "config.json"), "utf8")) as { vocab_size: number };
   assert.equal(cfg.vocab_size, 50257, "exported with the real vocabulary");
   const back = await GPT.fromPretrained(join(out, "final"));
