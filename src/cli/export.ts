@@ -14,7 +14,10 @@ import { copyFileSync, existsSync, readFileSync, realpathSync, statSync } from "
 import { join, resolve } from "node:path";
 import { ValueError } from "../core/errors.js";
 import { writeDirAtomic } from "../checkpoint/index.js";
-import { GPT, isBERTDir, loadBERT, saveBERT } from "../models/index.js";
+import { GPT, isBERTDir, loadBERT, saveBERT, GPT2ForSequenceClassification, BertForSequenceClassification } from "../models/index.js";
+import { writeSafetensors } from "../checkpoint/index.js";
+import { classifierRecords, classifierConfig, configLabels } from "../train/task_classify.js";
+import { writeFileSync } from "node:fs";
 import { loadLoRAAdapters, mergeLoRA, readAdapterConfig, type Module } from "../nn/index.js";
 
 /** Tokenizer files a model directory may hold (GPT-2's and BERT's); copied byte for byte. */
@@ -64,6 +67,13 @@ function _baseConfig(dir: string): Record<string, unknown> {
   }
 }
 
+/** The adapter directory's classifier config.json (written by `megalith finetune`), or null. */
+function _classifierConfig(dir: string): Record<string, unknown> | null {
+  const c = _baseConfig(dir);
+  const arch = (c.architectures as unknown[] | undefined)?.[0];
+  return arch === "GPT2ForSequenceClassification" || arch === "BertForSequenceClassification" ? c : null;
+}
+
 /**
  * Loads the base model, applies and merges the adapter, and writes the plain model directory.
  * @example
@@ -71,10 +81,13 @@ function _baseConfig(dir: string): Record<string, unknown> {
  */
 export async function exportMergedLoRA(o: ExportLoRAOptions): Promise<ExportLoRAResult> {
   const cfg = readAdapterConfig(o.adapter);
-  if (cfg.task_type === "SEQ_CLS" || cfg.task_type === "TOKEN_CLS" || cfg.task_type === "QUESTION_ANS") {
-    // The head (modules_to_save) needs the task model class and its labels, which a base directory does not have.
-    throw new ValueError(`export: ${join(o.adapter, "adapter_config.json")} is a ${cfg.task_type} adapter (head: ${JSON.stringify(cfg.modules_to_save ?? [])}); ` +
-      "export merges adapters on the base architecture only (CAUSAL_LM, FEATURE_EXTRACTION). The fine-tuning run's final/ directory holds the whole classifier");
+  // A classifier's head (modules_to_save) needs the task model class and its classes: `megalith
+  // finetune` writes them as config.json beside the adapter; other SEQ_CLS adapters lack them.
+  const headConfig = cfg.task_type === "SEQ_CLS" ? _classifierConfig(o.adapter) : null;
+  if (cfg.task_type === "TOKEN_CLS" || cfg.task_type === "QUESTION_ANS" || (cfg.task_type === "SEQ_CLS" && !headConfig)) {
+    throw new ValueError(`export: ${join(o.adapter, "adapter_config.json")} is a ${cfg.task_type} adapter (head: ${JSON.stringify(cfg.modules_to_save ?? [])}) ` +
+      `without a classifier config.json beside it (architectures GPT2ForSequenceClassification / BertForSequenceClassification and id2label, as \`megalith finetune\` writes); ` +
+      "export merges those, and adapters on the base architecture (CAUSAL_LM, FEATURE_EXTRACTION)");
   }
   const model = o.model ?? cfg.base_model_name_or_path;
   if (!model) throw new ValueError(`export: --model is required (${join(o.adapter, "adapter_config.json")} names no base_model_name_or_path)`);
@@ -99,6 +112,17 @@ export async function exportMergedLoRA(o: ExportLoRAOptions): Promise<ExportLoRA
     net = m;
     const id = (k: string) => (typeof base[k] === "number" ? (base[k] as number) : undefined);
     save = (dir) => m.savePretrained(dir, { bosTokenId: id("bos_token_id"), eosTokenId: id("eos_token_id") });
+  }
+  if (headConfig) {
+    // The classifier around the base: its head comes from the adapter file (modules_to_save).
+    const labels = configLabels(headConfig, join(o.adapter, "config.json"));
+    const clf = net instanceof GPT ? new GPT2ForSequenceClassification(net, labels.length) : new BertForSequenceClassification((net as Awaited<ReturnType<typeof loadBERT>>).bert, labels.length);
+    const eot = typeof headConfig.pad_token_id === "number" ? headConfig.pad_token_id : undefined;
+    net = clf;
+    save = async (dir) => {
+      await writeSafetensors(join(dir, "model.safetensors"), classifierRecords(clf), { format: "pt" });
+      writeFileSync(join(dir, "config.json"), JSON.stringify(classifierConfig(clf, labels, eot), null, 2) + "\n");
+    };
   }
   net.eval();
   await loadLoRAAdapters(net, o.adapter, { modelType: bert ? "bert" : "gpt2" });

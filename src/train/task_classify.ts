@@ -65,7 +65,40 @@ function labelSet(labels: readonly string[]): string[] {
   return set.every((l) => /^-?\d+$/.test(l)) ? set.sort((a, b) => Number(a) - Number(b)) : set.sort();
 }
 
-type Classifier = GPT2ForSequenceClassification | BertForSequenceClassification;
+/** A sequence classifier: GPT or BERT with its head. */
+export type Classifier = GPT2ForSequenceClassification | BertForSequenceClassification;
+
+/**
+ * A classifier's tensors under Hugging Face's names: GPT2ForSequenceClassification's
+ * `transformer.*` (Conv1D layout) + `score.weight`, or BertForSequenceClassification's names as
+ * they are.
+ */
+export function classifierRecords(model: Classifier): Record<string, TensorRecord> {
+  if (model instanceof GPT2ForSequenceClassification) {
+    const base = Object.entries(gptToRecords(model.transformer)).map(([k, v]) => [`transformer.${k}`, v] as const);
+    return { ...Object.fromEntries(base), ...tensorRecords(model, (n) => n.startsWith("score.")) };
+  }
+  return tensorRecords(model, () => true);
+}
+
+/** config.json of a classifier: the base architecture's fields, the class names and counts. */
+export function classifierConfig(model: Classifier, labels: readonly string[], eot?: number): Record<string, unknown> {
+  const id2label = Object.fromEntries(labels.map((l, i) => [String(i), l]));
+  const label2id = Object.fromEntries(labels.map((l, i) => [l, i]));
+  if (model instanceof GPT2ForSequenceClassification) {
+    const ids = eot !== undefined ? { bosTokenId: eot, eosTokenId: eot } : {};
+    return { ...hfConfig(model.transformer.config, ids), architectures: ["GPT2ForSequenceClassification"], ...(eot !== undefined ? { pad_token_id: eot } : {}), num_labels: labels.length, id2label, label2id };
+  }
+  return { ...hfBertConfig(model.bert.config), architectures: ["BertForSequenceClassification"], num_labels: labels.length, id2label, label2id };
+}
+
+/** The class names of a classifier's config.json (id2label in id order). */
+export function configLabels(cfg: Record<string, unknown>, file: string): string[] {
+  const m = cfg.id2label as Record<string, unknown> | undefined;
+  const n = typeof cfg.num_labels === "number" ? cfg.num_labels : m ? Object.keys(m).length : 0;
+  if (!m || n < 2) throw new ValueError(`${file}: a classifier config needs id2label with at least 2 classes`);
+  return Array.from({ length: n }, (_, i) => String(m[String(i)] ?? i));
+}
 
 /**
  * The classification task.
@@ -203,22 +236,11 @@ export class ClassifyTask implements TrainTask {
   }
 
   records(): Record<string, TensorRecord> {
-    if (this.model instanceof GPT2ForSequenceClassification) {
-      // HF GPT2ForSequenceClassification: the transformer's tensors (Conv1D layout) under `transformer.`, then the head.
-      const base = Object.entries(gptToRecords(this.model.transformer)).map(([k, v]) => [`transformer.${k}`, v] as const);
-      return { ...Object.fromEntries(base), ...tensorRecords(this.model, (n) => n.startsWith("score.")) };
-    }
-    return tensorRecords(this.model, () => true);
+    return classifierRecords(this.model);
   }
 
   hfConfig(): Record<string, unknown> {
-    const id2label = Object.fromEntries(this.labels.map((l, i) => [String(i), l]));
-    const label2id = Object.fromEntries(this.labels.map((l, i) => [l, i]));
-    if (this.model instanceof GPT2ForSequenceClassification) {
-      const eot = this.tokenizer.eotToken;
-      return { ...hfConfig(this.model.transformer.config, { bosTokenId: eot, eosTokenId: eot }), architectures: ["GPT2ForSequenceClassification"], pad_token_id: eot, num_labels: this.labels.length, id2label, label2id };
-    }
-    return { ...hfBertConfig(this.model.bert.config), architectures: ["BertForSequenceClassification"], num_labels: this.labels.length, id2label, label2id };
+    return classifierConfig(this.model, this.labels, this.model instanceof GPT2ForSequenceClassification ? this.tokenizer.eotToken : undefined);
   }
 
   async loadWeights(dir: string): Promise<void> {
@@ -233,16 +255,14 @@ export class ClassifyTask implements TrainTask {
   /**
    * final/: the whole fine-tuned model (weights, config.json with id2label, tokenizer files);
    * with LoRA, the adapters and the head in PEFT's layout (adapter_config.json +
-   * adapter_model.safetensors) instead: `megalith export --merge-lora` makes a plain model.
+   * adapter_model.safetensors) instead, beside config.json (the classes, which
+   * `megalith export --merge-lora` needs to rebuild the classifier as a plain model).
    */
   async saveModelDir(dir: string): Promise<void> {
     mkdirSync(dir, { recursive: true });
-    if (this.lora) {
-      await saveAdapters(this.model, dir, this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "SEQ_CLS" });
-    } else {
-      await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
-      writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
-    }
+    if (this.lora) await saveAdapters(this.model, dir, this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "SEQ_CLS" });
+    else await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
+    writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
     saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
   }
 }
