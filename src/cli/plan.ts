@@ -2,7 +2,12 @@
  * `megalith plan --config F --world N [--hardware NAME] [--json]`: every valid layout of a
  * training config on N ranks, with predicted memory per rank, bubble, communication, FLOPs, step
  * time and MFU, best first, and a few lines on the first choice. `--calibrate` measures this
- * machine (GEMM at transformer shapes, copy bandwidth) for `--hardware cpu-this`.
+ * machine for `--hardware cpu-this`: GEMM at transformer shapes (and, with --config, at that
+ * config's own shapes) with all threads and with one, the elementwise kernels, and then the
+ * collectives in a 2-rank job started the way `megalith launch` starts one (mpirun with
+ * launch's flags, one thread per rank; this command with --collectives-worker on each rank).
+ * Without mpirun, or when that job fails, the record keeps GEMM and memory and says why the
+ * collectives were skipped (the planner then assumes them from the copy bandwidth).
  *
  *   megalith plan --config configs/tiny.json --world 4
  *   megalith plan --config configs/tiny.json --world 64 --hardware h100-80g --set model.n_layer=48 --json
@@ -17,10 +22,15 @@
  * sp_reduce_scatter, pp_send_recv}, flops: {model, hardware}, step_time: {compute,
  * communication, total}, mfu }; refused: [{layout, reason}]; explanation: [lines].
  */
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
+import { spawnSync } from "node:child_process";
 import { ValueError } from "../core/errors.js";
 import { loadConfig } from "../train/config.js";
-import { calibrationFile, defaultHardwareName, describeLayout, formatSeconds, plan, resolveHardware, writeCalibration, type Plan } from "../plan/index.js";
+import {
+  calibrationFile, defaultHardwareName, describeLayout, formatSeconds, plan, resolveHardware, writeCalibration,
+  type CollectiveCalibration, type Plan,
+} from "../plan/index.js";
+import { mpirunArgs } from "./launch.js";
 
 const DTYPE = { fp32: "float32", bf16: "bfloat16", fp16: "float16" } as const;
 
@@ -48,6 +58,48 @@ export function planTable(p: Plan, rows: number): string {
   ].join("\n");
 }
 
+/** How `measureCollectives()` ended: the measurement, or null and why not. */
+export interface CollectivesResult {
+  collectives: CollectiveCalibration | null;
+  /** Why the collectives were skipped (empty when measured). */
+  why: string;
+}
+
+/**
+ * Collective latency and bandwidth (`calibrateCollectives()`) from a `ranks`-process job on this
+ * machine, started with the mpirun command line `megalith launch` uses (one thread per rank).
+ * Never throws: without mpirun, or when the job fails or outlives `timeoutS`, the result is
+ * null with the reason, so a calibration still saves its GEMM and memory figures.
+ * @example
+ * const { collectives, why } = measureCollectives(2); // a few seconds
+ */
+export function measureCollectives(ranks = 2, timeoutS = 90, run: typeof spawnSync = spawnSync): CollectivesResult {
+  const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
+  const r = run("mpirun", mpirunArgs(ranks, ["plan", "--collectives-worker"]), { encoding: "utf8", env, timeout: timeoutS * 1000, maxBuffer: 1 << 24 });
+  if (r.error) {
+    const code = (r.error as NodeJS.ErrnoException).code;
+    return { collectives: null, why: code === "ENOENT" ? "mpirun not found; install Open MPI (apt-get install openmpi-bin libopenmpi-dev)" : code === "ETIMEDOUT" ? `the ${ranks}-rank job took over ${timeoutS} s` : `could not run mpirun: ${r.error.message}` };
+  }
+  if (r.status !== 0) return { collectives: null, why: `the ${ranks}-rank mpirun job exited with ${r.status ?? r.signal}: ${String(r.stderr).trim().split("\n").slice(-3).join(" / ").slice(0, 400)}` };
+  // --tag-output prefixes each line with [job,rank]<stream>: rank 0 prints one JSON line.
+  const line = String(r.stdout).split("\n").map((l) => l.replace(/^\[\d+,\d+\]<stdout>:/, "")).find((l) => l.startsWith("{"));
+  if (!line) return { collectives: null, why: `the ${ranks}-rank job printed no measurement` };
+  try {
+    return { collectives: JSON.parse(line) as CollectiveCalibration, why: "" };
+  } catch (e) {
+    return { collectives: null, why: `unreadable measurement from the ${ranks}-rank job (${(e as Error).message})` };
+  }
+}
+
+/** One rank of measureCollectives()'s job: every rank measures, rank 0 prints the JSON line. */
+async function collectivesWorker(): Promise<void> {
+  const { worldGroup } = await import("../parallel/index.js");
+  const { calibrateCollectives } = await import("../plan/calibrate.js");
+  const g = worldGroup();
+  const c = calibrateCollectives(g);
+  if (g.rank === 0) process.stdout.write(JSON.stringify(c) + "\n");
+}
+
 export function register(program: Command): void {
   program
     .command("plan")
@@ -62,15 +114,28 @@ export function register(program: Command): void {
     .option("--hardware <name>", "a100-80g | h100-80g | cpu-this (default: cpu-this when calibrated, else a100-80g)")
     .option("--rows <n>", "table rows", (v) => Number(v), 15)
     .option("--json", "one JSON object (fields in src/cli/plan.ts)")
-    .option("--calibrate", "measure this machine (GEMM, memory bandwidth) for --hardware cpu-this and save it")
-    .action(async (o: { config?: string; set?: string[]; world?: number; hardware?: string; rows: number; json?: boolean; calibrate?: boolean }) => {
+    .option("--calibrate", "measure this machine (GEMM, elementwise kernels, memory and collective bandwidth) for --hardware cpu-this and save it; with --config, GEMM at that model's shapes too")
+    // Internal: what each rank of --calibrate's 2-rank mpirun job runs.
+    .addOption(new Option("--collectives-worker").hideHelp())
+    .action(async (o: { config?: string; set?: string[]; world?: number; hardware?: string; rows: number; json?: boolean; calibrate?: boolean; collectivesWorker?: boolean }) => {
+      if (o.collectivesWorker) {
+        await collectivesWorker();
+        return;
+      }
       if (o.calibrate) {
         // Imported here so that planning alone never loads the native backend.
         const { calibrate } = await import("../plan/calibrate.js");
-        const rec = calibrate();
+        // With a config, the step-time tables are measured at that model's own shapes.
+        const rec = calibrate({ config: o.config ? loadConfig(o.config, o.set ?? []) : null });
+        const coll = measureCollectives(2);
+        rec.collectives = coll.collectives;
+        if (!coll.collectives) rec.collectives_skipped = coll.why;
         writeCalibration(rec);
+        const said = coll.collectives
+          ? `collectives (2 ranks): all-reduce ${(coll.collectives.kinds.all_reduce.bandwidth / 1e9).toFixed(2)} GB/s, ${(coll.collectives.kinds.all_reduce.latency_s * 1e6).toFixed(0)} us latency`
+          : `collectives skipped (${coll.why})`;
         if (o.json) process.stdout.write(JSON.stringify(rec) + "\n");
-        else process.stderr.write(`calibrated: GEMM ${Object.entries(rec.gemm_flops).map(([d, f]) => `${d} ${(f / 1e9).toFixed(0)} GFLOP/s`).join(", ")}; copy ${(rec.memory_bandwidth / 1e9).toFixed(1)} GB/s; collectives not measured -> ${calibrationFile()}\n`);
+        else process.stderr.write(`calibrated: GEMM ${Object.entries(rec.gemm_flops).map(([d, f]) => `${d} ${(f / 1e9).toFixed(0)} GFLOP/s`).join(", ")}; copy ${(rec.memory_bandwidth / 1e9).toFixed(1)} GB/s; ${said} -> ${calibrationFile()}\n`);
         if (!o.config) return;
       }
       if (!o.config) throw new ValueError("megalith plan needs --config FILE (or --calibrate alone)");

@@ -5,6 +5,13 @@
  *    1k tokens) in float32 and bfloat16: the best of repeated products per shape (best, not mean:
  *    the question is what the kernel can do), and the best shape's rate kept per dtype.
  *  - Memory bandwidth: the best time of copying a 128 MiB tensor (bytes read + written / s).
+ *  - The step-time tables (`gemm_table`, `non_gemm`, `op_overhead_s`): GEMM rates at GPT-2
+ *    small's shapes and, given `config`, at that model's own shapes (M = b·s, tp 1 and 2), each
+ *    with all threads and with one; the non-GEMM rate, from a one-block GPT at the model's shape
+ *    (forward + backward, best of a few) less its GEMMs at the table's rates and its ops at the
+ *    per-op cost, in bytes/s of the planner's own traffic count; the per-op cost from a tiny
+ *    product recorded for autograd. This calibrates the planner's accounting against this
+ *    runtime, not against an abstract machine: what it predicts is this code's step.
  *
  *  - Collectives (`calibrateCollectives()`, run on every rank of an mpirun job, e.g. by
  *    `npm run bench -- plan`): all-reduce, reduce-scatter, all-gather and send/recv time at a
@@ -15,10 +22,12 @@
  */
 import { cpus, totalmem } from "node:os";
 import { backend } from "../backend/index.js";
-import { randn, empty, zeros, tensor, withScope, type DType } from "../tensor/index.js";
+import { randn, empty, zeros, tensor, withScope, withAutocast, type DType } from "../tensor/index.js";
+import { GPT } from "../models/index.js";
 import { allGather, allReduce, barrier, recv, reduceScatter, send, type ProcessGroup } from "../parallel/index.js";
 import type { CalibrationRecord, CollectiveCalibration, CollectiveKind } from "./hardware.js";
-import { ringBytes } from "./formulas.js";
+import { iterationFlops, ringBytes } from "./formulas.js";
+import { activationTrafficBytes, forwardBackwardOps, modelGemmShapes, type Layout, type PlanConfig } from "./planner.js";
 
 /** Options of `calibrate()`. */
 export interface CalibrateOptions {
@@ -30,7 +39,25 @@ export interface CalibrateOptions {
   dtypes?: DType[];
   /** Bytes of the copy that measures memory bandwidth. Default 128 MiB. */
   copyBytes?: number;
+  /**
+   * The model the step-time tables are measured at (its GEMM shapes, its one-block step). Default
+   * null: a 4-head 256-wide block at 2 x 128 tokens, vocabulary 4,096, and GPT-2 small's GEMMs only.
+   */
+  config?: PlanConfig | null;
+  /** Thread counts the tables are measured at. Default this process's threads and 1. */
+  threads?: number[];
+  /** Milliseconds per table entry (GEMM shape, or one-block step). Default 120. */
+  tableBudgetMs?: number;
+  /** Skip the tables (gemm_table, non_gemm, op_overhead_s): GEMM peak and copy bandwidth only. Default false. */
+  skipTables?: boolean;
 }
+
+/** The model `calibrate()` measures its non-GEMM rate at when given no config. */
+const DEFAULT_TABLE_MODEL: PlanConfig = {
+  model: { n_layer: 4, n_embd: 256, n_head: 4, block_size: 128, vocab_size: 4096, bias: true },
+  train: { micro_batch_size: 2, grad_accum_steps: 1, precision: "fp32" },
+  parallel: { dp: 1, bucket_mb: 25, reduce_dtype: "fp32", offload: "none", offload_chunk_mb: 32 },
+};
 
 /** Best-of GEMM FLOP/s for one shape and dtype within a time budget. */
 function gemmFlops([M, K, N]: [number, number, number], dtype: DType, budgetMs: number): number {
@@ -81,11 +108,106 @@ export function calibrate(opts: CalibrateOptions = {}): CalibrationRecord {
       gemm_flops[dtype] = Math.max(gemm_flops[dtype] ?? 0, flops);
     }
   }
-  return {
+  const rec: CalibrationRecord = {
     version: 1, measured_at: new Date().toISOString(), cpu: cpus()[0]?.model.trim() || "unknown-cpu",
     threads: backend.numThreads(), memory_bytes: totalmem(), gemm_flops, gemm_shapes,
     memory_bandwidth: copyBandwidth(opts.copyBytes ?? 128 * 2 ** 20), collectives: null,
   };
+  if (!opts.skipTables) Object.assign(rec, stepTables(gemm_shapes, dtypes, opts));
+  return rec;
+}
+
+/**
+ * The step-time tables of `calibrate()`: GEMM rates per (dtype, threads, shape), the non-GEMM
+ * rate per (dtype, threads) and the per-op cost (see the file header).
+ */
+function stepTables(big: CalibrationRecord["gemm_shapes"], dtypes: DType[], opts: CalibrateOptions): Pick<CalibrationRecord, "gemm_table" | "non_gemm" | "op_overhead_s"> {
+  const budget = opts.tableBudgetMs ?? 80;
+  const model = opts.config ?? DEFAULT_TABLE_MODEL;
+  const before = backend.numThreads();
+  const threadCounts = [...new Set(opts.threads ?? [before, 1])];
+  // The model's products at tp 1 and (when its widths split) tp 2, beside the big shapes.
+  const b = model.train.micro_batch_size;
+  const tps = [1, 2].filter((t) => model.model.n_head % t === 0);
+  const key = (x: number[]) => x.join("x");
+  const shapes = [...new Map(tps.flatMap((tp) => modelGemmShapes(model, { tp, microBatchSize: b })).map((x) => [key(x), x])).values()];
+  // The big shapes, measured above with this process's threads, join the table as they are.
+  const gemm_table: NonNullable<CalibrationRecord["gemm_table"]> = big.map((r) => ({ ...r, threads: before }));
+  const non_gemm: NonNullable<CalibrationRecord["non_gemm"]> = [];
+  let op_overhead_s = Infinity;
+  try {
+    for (const threads of threadCounts) {
+      backend.setNumThreads(threads);
+      op_overhead_s = Math.min(op_overhead_s, opOverhead());
+      for (const dtype of dtypes) {
+        const mine = shapes.map((mkn) => ({ dtype, threads, mkn, flops: gemmFlops(mkn, dtype, budget) }));
+        gemm_table.push(...mine.filter((r) => !gemm_table.some((x) => x.dtype === dtype && x.threads === threads && key(x.mkn) === key(r.mkn))));
+        const rate = (mkn: [number, number, number]) => mine.find((r) => key(r.mkn) === key(mkn))!.flops;
+        non_gemm.push({ dtype, threads, ...nonGemmRate(model, dtype, rate, op_overhead_s, budget) });
+      }
+    }
+  } finally {
+    backend.setNumThreads(before);
+  }
+  return { gemm_table, non_gemm, op_overhead_s };
+}
+
+/** Seconds per tensor op recorded for autograd: a product of two 8-element tensors, best of 5 x 400. */
+function opOverhead(): number {
+  return withScope(() => {
+    const x = randn([8], { seed: 3 }).requiresGrad_(), y = randn([8], { seed: 4 });
+    let best = Infinity;
+    for (let r = 0; r < 6; r++) {
+      const t0 = performance.now();
+      withScope(() => { for (let i = 0; i < 400; i++) x.mul(y); });
+      if (r > 0) best = Math.min(best, (performance.now() - t0) / 1000 / 400);
+    }
+    return best;
+  });
+}
+
+/**
+ * The non-GEMM rate at `c`'s shape: a one-block GPT's forward + backward (one micro-batch of
+ * b x s tokens, under autocast for 16-bit dtypes), best of a few, less its GEMMs at `rate` and
+ * its ops at `perOp`; bytes/s of `activationTrafficBytes` for that block. At least a tenth of the
+ * step is left to it, so a GEMM table measured high cannot make the rate infinite.
+ */
+function nonGemmRate(c: PlanConfig, dtype: DType, rate: (mkn: [number, number, number]) => number, perOp: number, budgetMs: number): { bandwidth: number; step_s: number; model: NonNullable<CalibrationRecord["non_gemm"]>[number]["model"] } {
+  const { n_embd: h, n_head: a, block_size: s, vocab_size: V, bias } = c.model;
+  const b = c.train.micro_batch_size;
+  const one: PlanConfig = { ...c, model: { ...c.model, n_layer: 1 }, train: { ...c.train, precision: dtype === "float32" ? "fp32" : dtype === "bfloat16" ? "bf16" : "fp16" } };
+  const layout: Layout = { dp: 1, tp: 1, pp: 1, sp: false, zero: 0, recompute: "none", schedule: "1f1b", virtualStages: 1, microBatchSize: b, microBatches: 1 };
+  const model = new GPT({ nLayer: 1, nHead: a, nEmbd: h, blockSize: s, vocabSize: V, bias }, { seed: 5 });
+  model.train();
+  const ids = () => tensor(Int32Array.from({ length: b * s }, (_, i) => (i * 7919 + 13) % V), { shape: [b, s], dtype: "int32" });
+  const step = () => withScope(() => {
+    const run = () => model.forward(ids(), ids()).loss!;
+    const loss = dtype === "float32" ? run() : withAutocast(dtype, run);
+    loss.backward();
+  });
+  let best = Infinity;
+  try {
+    step();  // warm-up: first touch, primitive creation
+    const end = performance.now() + budgetMs;
+    for (let i = 0; i < 5 || (performance.now() < end && i < 50); i++) {
+      const t0 = performance.now();
+      step();
+      best = Math.min(best, (performance.now() - t0) / 1000);
+    }
+  } finally {
+    for (const p of model.parameters()) {
+      p.grad?.dispose();
+      p.dispose();
+    }
+  }
+  // The GEMM time as the planner counts it (`gemmSeconds`): the executed FLOPs (attention's
+  // included) at the FLOP-weighted harmonic mean of the block's and the head's product rates.
+  const shapes = modelGemmShapes(one, layout);
+  const w = shapes.map((mkn) => 2 * mkn[0] * mkn[1] * mkn[2]);
+  const meanRate = w.reduce((x, y) => x + y, 0) / w.reduce((t, wi, i) => t + wi / rate(shapes[i]!), 0);
+  const gemm = iterationFlops({ B: b, s, l: 1, h, V }, "none") / meanRate;
+  const rest = Math.max(best - gemm - forwardBackwardOps(one, layout) * perOp, best / 10);
+  return { bandwidth: activationTrafficBytes(one, layout) / rest, step_s: best, model: { n_embd: h, n_head: a, block_size: s, vocab_size: V, micro_batch_size: b } };
 }
 
 /**

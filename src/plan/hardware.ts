@@ -42,6 +42,18 @@ export interface HardwareProfile {
    * profile was calibrated with collectives; it replaces intraNodeBandwidth/Latency for that kind.
    */
   collectives?: Record<CollectiveKind, { latency_s: number; bandwidth: number }>;
+  /**
+   * Calibrated profiles: FLOP/s per rank of GEMMs at the measured shapes (M, K, N), at this rank's
+   * thread count and the training dtype (`gemmRate` looks a product up). Absent: achievableFlops.
+   */
+  gemmTable?: Array<{ mkn: [number, number, number]; flops: number }>;
+  /**
+   * Calibrated profiles: bytes/s per rank of the non-GEMM work as the planner counts its traffic
+   * (`memoryTrafficBytes`), measured through the runtime's own kernels. Absent: memoryBandwidth.
+   */
+  elementwiseBandwidth?: number;
+  /** Calibrated profiles: seconds of fixed cost per tensor op (dispatch, autograd, allocator). Absent: 0. */
+  opOverhead?: number;
   /** Which fields are planning assumptions rather than data-sheet or measured values. */
   assumed: string[];
 }
@@ -125,6 +137,22 @@ export interface CalibrationRecord {
   memory_bandwidth: number;
   /** Collective latency/bandwidth measured under mpirun (`calibrateCollectives()`), or null. */
   collectives: CollectiveCalibration | null;
+  /** Why `collectives` is null when `megalith plan --calibrate` tried to measure them (no mpirun, a failed job). */
+  collectives_skipped?: string;
+  /**
+   * GEMM FLOP/s of one process per dtype, thread count and shape (M, K, N): GPT-2 small's
+   * products and, when calibrated with --config, that model's own, with all threads and with
+   * one (the thread count of each of 2 ranks sharing 2 cores). Older records lack it.
+   */
+  gemm_table?: Array<{ dtype: string; threads: number; mkn: [number, number, number]; flops: number }>;
+  /**
+   * The non-GEMM work's rate per dtype and thread count: bytes/s of the planner's traffic count
+   * (`activationTrafficBytes`), from a one-block GPT's forward + backward less its GEMMs at the
+   * table's rates and its ops at op_overhead_s. `model` is the shape measured; `step_s` its time.
+   */
+  non_gemm?: Array<{ dtype: string; threads: number; bandwidth: number; step_s: number; model: { n_embd: number; n_head: number; block_size: number; vocab_size: number; micro_batch_size: number } }>;
+  /** Seconds of fixed cost per tensor op with autograd recording (a tiny product, best of many). */
+  op_overhead_s?: number;
 }
 
 /** The calibration file: $MEGALITH_PLAN_PROFILE, else $XDG_CACHE_HOME or ~/.cache, megalith/plan_profile.json. */
@@ -164,11 +192,30 @@ export function writeCalibration(record: CalibrationRecord, file = calibrationFi
  * used every thread). Collectives: measured per kind when the record has them (a job of
  * `rec.collectives.ranks` processes on this machine: close to the truth for that many ranks,
  * an extrapolation for more), else the copy bandwidth / 2 stands in (marked assumed).
+ * Step time: a record with GEMM and non-GEMM tables gives each rank the rates measured at its
+ * own thread count (threads / ranks), so the planner need not assume that two 1-thread ranks
+ * together reach one 2-thread process's rate (on small products they reach more).
  */
 export function cpuProfile(rec: CalibrationRecord, dtype: string, ranks: number): HardwareProfile {
   const flops = rec.gemm_flops[dtype] ?? rec.gemm_flops.float32;
   if (flops === undefined) throw new ValueError(`the calibration record has no GEMM rate for ${dtype}; run megalith plan --calibrate again`);
   const perRank = flops / ranks;
+  // Measured tables, when the record has them: each rank runs with threads / ranks threads (at
+  // least 1; `megalith launch` gives 1 per rank on 2 cores), and shares the cores when there are
+  // more ranks than threads (`share` < 1), which slows its GEMMs, kernels and dispatch alike.
+  const tpr = Math.max(1, Math.floor(rec.threads / ranks));
+  const share = Math.min(1, rec.threads / (ranks * tpr));
+  const pick = <T extends { dtype: string; threads: number }>(rows: T[] | undefined): T[] => {
+    const at = (d: string) => (rows ?? []).filter((r) => r.dtype === d && r.threads === tpr);
+    return at(dtype).length ? at(dtype) : at("float32");
+  };
+  const table = pick(rec.gemm_table).map((r) => ({ mkn: r.mkn, flops: r.flops * share }));
+  const nonGemm = pick(rec.non_gemm)[0];
+  const measured = {
+    ...(table.length ? { gemmTable: table } : {}),
+    ...(nonGemm ? { elementwiseBandwidth: nonGemm.bandwidth * share } : {}),
+    ...(rec.op_overhead_s !== undefined ? { opOverhead: rec.op_overhead_s / share } : {}),
+  };
   const coll = rec.collectives?.kinds;
   const bw = coll ? coll.all_reduce.bandwidth : rec.memory_bandwidth / 2 / ranks;
   const lat = coll ? coll.all_reduce.latency_s : 20e-6;
@@ -185,6 +232,7 @@ export function cpuProfile(rec: CalibrationRecord, dtype: string, ranks: number)
     intraNodeLatency: lat,
     interNodeLatency: lat,
     ...(coll ? { collectives: coll } : {}),
+    ...measured,
     assumed: coll
       ? [`collectives measured with ${rec.collectives!.ranks} ranks`]
       : ["intraNodeBandwidth (copy bandwidth / 2: collectives not calibrated)", "intraNodeLatency"],

@@ -20,6 +20,6 @@ export {
   cpuProfile, resolveHardware, defaultHardwareName,
 } from "./hardware.js";
 export {
-  type Layout, type MemoryPrediction, type CommBytes, type Prediction, type Refusal, type Plan,
-  gptParameters, stageParameters, checkLayout, commBytes, memoryTrafficBytes, predict, rankPredictions, describeLayout, formatSeconds, plan,
+  type PlanConfig, type Layout, type MemoryPrediction, type CommBytes, type Prediction, type Refusal, type Plan,
+  gptParameters, stageParameters, checkLayout, commBytes, memoryTrafficBytes, activationTrafficBytes, modelGemmShapes, gemmRate, gemmSeconds, opsPerStep, forwardBackwardOps, predict, rankPredictions, describeLayout, formatSeconds, plan,
 } from "./planner.js";

@@ -13,18 +13,32 @@
  *    of the largest size <= train.micro_batch_size that divides B/dp.
  *  - Memory is reported for the most loaded rank: the first or last pipeline stage (they hold the
  *    embedding and the tied head's copy, and stage 0 holds the most micro-batches in flight).
- *  - Step time = compute at the profile's achievable FLOP/s plus the non-GEMM memory traffic at
- *    its memory bandwidth (`memoryTrafficBytes`), stretched by the bubble, plus every
- *    collective's time at its link's bandwidth plus a latency per call. No overlap is credited
- *    (the runtime overlaps DP reduction with backward, so this is an upper bound for dp layouts).
+ *  - Step time = the GEMMs at the profile's FLOP/s (per product shape when the profile has a
+ *    measured GEMM table: small products run far below big ones on a CPU; `gemmSeconds`), plus
+ *    the non-GEMM memory traffic (`memoryTrafficBytes`) at the profile's elementwise bandwidth
+ *    (measured through the runtime's own kernels when calibrated, else its copy bandwidth), plus
+ *    a fixed cost per tensor op (`opsPerStep`), stretched by the bubble; plus every collective's
+ *    time at its link's bandwidth and a latency per call. No overlap is credited (the runtime
+ *    overlaps DP reduction with backward, so this is an upper bound for dp layouts).
  */
-import type { TrainConfig } from "../train/config.js";
 import type { PipelineScheduleName } from "../parallel/pipeline/schedules.js";
 import type { CollectiveKind, HardwareProfile } from "./hardware.js";
 import {
   FP32_ADAM, activationLayerBytesAt, allocatedBytes, activationOutsideLayersBytes, inFlightMicroBatches,
   iterationFlops, modelStateBytes, pipelineBubble, ringBytes, type Recompute, type ZeroStage,
 } from "./formulas.js";
+
+/**
+ * What the planner reads of a training config: the GPT's shape, the batch and precision, and
+ * the data-parallel settings. A structural subset of `TrainConfig` (src/train/config.ts), so any
+ * validated training config is one; declared here rather than imported so that the trainer can
+ * ask the planner for its prediction (train -> plan) without an import cycle.
+ */
+export interface PlanConfig {
+  model: { n_layer: number; n_embd: number; n_head: number; block_size: number; vocab_size: number; bias: boolean };
+  train: { micro_batch_size: number; grad_accum_steps: number; precision: "fp32" | "bf16" | "fp16" };
+  parallel: { dp: number; bucket_mb: number; reduce_dtype: "fp32" | "bf16"; offload: "none" | "disk"; offload_chunk_mb: number };
+}
 
 /** One way to lay a config out on N ranks. */
 export interface Layout {
@@ -108,7 +122,7 @@ export interface Plan {
 const divisors = (n: number): number[] => Array.from({ length: n }, (_, i) => i + 1).filter((d) => n % d === 0);
 
 /** Parameters of the whole GPT (GPT-2 layout: tied head, learned positions). */
-export function gptParameters(c: TrainConfig): number {
+export function gptParameters(c: PlanConfig): number {
   const { n_layer: L, n_embd: h, vocab_size: V, block_size: s, bias } = c.model;
   const norm = bias ? 2 * h : h;
   const layer = 12 * h * h + (bias ? 9 * h : 0) + 2 * norm;
@@ -116,7 +130,7 @@ export function gptParameters(c: TrainConfig): number {
 }
 
 /** Parameters held by pipeline stage `stage` of a layout's tensor-parallel rank (the Ψ ZeRO divides). */
-export function stageParameters(c: TrainConfig, l: Pick<Layout, "tp" | "pp">, stage: number): number {
+export function stageParameters(c: PlanConfig, l: Pick<Layout, "tp" | "pp">, stage: number): number {
   const { n_layer: L, n_embd: h, vocab_size: V, block_size: s, bias } = c.model;
   const t = l.tp;
   const norm = bias ? 2 * h : h;
@@ -130,7 +144,7 @@ export function stageParameters(c: TrainConfig, l: Pick<Layout, "tp" | "pp">, st
 }
 
 /** Why a layout cannot run this config on `world` ranks, or null when it can. */
-export function checkLayout(c: TrainConfig, l: Layout, world: number): string | null {
+export function checkLayout(c: PlanConfig, l: Layout, world: number): string | null {
   const { n_head: a, n_embd: h, n_layer: L, block_size: s } = c.model;
   if (l.dp * l.tp * l.pp !== world) return `dp x tp x pp = ${l.dp * l.tp * l.pp}, not the ${world} ranks`;
   if (a % l.tp !== 0) return `n_head (${a}) is not divisible by tp (${l.tp})`;
@@ -150,7 +164,7 @@ export function checkLayout(c: TrainConfig, l: Layout, world: number): string | 
 }
 
 /** Bytes per stored activation / per 16-bit-or-fp32 value for a precision. */
-const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 : 2);
+const actBytes = (c: PlanConfig): number => (c.train.precision === "fp32" ? 4 : 2);
 
 /**
  * Memory of pipeline stage `stage` for a layout, as this runtime allocates it:
@@ -164,7 +178,7 @@ const actBytes = (c: TrainConfig): number => (c.train.precision === "fp32" ? 4 :
  *    and one layer's backward (its activation gradients, ~ one layer's activations); under 16-bit autocast each matmul's weight cast (2 bytes per
  *    weight of the stage's layers and the head) is saved for backward per micro-batch in flight.
  */
-function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction {
+function stageMemory(c: PlanConfig, l: Layout, stage: number): MemoryPrediction {
   const { n_layer: L, n_embd: h, n_head: a, block_size: s, vocab_size: V } = c.model;
   const per = FP32_ADAM;
   const psi = stageParameters(c, l, stage);
@@ -219,7 +233,7 @@ function stageMemory(c: TrainConfig, l: Layout, stage: number): MemoryPrediction
 }
 
 /** Bytes per step this layout's busiest rank sends, per collective kind. */
-export function commBytes(c: TrainConfig, l: Layout): CommBytes {
+export function commBytes(c: PlanConfig, l: Layout): CommBytes {
   const { n_layer: L, n_embd: h, block_size: s } = c.model;
   const per = FP32_ADAM;  // the fp32 parameters are what ZeRO gathers, in every precision
   const gradWire = c.parallel.reduce_dtype === "bf16" ? 2 : 4;
@@ -267,20 +281,81 @@ export function commBytes(c: TrainConfig, l: Layout): CommBytes {
  * parameter, gradient and both moments and writing back three (28 bytes per fp32 parameter of
  * this rank's shard). GEMM operands are not counted: they are the FLOP term's.
  */
-export function memoryTrafficBytes(c: TrainConfig, l: Layout): number {
+export function memoryTrafficBytes(c: PlanConfig, l: Layout): number {
+  const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
+  const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
+  return activationTrafficBytes(c, l) + optimizer;
+}
+
+/** `memoryTrafficBytes` less the optimizer's: the forward and backward passes over the activations. */
+export function activationTrafficBytes(c: PlanConfig, l: Layout): number {
   const { n_layer: L, n_embd: h, n_head: a, block_size: s, vocab_size: V } = c.model;
   const shape = { s, b: l.microBatchSize, h, a, t: l.tp, sp: l.sp };
   const bytes = actBytes(c);
   // Every layer's activations as if none were recomputed: recomputation rewrites them.
   const perMicro = (L / l.pp) * activationLayerBytesAt(shape, "none", bytes) + (activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2;
   const passes = 4 + (l.recompute === "full" ? 1 : 0);
-  const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
-  const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
-  return passes * l.microBatches * perMicro + optimizer;
+  return passes * l.microBatches * perMicro;
+}
+
+/**
+ * The GEMM shapes (M, K, N) of one micro-batch's forward on one rank of a layout: a block's qkv,
+ * attention projection, MLP up and down (column-parallel N or row-parallel K split by tp), and
+ * the tied head (vocab split by tp); M = b·s tokens. Each appears once per layer (the head once).
+ * @example modelGemmShapes(loadConfig("configs/tiny.json")) // [[b*s, h, 3h], [b*s, h, h], ...]
+ */
+export function modelGemmShapes(c: PlanConfig, l: Pick<Layout, "tp" | "microBatchSize"> = { tp: 1, microBatchSize: c.train.micro_batch_size }): Array<[number, number, number]> {
+  const { n_embd: h, block_size: s, vocab_size: V } = c.model;
+  const M = l.microBatchSize * s, t = l.tp;
+  return [[M, h, (3 * h) / t], [M, h / t, h], [M, h, (4 * h) / t], [M, (4 * h) / t, h], [M, h, Math.ceil(V / t)]];
+}
+
+/**
+ * The FLOP/s a product of shape `mkn` runs at on `hw`: the measured shape nearest to it (by the
+ * log of each dimension) in the profile's GEMM table, or the profile's achievable FLOP/s when it
+ * has none. A CPU GEMM's rate falls steeply at small shapes (256-token products run at half the
+ * rate of 1,024-token ones here), so a model's own shapes, calibrated, are what predict its step.
+ */
+export function gemmRate(hw: HardwareProfile, mkn: readonly [number, number, number]): number {
+  const table = hw.gemmTable;
+  if (!table || table.length === 0) return hw.achievableFlops;
+  const dist = (x: readonly number[]) => x.reduce((a, v, i) => a + Math.log(v / mkn[i]!) ** 2, 0);
+  return table.reduce((best, r) => (dist(r.mkn) < dist(best.mkn) ? r : best)).flops;
+}
+
+/**
+ * Seconds one rank spends in GEMMs per step: the executed FLOPs per rank at the FLOP-weighted
+ * harmonic mean of the rates of the layout's own products (`modelGemmShapes`, each looked up
+ * by `gemmRate`): the backward's two products of each forward one are taken at its rate.
+ */
+export function gemmSeconds(c: PlanConfig, l: Layout, hw: HardwareProfile, hardwareFlopsPerRank: number): number {
+  const shapes = modelGemmShapes(c, l);
+  const L = c.model.n_layer / l.pp;
+  const weight = shapes.map((mkn, i) => 2 * mkn[0] * mkn[1] * mkn[2] * (i === shapes.length - 1 ? 1 : L));
+  const total = weight.reduce((a, b) => a + b, 0);
+  const seconds = weight.reduce((a, w, i) => a + w / gemmRate(hw, shapes[i]!), 0);
+  return hardwareFlopsPerRank * (seconds / total);
+}
+
+/**
+ * Tensor ops one rank runs per step, for the fixed per-op cost (dispatch, autograd bookkeeping,
+ * the allocator): about 25 in a block's forward and twice that in its backward, 3 more forwards'
+ * worth when the block is recomputed in full (1 for selective), 10 for embedding, head and loss
+ * per micro-batch, and AdamW's few per parameter tensor (one fused kernel each, plus the clip).
+ */
+export function opsPerStep(c: PlanConfig, l: Layout): number {
+  const paramTensors = 12 * (c.model.n_layer / l.pp) + 4;
+  return forwardBackwardOps(c, l) + 3 * paramTensors;
+}
+
+/** `opsPerStep` less the optimizer's: the forward and backward of every micro-batch. */
+export function forwardBackwardOps(c: PlanConfig, l: Layout): number {
+  const perLayer = 75 + (l.recompute === "full" ? 25 : l.recompute === "selective" ? 8 : 0);
+  return l.microBatches * ((c.model.n_layer / l.pp) * perLayer + 10);
 }
 
 /** Collective calls per step, per group, for latency: [dp, tp, pp]. */
-function commCalls(c: TrainConfig, l: Layout): { dp: number; tp: number; pp: number } {
+function commCalls(c: PlanConfig, l: Layout): { dp: number; tp: number; pp: number } {
   const m = l.microBatches;
   const units = c.model.n_layer / l.pp + 1;  // ZeRO's flat units: one per block, plus the rest
   const buckets = Math.ceil((stageParameters(c, l, 0) * 4) / (c.parallel.bucket_mb * 2 ** 20));  // DDP: one all-reduce per bucket
@@ -295,7 +370,7 @@ function commCalls(c: TrainConfig, l: Layout): { dp: number; tp: number; pp: num
  * Predicts one layout on a profile. Memory is the most loaded pipeline stage's, or stage
  * `stage`'s when given (e.g. to compare with what rank 0 measured).
  */
-export function predict(c: TrainConfig, l: Layout, hw: HardwareProfile, stage?: number): Prediction {
+export function predict(c: PlanConfig, l: Layout, hw: HardwareProfile, stage?: number): Prediction {
   const world = l.dp * l.tp * l.pp;
   const stages = stage !== undefined ? [stage] : l.pp === 1 ? [0] : [0, l.pp - 1];
   const memory = stages.map((st) => stageMemory(c, l, st)).reduce((x, y) => (y.total > x.total ? y : x));
@@ -303,7 +378,9 @@ export function predict(c: TrainConfig, l: Layout, hw: HardwareProfile, stage?: 
   const B = l.dp * l.microBatches * l.microBatchSize;
   const shape = { B, s: c.model.block_size, l: c.model.n_layer, h: c.model.n_embd, V: c.model.vocab_size };
   const flops = { model: iterationFlops(shape, "none"), hardware: iterationFlops(shape, l.recompute) };
-  const compute = (flops.hardware / world / hw.achievableFlops + memoryTrafficBytes(c, l) / hw.memoryBandwidth) * (1 + bubble);
+  const gemm = gemmSeconds(c, l, hw, flops.hardware / world);
+  const nonGemm = memoryTrafficBytes(c, l) / (hw.elementwiseBandwidth ?? hw.memoryBandwidth) + opsPerStep(c, l) * (hw.opOverhead ?? 0);
+  const compute = (gemm + nonGemm) * (1 + bubble);
   // Which link each group crosses: ranks are numbered tp innermost, then dp, then pp (DeviceMesh).
   // Inside a node a calibrated profile has each collective kind's own bandwidth and latency.
   const link = (span: number, kind: CollectiveKind): { bw: number; lat: number } => {
@@ -331,7 +408,7 @@ export function predict(c: TrainConfig, l: Layout, hw: HardwareProfile, stage?: 
 }
 
 /** Every candidate layout (valid or not) for `world` ranks; `checkLayout` sorts them. */
-function candidates(c: TrainConfig, world: number): Array<Layout | Refusal> {
+function candidates(c: PlanConfig, world: number): Array<Layout | Refusal> {
   const B = c.train.micro_batch_size * c.train.grad_accum_steps * c.parallel.dp;
   const out: Array<Layout | Refusal> = [];
   for (const tp of divisors(world)) {
@@ -409,7 +486,7 @@ function explain(ranked: Prediction[], hw: HardwareProfile): string[] {
  * Plans `c` on `world` ranks of `hw`.
  * @example plan(loadConfig("configs/tiny.json"), 4, resolveHardware("a100-80g", "bfloat16", 4)).layouts[0]
  */
-export function plan(c: TrainConfig, world: number, hw: HardwareProfile): Plan {
+export function plan(c: PlanConfig, world: number, hw: HardwareProfile): Plan {
   const all = candidates(c, world);
   const valid = all.filter((x): x is Layout => !("reason" in x));
   const refused = all.filter((x): x is Refusal => "reason" in x);

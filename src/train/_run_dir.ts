@@ -205,7 +205,7 @@ export function trainingStateBytes(c: TrainConfig): { params: number; state: num
 }
 
 /** Memory this process may still use: MemAvailable, capped by a cgroup limit when there is one. */
-function availableBytes(): number {
+export function availableBytes(): number {
   let avail = freemem();
   const limit = (process as { constrainedMemory?: () => number | undefined }).constrainedMemory?.();
   if (limit && limit > 0 && limit < totalmem()) avail = Math.min(avail, limit - process.memoryUsage().rss);

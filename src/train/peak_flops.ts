@@ -4,8 +4,8 @@
  *
  * Where the number comes from, first match wins:
  *   1. `train.peak_flops` in the config (explicit always wins);
- *   2. the planner's calibrated profile (`plannerPeakFlops`: a documented hook, null until the
- *      planner exists);
+ *   2. the planner's calibrated profile (`plannerPeakFlops`: `megalith plan --calibrate`'s best
+ *      GEMM rate for this CPU, thread count and dtype, when its record has one);
  *   3. the cache `~/.cache/megalith/peak_flops.json` ($XDG_CACHE_HOME respected), keyed by CPU
  *      model, thread count and dtype;
  *   4. a measurement: the best of a few GEMMs at a transformer MLP shape for ~300 ms, written to
@@ -23,6 +23,7 @@ import { cpus, homedir, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { backend } from "../backend/index.js";
 import { randn, withScope, type DType } from "../tensor/index.js";
+import { calibrationFile, readCalibration, type CalibrationRecord } from "../plan/index.js";
 
 /** Where a peak figure came from. */
 export type PeakFlopsSource = "config" | "profile" | "cache" | "measured";
@@ -70,12 +71,23 @@ export function measurePeakFlops(opts: MeasureOptions = {}): number {
 }
 
 /**
- * The planner's calibrated peak for this machine and dtype, when a profile exists. The planner
- * is not built yet: this hook returns null, and `resolvePeakFlops` falls through to the cache or
- * a measurement. When it lands, read its profile here (same key: CPU model, threads, dtype).
+ * The planner's calibrated peak for this machine and dtype: the best GEMM rate that
+ * `megalith plan --calibrate` measured (its record at `calibrationFile()`) for the same CPU
+ * model, thread count and dtype; null when there is no record, it is another CPU's, it has no
+ * rate at this key, or it cannot be read (the cache or a measurement then decides).
+ * @example plannerPeakFlops(peakFlopsKey("float32")) // 9.2e10 after megalith plan --calibrate
  */
-export function plannerPeakFlops(_key: PeakFlopsKey): number | null {
-  return null;
+export function plannerPeakFlops(key: PeakFlopsKey, file = calibrationFile()): number | null {
+  let rec: CalibrationRecord | null;
+  try {
+    rec = readCalibration(file);
+  } catch {
+    return null;  // a damaged profile is the planner's to report; MFU falls back to measuring
+  }
+  if (!rec || rec.cpu !== key.cpu) return null;
+  const rates = (rec.gemm_table ?? []).filter((r) => r.dtype === key.dtype && r.threads === key.threads).map((r) => r.flops);
+  if (rec.threads === key.threads && rec.gemm_flops[key.dtype] !== undefined) rates.push(rec.gemm_flops[key.dtype]!);
+  return rates.length ? Math.max(...rates) : null;
 }
 
 /** What a cached measurement is valid for. */
@@ -123,6 +135,8 @@ export interface ResolveOptions {
   cacheFile?: string | null;
   /** Passed to measurePeakFlops. */
   measure?: Omit<MeasureOptions, "dtype">;
+  /** The planner's calibration record (default calibrationFile()); null = do not consult it. */
+  profileFile?: string | null;
 }
 
 /**
@@ -138,7 +152,8 @@ export function resolvePeakFlops(opts: ResolveOptions): PeakFlops {
   if (opts.explicit !== null) return { flops: opts.explicit, source: "config", describe: `peak ${fmt(opts.explicit)} (train.peak_flops)` };
   const key = peakFlopsKey(opts.dtype);
   const where = `${key.dtype} GEMM, ${key.threads} thread${key.threads === 1 ? "" : "s"}${processes > 1 ? ` x ${processes} processes` : ""}`;
-  const profiled = plannerPeakFlops(key);
+  const profileFile = opts.profileFile === undefined ? calibrationFile() : opts.profileFile;
+  const profiled = profileFile ? plannerPeakFlops(key, profileFile) : null;
   if (profiled !== null) return { flops: profiled * processes, source: "profile", describe: `peak ${fmt(profiled * processes)} from the planner's profile (${where})` };
   const file = opts.cacheFile === undefined ? peakFlopsCacheFile() : opts.cacheFile;
   const cache = file ? readCache(file) : {};

@@ -14,7 +14,7 @@
 import { appendFileSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { MegalithError, ValueError } from "../core/errors.js";
-import { checkMemoryBudget, checkResumeConfig, previousRun, clearPreviousRun, truncateMetrics } from "./_run_dir.js";
+import { availableBytes, checkMemoryBudget, checkResumeConfig, previousRun, clearPreviousRun, truncateMetrics } from "./_run_dir.js";
 
 /** 1h02m / 3m05s style durations for the progress line. */
 function fmtEta(seconds: number): string {
@@ -43,6 +43,7 @@ import {
 import { saveLogicalCheckpoint, restoreLogical, isModelParallel } from "./_logical_checkpoint.js";
 import { MoEMetrics, type MoEStepMetrics } from "./_moe_metrics.js";
 import { resolvePeakFlops } from "./peak_flops.js";
+import { memoryWarning, planFields, planLine, predictRun, type RunPrediction } from "./_plan_check.js";
 
 /** One line of metrics.jsonl. */
 export interface StepMetrics {
@@ -73,6 +74,15 @@ export interface StepMetrics {
   aux_loss?: number;
   z_loss?: number;
   moe?: MoEStepMetrics["moe"];
+  /**
+   * The first step of a GPT language-model run: the planner's prediction for rank 0 (MiB per
+   * category; ms per step when this machine is calibrated), beside the mem_* and step_ms above.
+   */
+  plan_params_mb?: number;
+  plan_grads_mb?: number;
+  plan_optimizer_mb?: number;
+  plan_act_mb?: number;
+  plan_step_ms?: number;
 }
 
 /** A step that changed nothing (non-finite values, or an fp16 overflow): one metrics.jsonl line. */
@@ -165,6 +175,8 @@ export class Trainer {
   private moeMetrics!: MoEMetrics;
   /** Peak FLOP/s MFU is against: train.peak_flops, or this machine's measured peak (peak_flops.ts). */
   private peakFlops = 0;
+  /** The planner's prediction for this run (GPT language models; _plan_check.ts), shown after the first step. */
+  private planPrediction: RunPrediction | null = null;
 
   constructor(config: TrainConfig, opts: TrainerOptions = {}) {
     this.config = config;
@@ -232,7 +244,12 @@ export class Trainer {
       beforeModel: () => {
         // Refuse a model that cannot fit before allocating it (V8 or the allocator would fail
         // half-way, without a useful message).
-        checkMemoryBudget(c, underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1);
+        const ranksHere = underMpi() ? Number(process.env.OMPI_COMM_WORLD_LOCAL_SIZE ?? 1) : 1;
+        checkMemoryBudget(c, ranksHere);
+        // The planner's fuller estimate warns (it may err high); only GPT language models.
+        this.planPrediction = predictRun(c);
+        const warning = this.planPrediction && memoryWarning(this.planPrediction, ranksHere, availableBytes());
+        if (warning) this.say(warning);
         manualSeed(c.train.seed);
       },
     });
@@ -442,7 +459,11 @@ export class Trainer {
         return { finalLoss: last?.loss ?? NaN, finalDir, stopped: await this.stopNow() };
       }
       const m = await this.trainStep();
-      if (this.isMain) appendFileSync(metricsFile, JSON.stringify(m) + "\n");
+      // The planner beside the measurement, once: the first step this process ran.
+      const plan = !("skipped" in m) && this.planPrediction && this.isMain ? this.planPrediction : null;
+      if (plan) this.planPrediction = null;
+      if (this.isMain) appendFileSync(metricsFile, JSON.stringify(plan ? { ...m, ...planFields(plan) } : m) + "\n");
+      if (plan && this.opts.log) this.say(planLine(plan, m as StepMetrics));
       if ("skipped" in m) {
         this.say(`step ${m.step}: skipped (${m.reason})`);
         continue;
