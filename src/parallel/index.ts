@@ -23,6 +23,7 @@ export {
   VocabParallelEmbedding, VocabParallelHead, SequenceParallelLayerNorm, SequenceParallelPositionEmbedding,
   type ShardSpec, type TensorParallelPlan, type TensorParallelOptions,
 } from "./tensor_parallel.js";
+export { applyBertTensorParallel, type BertTaskModel } from "./tensor_parallel_bert.js";
 /** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
 export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
 export { underMpi, CommError } from "../backend/mpi.js";

@@ -6,7 +6,8 @@
  * the list without touching the others):
  *   1. tensor parallel            over the mesh's tp axis: module swaps that hold shards and
  *                                 communicate through autograd regions (tensor_parallel.ts),
- *                                 with sequence parallelism as an option. It goes first because
+ *                                 with sequence parallelism as an option (GPT); BERT's encoder
+ *                                 layers the same way (tensor_parallel_bert.ts). It goes first because
  *                                 it changes which parameters exist on this rank; everything
  *                                 after shards what TP left.
  *   1b. expert parallel           over the ep axis: each MoE layer keeps E / ep experts and
@@ -37,7 +38,7 @@
  * GradSync that does nothing (unless ZeRO is asked for, which then runs with one shard).
  */
 import { ValueError } from "../core/errors.js";
-import { GPT, type ActivationCheckpointing } from "../models/index.js";
+import { GPT, BertForPreTraining, BertForSequenceClassification, type ActivationCheckpointing } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { join } from "node:path";
 import { AdamW, OffloadedAdamW, type AdamWOptions, type Optimizer, type GradNormScope, type OffloadOptions } from "../optim/index.js";
@@ -50,13 +51,15 @@ import { composeGradSync, type GradSync } from "./grad_sync.js";
 import type { DeviceMesh } from "./mesh.js";
 import { ShardedAdamW, sumOverGroup, type ZeroStage } from "./sharded_optimizer.js";
 import { applyTensorParallel, type TensorParallelPlan } from "./tensor_parallel.js";
+import { applyBertTensorParallel } from "./tensor_parallel_bert.js";
 import { splitPipelineStages, PipelineSchedule, type PipelineOptions, type PipelineStagePlan } from "./pipeline.js";
 import { PlainSchedule, type TrainSchedule, type BatchForward } from "./schedule.js";
 import { applyExpertParallel, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
 
 /**
  * A model other than GPT that parallelize() can wrap (BERT, a task head around an encoder): it
- * gets data parallelism, ZeRO and activation recomputation; the tp, pp and ep stages need GPT.
+ * gets data parallelism, ZeRO and activation recomputation; BERT models (pretraining heads or a
+ * classifier) also tensor parallelism (tensor_parallel_bert.ts); the pp and ep stages need GPT.
  */
 export interface BlockModel extends Module {
   /** The transformer blocks, in order: ZeRO/FSDP units (everything else is the root unit). */
@@ -162,10 +165,16 @@ const tensorParallel: Stage = (ctx) => {
   const g = ctx.mesh.group("tp");
   const sp = ctx.config.sequenceParallel ?? false;
   if (!(ctx.model instanceof GPT)) {
-    for (const axis of ["tp", "pp", "ep"] as const) {
-      if (ctx.mesh.sizes[axis] > 1) throw new ValueError(`parallelize: ${axis}=${ctx.mesh.sizes[axis]} needs a GPT model; ${ctx.model.constructor.name} runs with data parallelism and ZeRO (parallel.dp, parallel.zero)`);
+    const bert = ctx.model instanceof BertForPreTraining || ctx.model instanceof BertForSequenceClassification ? ctx.model : null;
+    for (const axis of bert ? (["pp", "ep"] as const) : (["tp", "pp", "ep"] as const)) {
+      if (ctx.mesh.sizes[axis] > 1) throw new ValueError(`parallelize: ${axis}=${ctx.mesh.sizes[axis]} needs a GPT model; ${ctx.model.constructor.name} runs with data parallelism and ZeRO (parallel.dp, parallel.zero)${bert ? " and tensor parallelism (parallel.tp)" : ""}`);
     }
-    if (sp) throw new ValueError("parallelize: sequence parallelism needs tp > 1 and a GPT model");
+    if (sp) throw new ValueError(`parallelize: sequence parallelism needs tp > 1 and a GPT model, got ${ctx.model.constructor.name}`);
+    if (bert) {
+      ctx.tp = applyBertTensorParallel(bert, g);
+      if (g.size > 1) ctx.applied.push(`tensor parallel (tp=${g.size})`);
+      return;
+    }
     ctx.tp = { group: g, sequenceParallel: false, specs: new Map(ctx.model.namedParameters().map(([n]) => [n, { kind: "replicated" }])), paddedVocab: 0 };
     return;
   }

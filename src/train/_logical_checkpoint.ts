@@ -5,6 +5,11 @@
  * `megalith serve` load them. Saving gathers the shards to world rank 0 (parallel/
  * logical_state.ts); loading reads the files on every rank and cuts this rank's shards.
  *
+ * Nothing here knows the model: the logical tensors, keyed by parameter name, fill the task's
+ * single-device twin of its model (`TrainTask.logicalModel`), and the task writes that twin in
+ * its own format (`records`, `saveModelDir`: GPT-2's or BERT's names) or loads the files into
+ * it (`loadWeights`), from which each rank cuts its shards.
+ *
  * (Data parallelism alone keeps its own sharded ZeRO files: there every rank writes its shard
  * and no rank holds full moments. Here the shards of tp/pp are joined on rank 0, which then
  * briefly holds the whole model and its moments: fine on one machine, the thing to replace by
@@ -13,12 +18,21 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { noGrad } from "../autograd/index.js";
+import { ValueError } from "../core/errors.js";
 import { tensor, type Tensor } from "../tensor/index.js";
-import { GPT, gptToRecords, hfConfig, loadGPTWeights, type GPTConfig } from "../models/index.js";
 import { writeSafetensors, readOptimizerMoments, unshard, type TensorRecord } from "../checkpoint/index.js";
-import { allGather, gatherLogical, shardOfLogical, ExpertShardedAdamW, type Parallelized, type ShardSpec } from "../parallel/index.js";
+import { allGather, gatherLogical, shardOfLogical, ExpertShardedAdamW, type Parallelized, type ParallelModel, type ShardSpec } from "../parallel/index.js";
 import type { Optimizer } from "../optim/index.js";
-import type { Tokenizer } from "../tokenizers/index.js";
+import type { TrainTask } from "./task.js";
+
+/** What a logical checkpoint needs from the task: its model's single-device twin and file formats. */
+export type LogicalTask = Pick<TrainTask, "kind" | "logicalModel" | "records" | "hfConfig" | "loadWeights" | "saveModelDir">;
+
+/** A fresh single-device model of the task's architecture; an error names the task that has none. */
+function twinOf(task: LogicalTask): ParallelModel {
+  if (!task.logicalModel) throw new ValueError(`the ${task.kind} task has no logical model for model-parallel checkpoints; run it with parallel.tp=1, parallel.pp=1 and parallel.ep=1`);
+  return task.logicalModel();
+}
 
 /** Whether the layout splits the model itself (tp, pp or ep), so checkpoints go through this file. */
 export function isModelParallel(p: Parallelized): boolean {
@@ -28,10 +42,10 @@ export function isModelParallel(p: Parallelized): boolean {
 const MOMENTS = ["exp_avg", "exp_avg_sq"] as const;
 
 /** A full single-device model holding the gathered logical parameters (rank 0), else null. A collective. */
-async function gatherModel(p: Parallelized, cfg: GPTConfig): Promise<GPT | null> {
+async function gatherModel(p: Parallelized, task: LogicalTask): Promise<ParallelModel | null> {
   const full = await p.withFullParams(() => gatherLogical(p.mesh, p.tensorParallel.specs, p.model.namedParameters()));
   if (!full) return null;
-  const model = new GPT(cfg);
+  const model = twinOf(task);
   noGrad(() => {
     for (const [name, param] of model.namedParameters()) {
       const l = full.get(name);
@@ -92,26 +106,26 @@ async function gatherMoments(p: Parallelized): Promise<Record<string, Record<str
 }
 
 /**
- * Writes the logical model (and, with `checkpointDir`, the optimizer moments and config) from
+ * Writes the logical model (with `modelDir`, the task's complete model directory; with
+ * `checkpointDir`, its weights, the optimizer moments, config.json and the trainer state) from
  * every rank's shards. A collective over the world: rank 0 writes.
+ * @example
+ * await saveLogicalCheckpoint(parallel, task, { checkpointDir: tmp, isMain: rank === 0, trainerState });
  */
 export async function saveLogicalCheckpoint(
-  p: Parallelized, cfg: GPTConfig,
-  o: { modelDir?: string; checkpointDir?: string; isMain: boolean; tokenizer?: Tokenizer | null; trainerState?: unknown },
+  p: Parallelized, task: LogicalTask,
+  o: { modelDir?: string; checkpointDir?: string; isMain: boolean; trainerState?: unknown },
 ): Promise<void> {
-  const model = await gatherModel(p, cfg);
+  const model = await gatherModel(p, task);
   const moments = o.checkpointDir ? await gatherMoments(p) : null;
   if (!o.isMain || !model) return;
-  if (o.modelDir) {
-    await model.savePretrained(o.modelDir);
-    o.tokenizer?.save(join(o.modelDir, "tokenizer.json"));
-  }
+  if (o.modelDir) await task.saveModelDir(o.modelDir, model);
   if (o.checkpointDir) {
-    await writeSafetensors(join(o.checkpointDir, "model.safetensors"), gptToRecords(model), { format: "pt" });
+    await writeSafetensors(join(o.checkpointDir, "model.safetensors"), task.records(model), { format: "pt" });
     const records: Record<string, TensorRecord> = {};
     for (const [m, byName] of Object.entries(moments ?? {})) for (const [n, r] of Object.entries(byName)) records[`${m}.${n}`] = r;
     await writeSafetensors(join(o.checkpointDir, "optimizer.safetensors"), records);
-    writeFileSync(join(o.checkpointDir, "config.json"), JSON.stringify(hfConfig(cfg), null, 2) + "\n");
+    writeFileSync(join(o.checkpointDir, "config.json"), JSON.stringify(task.hfConfig(), null, 2) + "\n");
     writeFileSync(join(o.checkpointDir, "trainer_state.json"), JSON.stringify(o.trainerState, null, 2) + "\n");
   }
   for (const t of model.parameters()) t.dispose();
@@ -122,9 +136,9 @@ export async function saveLogicalCheckpoint(
  * `withFullParams` under ZeRO-3) and, when the directory has them, the optimizer moments.
  * Every rank reads the files itself; no communication beyond ZeRO's.
  */
-export async function restoreLogical(p: Parallelized, cfg: GPTConfig, dir: string, state: Parameters<Optimizer["loadStateDict"]>[0]["state"]): Promise<void> {
-  const full = new GPT(cfg);
-  await loadGPTWeights(full, dir);
+export async function restoreLogical(p: Parallelized, task: LogicalTask, dir: string, state: Parameters<Optimizer["loadStateDict"]>[0]["state"]): Promise<void> {
+  const full = twinOf(task);
+  await task.loadWeights(dir, full);
   const logical = new Map(full.namedParameters());
   const { rank, size } = p.tensorParallel.group;
   const specOf = (n: string): ShardSpec => p.tensorParallel.specs.get(n) ?? { kind: "replicated" };

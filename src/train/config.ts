@@ -396,13 +396,16 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
   };
   if (c.model.n_embd % c.model.n_head !== 0) bad("model.n_embd", `${c.model.n_embd} must be divisible by model.n_head (${c.model.n_head})`, ["model.n_head"]);
   const p = c.parallel;
-  // BERT and fine-tuning run with data parallelism and ZeRO (the tp/pp/ep stages are GPT's).
+  // BERT and fine-tuning run with data parallelism and ZeRO (the pp/ep stages are GPT's); BERT
+  // pretraining and BERT classifiers also with tensor parallelism (parallel/tensor_parallel_bert.ts).
   const notGptLm = c.model.type === "bert" ? "model.type \"bert\"" : c.finetune ? `finetune.task "${c.finetune.task}"` : null;
   if (notGptLm) {
-    for (const axis of ["tp", "pp", "ep"] as const) {
-      if (p[axis] > 1) bad(`parallel.${axis}`, `${notGptLm} runs with data parallelism and ZeRO only; use parallel.${axis}=1 (got ${p[axis]})`);
+    const bertTp = c.model.type === "bert" && (!c.finetune || c.finetune.task === "classify");
+    for (const axis of bertTp ? (["pp", "ep"] as const) : (["tp", "pp", "ep"] as const)) {
+      if (p[axis] > 1) bad(`parallel.${axis}`, `${notGptLm} runs with data parallelism and ZeRO${bertTp ? " and tensor parallelism (parallel.tp)" : " only"}; use parallel.${axis}=1 (got ${p[axis]})`);
     }
     if (p.sp) bad("parallel.sp", `${notGptLm} has no sequence parallelism; use parallel.sp=false`);
+    if (p.tp > 1 && c.finetune?.lora) bad("finetune.lora", `LoRA adapters do not combine with tensor parallelism (parallel.tp=${p.tp}); use parallel.tp=1 with LoRA`, ["parallel.tp"]);
   }
   if (c.model.type === "bert" && c.model.moe) bad("model.moe", "BERT has no mixture-of-experts layers; use model.moe=null with model.type \"bert\"", ["model.type"]);
   if (c.finetune?.task === "sft" && c.model.type === "bert") bad("finetune.task", "sft trains a causal language model; it needs model.type \"gpt\"", ["model.type"]);
@@ -423,7 +426,9 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
     if (p.zero >= 2) bad("parallel.ep", `expert parallelism combines with ZeRO stages 0 and 1 only (parallel.zero=${p.zero}); use parallel.zero=0 or 1 with parallel.ep=${p.ep}`, ["parallel.zero"]);
   }
   if (p.tp > 1 && c.model.n_head % p.tp !== 0) bad("parallel.tp", `model.n_head (${c.model.n_head}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds whole heads`, ["model.n_head"]);
-  if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`);
+  if (p.tp > 1 && c.model.type === "bert" && c.model.intermediate_size !== null) {
+    if (c.model.intermediate_size % p.tp !== 0) bad("parallel.tp", `model.intermediate_size (${c.model.intermediate_size}) must be divisible by parallel.tp (${p.tp}): each tensor-parallel rank holds intermediate_size / tp hidden units`, ["model.intermediate_size"]);
+  } else if (p.tp > 1 && (4 * c.model.n_embd) % p.tp !== 0) bad("parallel.tp", `the MLP width 4 x model.n_embd (${4 * c.model.n_embd}) must be divisible by parallel.tp (${p.tp})`, ["model.n_embd"]);
   if (p.sp && p.tp === 1) bad("parallel.sp", "sequence parallelism shards along tensor-parallel ranks: it needs parallel.tp > 1");
   if (p.sp && c.model.block_size % p.tp !== 0) bad("parallel.sp", `model.block_size (${c.model.block_size}) must be divisible by parallel.tp (${p.tp}) to shard the sequence`, ["model.block_size"]);
   if (p.pp_microbatches !== null && p.pp > 1) {

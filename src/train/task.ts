@@ -52,14 +52,25 @@ export interface TrainTask {
    * model forward itself where it needs predictions; on every rank (a collective under ZeRO-3).
    */
   evalExtras?(loss: number): Record<string, unknown> | undefined;
-  /** The model's tensors under their file names (logical, unsharded), for checkpoints. */
-  records(): Record<string, TensorRecord>;
+  /**
+   * The tensors of `model` (default: the task's own) under their file names, for checkpoints.
+   * Under model parallelism the task's model holds shards, so checkpoints pass a logical model.
+   */
+  records(model?: ParallelModel): Record<string, TensorRecord>;
   /** config.json of checkpoints and model directories. */
   hfConfig(): Record<string, unknown>;
-  /** Loads the weights a checkpoint directory holds into the model. */
-  loadWeights(dir: string): Promise<void>;
-  /** Writes a complete model directory (weights, config, tokenizer files) for `final/`. */
-  saveModelDir(dir: string): Promise<void>;
+  /** Loads the weights a checkpoint directory holds into `model` (default: the task's own). */
+  loadWeights(dir: string, model?: ParallelModel): Promise<void>;
+  /** Writes a complete model directory (weights of `model`, default the task's; config, tokenizer files) for `final/`. */
+  saveModelDir(dir: string, model?: ParallelModel): Promise<void>;
+  /**
+   * A fresh single-device model of the same architecture and config as `model` (its values are
+   * overwritten): model-parallel checkpoints (tp, pp, ep) fill it with the logical tensors
+   * gathered from the shards and write it with `records` / `saveModelDir`, and load a
+   * checkpoint into it with `loadWeights` to cut this rank's shards (_logical_checkpoint.ts).
+   * Absent: the task runs with data parallelism and ZeRO only.
+   */
+  logicalModel?(): ParallelModel;
 }
 
 /** What a task needs from the trainer while it builds the model and data. */

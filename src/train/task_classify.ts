@@ -9,7 +9,7 @@ import { writeFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { ValueError } from "../core/errors.js";
 import {
-  GPT, GPT2ForSequenceClassification, BertForSequenceClassification, BertForPreTraining, loadGPTWeights, gptToRecords, hfConfig,
+  GPT, GPT2ForSequenceClassification, BertForSequenceClassification, BertForPreTraining, BertModel, loadGPTWeights, gptToRecords, hfConfig,
   loadBERTWeights, hfBertConfig, isBERTDir, type SequencePooling,
 } from "../models/index.js";
 import { readLabelledTexts, seededSplit } from "../data/index.js";
@@ -235,21 +235,29 @@ export class ClassifyTask implements TrainTask {
     return { accuracy: r.accuracy, macro_f1: r.macro_f1, confusion: r.confusion };
   }
 
-  records(): Record<string, TensorRecord> {
-    return classifierRecords(this.model);
+  records(model: Classifier = this.model): Record<string, TensorRecord> {
+    return classifierRecords(model);
   }
 
   hfConfig(): Record<string, unknown> {
     return classifierConfig(this.model, this.labels, this.model instanceof GPT2ForSequenceClassification ? this.tokenizer.eotToken : undefined);
   }
 
-  async loadWeights(dir: string): Promise<void> {
-    if (this.model instanceof GPT2ForSequenceClassification) {
-      await loadGPTWeights(this.model.transformer, dir, { skip: (n) => !n.startsWith("transformer.") });
-      await loadNamedTensors(this.model, dir, { only: (n) => n.startsWith("score.") || n.includes(".lora_") });
+  async loadWeights(dir: string, model: Classifier = this.model): Promise<void> {
+    if (model instanceof GPT2ForSequenceClassification) {
+      await loadGPTWeights(model.transformer, dir, { skip: (n) => !n.startsWith("transformer.") });
+      await loadNamedTensors(model, dir, { only: (n) => n.startsWith("score.") || n.includes(".lora_") });
       return;
     }
-    await loadNamedTensors(this.model, dir, { only: () => true });
+    await loadNamedTensors(model, dir, { only: () => true });
+  }
+
+  /** Without LoRA adapters (whose frozen base and adapters a logical copy would not hold). */
+  logicalModel(): Classifier {
+    if (this.lora) throw new ValueError("a logical copy of a LoRA classifier is not supported: LoRA runs with data parallelism and ZeRO only (parallel.tp=1)");
+    const m = this.model;
+    if (m instanceof GPT2ForSequenceClassification) return new GPT2ForSequenceClassification(new GPT(m.transformer.config), m.numLabels, { pooling: m.pooling });
+    return new BertForSequenceClassification(new BertModel(m.bert.config), m.numLabels);
   }
 
   /**
@@ -258,10 +266,10 @@ export class ClassifyTask implements TrainTask {
    * adapter_model.safetensors) instead, beside config.json (the classes, which
    * `megalith export --merge-lora` needs to rebuild the classifier as a plain model).
    */
-  async saveModelDir(dir: string): Promise<void> {
+  async saveModelDir(dir: string, model: Classifier = this.model): Promise<void> {
     mkdirSync(dir, { recursive: true });
     if (this.lora) await saveAdapters(this.model, dir, this.lora, { baseModel: this.c.model.init_from ?? "", taskType: "SEQ_CLS" });
-    else await writeSafetensors(join(dir, "model.safetensors"), this.records(), { format: "pt" });
+    else await writeSafetensors(join(dir, "model.safetensors"), this.records(model), { format: "pt" });
     writeFileSync(join(dir, "config.json"), JSON.stringify(this.hfConfig(), null, 2) + "\n");
     saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
   }

@@ -123,20 +123,24 @@ export class LanguageModelTask implements TrainTask {
     return { val_bpb: bitsPerByte(loss, this.valBytesPerToken) };
   }
 
-  records(): Record<string, TensorRecord> {
-    return gptToRecords(this.model);
+  records(model: GPT = this.model): Record<string, TensorRecord> {
+    return gptToRecords(model);
   }
 
   hfConfig(): Record<string, unknown> {
     return hfConfig(this.model.config);
   }
 
-  async loadWeights(dir: string): Promise<void> {
-    await loadGPTWeights(this.model, dir);
+  async loadWeights(dir: string, model: GPT = this.model): Promise<void> {
+    await loadGPTWeights(model, dir);
   }
 
-  async saveModelDir(dir: string): Promise<void> {
-    await this.model.savePretrained(dir, specialTokenIds(this.tokenizer));
+  async saveModelDir(dir: string, model: GPT = this.model): Promise<void> {
+    await model.savePretrained(dir, specialTokenIds(this.tokenizer));
     if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
+  }
+
+  logicalModel(): GPT {
+    return new GPT(this.model.config);
   }
 }

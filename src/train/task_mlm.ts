@@ -118,20 +118,24 @@ export class MaskedLanguageModelTask implements TrainTask {
     for (const b of mlmEvalBatches({ dir: this.dataDir, split: "val", microBatchSize: this.c.train.micro_batch_size, numBatches: n, seed: this.c.train.seed })) yield mlmMicroBatch(b);
   }
 
-  records(): Record<string, TensorRecord> {
-    return bertToRecords(this.model);
+  records(model: BertForPreTraining = this.model): Record<string, TensorRecord> {
+    return bertToRecords(model);
   }
 
   hfConfig(): Record<string, unknown> {
     return hfBertConfig(this.model.config);
   }
 
-  async loadWeights(dir: string): Promise<void> {
-    await loadBERTWeights(this.model, dir);
+  async loadWeights(dir: string, model: BertForPreTraining = this.model): Promise<void> {
+    await loadBERTWeights(model, dir);
   }
 
-  async saveModelDir(dir: string): Promise<void> {
-    await saveBERT(this.model, dir);
+  async saveModelDir(dir: string, model: BertForPreTraining = this.model): Promise<void> {
+    await saveBERT(model, dir);
     if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.c.model.block_size });
+  }
+
+  logicalModel(): BertForPreTraining {
+    return new BertForPreTraining(this.model.config);
   }
 }

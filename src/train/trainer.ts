@@ -26,15 +26,15 @@ import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
 import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "../tensor/index.js";
 import { PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
-import { GPT, hfConfig, generationConfig, type GPTOutput } from "../models/index.js";
+import type { GPTOutput } from "../models/index.js";
 import { cosineLr, type AdamWState, type HostArray, type HostOptimizerStateDict, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
 import {
   findLatestCheckpoint, pruneCheckpoints, checkpointDirName, writeSafetensors, saveCheckpointCollective, writeOptimizerFiles, writeDirAtomic,
   optimizerFileNames, readOptimizerMoments, type OptimizerFiles, type SaveGroup, type TensorRecord,
 } from "../checkpoint/index.js";
-import { saveHfTokenizer, type Tokenizer } from "../tokenizers/index.js";
+import type { Tokenizer } from "../tokenizers/index.js";
 import { type TrainConfig, worldSizeOf } from "./config.js";
-import { createTask, specialTokenIds, type TrainTask, type TaskLoader } from "./tasks.js";
+import { createTask, type TrainTask, type TaskLoader } from "./tasks.js";
 import { startTrace, stopTrace, traceStep, traceSpanAsync, tracing } from "../core/trace.js";
 import {
   DeviceMesh, allReduce, barrier, broadcast, collectiveTimeoutS, parallelize, underMpi,
@@ -290,12 +290,6 @@ export class Trainer {
     return this.task?.tokenizer ?? null;
   }
 
-  /** The model as a GPT, for the layouts only GPT has (tp, pp: logical checkpoints). */
-  private get gpt(): GPT {
-    if (!(this.model instanceof GPT)) throw new ValueError(`this layout needs a GPT model, got ${this.model.constructor.name}`);
-    return this.model;
-  }
-
   /** Token positions per optimizer step over all data-parallel ranks (the global batch). */
   tokensPerStep(): number {
     return this.task.tokensPerMicroBatch * this.config.train.grad_accum_steps * this.config.parallel.dp;
@@ -500,30 +494,17 @@ export class Trainer {
    */
   private async exportFinal(dir: string): Promise<void> {
     if (isModelParallel(this.parallel)) {
+      // The task writes its model directory from a logical copy gathered from the shards.
       if (!this.isMain) {
-        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { modelDir: dir, isMain: false });
+        await saveLogicalCheckpoint(this.parallel, this.task, { modelDir: dir, isMain: false });
         return;
       }
-      await writeDirAtomic(dir, async (tmp) => {
-        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { modelDir: tmp, isMain: true, tokenizer: this.tokenizer });
-        this.writeModelDirExtras(tmp);
-      });
+      await writeDirAtomic(dir, (tmp) => saveLogicalCheckpoint(this.parallel, this.task, { modelDir: tmp, isMain: true }));
       return;
     }
     await this.parallel.withFullParams(async () => {
       if (this.isMain) await writeDirAtomic(dir, (tmp) => this.saveModel(tmp));
     });
-  }
-
-  /**
-   * (Re)writes what makes a model directory complete for Hugging Face tools: config.json and
-   * generation_config.json with this tokenizer's ids, and the tokenizer's files.
-   */
-  private writeModelDirExtras(dir: string): void {
-    const ids = specialTokenIds(this.tokenizer);
-    writeFileSync(join(dir, "config.json"), JSON.stringify(hfConfig(this.gpt.config, ids), null, 2) + "\n");
-    writeFileSync(join(dir, "generation_config.json"), JSON.stringify(generationConfig(ids), null, 2) + "\n");
-    if (this.tokenizer) saveHfTokenizer(dir, this.tokenizer, { modelMaxLength: this.config.model.block_size });
   }
 
   /** Writes this rank's trace file (the first train.trace_steps steps). */
@@ -567,7 +548,7 @@ export class Trainer {
     if (isModelParallel(this.parallel)) {
       // tp/pp: the shards are joined into the logical files one process would write.
       await saveCheckpointCollective(dir, this.saveGroup(this.parallel.mesh.world), async (tmp) => {
-        await saveLogicalCheckpoint(this.parallel, this.gpt.config, { checkpointDir: tmp, isMain: this.isMain, trainerState: this.trainerState() });
+        await saveLogicalCheckpoint(this.parallel, this.task, { checkpointDir: tmp, isMain: this.isMain, trainerState: this.trainerState() });
       }, { step: this.step, kind: this.task.checkpointKind, dp: this.dpGroup.size, parallel: this.parallel.applied }, {
         expectFiles: ["model.safetensors", "trainer_state.json", "optimizer.safetensors"],
       });
@@ -655,7 +636,7 @@ export class Trainer {
     // unless allowed (throws before anything is loaded).
     checkResumeConfig(state.config, this.config, { allow: this.opts.allowConfigChange, say: (m) => this.say(m), checkpoint: latest.dir });
     if (isModelParallel(this.parallel)) {
-      await restoreLogical(this.parallel, this.gpt.config, latest.dir, state.optimizer);
+      await restoreLogical(this.parallel, this.task, latest.dir, state.optimizer);
       this.restoreRest(state, latest.dir);
       return true;
     }

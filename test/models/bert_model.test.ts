@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { tensor, manualSeed, withAutocast, noGrad, ValueError, type Tensor } from "../../src/index.js";
 import { BertForPreTraining, BertModel, resolveBERTConfig, type BERTConfig } from "../../src/models/index.js";
+import type { Linear } from "../../src/nn/index.js";
 import { ids, maxAbsDiff } from "./_helpers.js";
 
 const CFG: BERTConfig = { nLayer: 2, nHead: 4, nEmbd: 32, maxPositions: 16, vocabSize: 53 };
@@ -124,7 +125,8 @@ test("initialisation is HF's, keyed by parameter name: BertModel alone draws the
   }
   const word = full.bert.embeddings.word_embeddings.weight.data() as Float32Array;
   assert.ok(word.subarray(0, CFG.nEmbd).every((x) => x === 0), "the padding row starts at zero");
-  assert.notDeepEqual(Array.from(full.bert.encoder.layer[0]!.attention.self.query.weight.data()), Array.from(full.bert.encoder.layer[0]!.attention.self.key.weight.data()));
+  const self0 = full.bert.encoder.layer[0]!.attention.self;
+  assert.notDeepEqual(Array.from((self0.query as Linear).weight.data()), Array.from((self0.key as Linear).weight.data()));
   assert.equal(full.namedParameters().some(([n]) => n.includes("decoder")), false, "the MLM decoder is the word-embedding table, not a parameter");
   const other = new BertForPreTraining(CFG, { seed: 4 });
   assert.notDeepEqual(Array.from(other.cls.seq_relationship.weight.data()), Array.from(full.cls.seq_relationship.weight.data()));

@@ -17,7 +17,7 @@
  */
 import { ValueError, fmtShape } from "../../core/errors.js";
 import {
-  Tensor, F, Module, Linear, Embedding, LayerNorm, Dropout, zeros, tensor, noGrad, checkpoint, withRandomStream, type Parameter,
+  Tensor, F, Module, Linear, Embedding, LayerNorm, Dropout, zeros, tensor, noGrad, checkpoint, withRandomStream, type Parameter, type Projection,
 } from "./_deps.js";
 
 /** Architecture hyper-parameters (HF config.json names in comments). */
@@ -183,9 +183,9 @@ export class BertEmbeddings extends Module {
  * dtype's lowest value for padding, as HF's extended attention mask.
  */
 export class BertSelfAttention extends Module {
-  readonly query: Linear;
-  readonly key: Linear;
-  readonly value: Linear;
+  readonly query: Projection;
+  readonly key: Projection;
+  readonly value: Projection;
   readonly dropout: Dropout;
   constructor(readonly cfg: ResolvedBERTConfig, init: _Init, prefix: string) {
     super();
@@ -197,20 +197,24 @@ export class BertSelfAttention extends Module {
   }
 
   forward(x: Tensor, mask: Tensor | null, recomputeCore = false): Tensor {
-    const [B, T, C] = x.shape as [number, number, number];
-    const H = this.cfg.nHead, D = C / H;
-    const heads = (lin: Linear) => {
-      const y = lin.forward(x);                                               // (B, T, C)
+    const [B, T] = x.shape as [number, number, number];
+    // The width W comes from the projections' output, not the config: a module swap may hand
+    // this layer a slice of the heads (a tensor-parallel shard holds nHead / tp whole heads).
+    const D = this.cfg.nEmbd / this.cfg.nHead;
+    const heads = (lin: Projection) => {
+      const y = lin.forward(x);                                               // (B, T, W), W = H D
+      const H = y.shape[2]! / D;
       const v = y.view([B, T, H, D]);
       const h = v.transpose(1, 2);                                            // (B, H, T, D)
       _free(y, v);
       return h;
     };
     const q = heads(this.query), k = heads(this.key), v = heads(this.value);
+    const W = q.shape[1]! * D;
     const core = (qh: Tensor, kh: Tensor, vh: Tensor, m: Tensor | null = null) => {
       const y = this.attend(qh, kh, vh, m);                                   // (B, H, T, D)
       const yt = y.transpose(1, 2);
-      const out = yt.reshape([B, T, C]);                                      // (B, T, C)
+      const out = yt.reshape([B, T, W]);                                      // (B, T, W)
       _free(y, yt);
       return out;
     };
@@ -244,7 +248,7 @@ export class BertSelfAttention extends Module {
 
 /** LayerNorm(dropout(dense(h)) + residual): the post-LN sublayer output (HF BertSelfOutput / BertOutput). */
 export class BertResidualOutput extends Module {
-  readonly dense: Linear;
+  readonly dense: Projection;
   readonly LayerNorm: LayerNorm;
   readonly dropout: Dropout;
   constructor(readonly cfg: ResolvedBERTConfig, inFeatures: number, init: _Init, prefix: string) {
@@ -285,7 +289,7 @@ export class BertAttention extends Module {
 
 /** dense C -> I then exact GELU (HF BertIntermediate, hidden_act "gelu"). */
 export class BertIntermediate extends Module {
-  readonly dense: Linear;
+  readonly dense: Projection;
   constructor(cfg: ResolvedBERTConfig, init: _Init, prefix: string) {
     super();
     this.dense = this.module("dense", _linear(cfg.nEmbd, cfg.intermediateSize, init, `${prefix}.dense`));
