@@ -22,6 +22,16 @@
  *
  * Gradient accumulation across micro-batches happens in `.grad` with data-parallel hooks off;
  * after the last backward the tied embedding is reduced, then DDP / ZeRO-1 reduce once.
+ *
+ * Mixture of experts: each MoE layer leaves its router losses (load balancing, z-loss) beside
+ * its output, and their gradients are local to that layer's router (and, through it, the
+ * layer's input). So every stage takes its own chunk's router term (GPT.takeRouterLosses:
+ * aux_loss_coef x aux + z_loss_coef x z) and backpropagates it, scaled like the main loss,
+ * in the same backward as its activation gradient: one root, sum(output * grad) + lossFactor
+ * x term, whose gradient with respect to the output is exactly the received one. The reported
+ * loss sums the last stage's loss and every stage's router terms (an all-reduce over pp
+ * instead of a broadcast), so it equals the single-process `loss`. Routing metrics stay per
+ * stage: rank 0 logs its own layers' expert loads.
  */
 import { ValueError } from "../core/errors.js";
 import { traceSpan, traceSpanAsync } from "../core/trace.js";
@@ -126,6 +136,8 @@ interface InFlight {
   input: Tensor | null;
   /** Its output activation, or the scalar loss on the last chunk. */
   output: Tensor;
+  /** MoE models: the chunk's blocks' router-loss term (scalar, with its graph); null for dense chunks. */
+  router: Tensor | null;
 }
 
 /** The schedule a pipeline stage runs (see the file comment). */
@@ -235,14 +247,16 @@ export class PipelineSchedule implements TrainSchedule {
               const { x, y } = batchTensors(b);
               let h = chunk.first ? this.model.embed(x) : input!;
               h = this.model.runBlocks(h, CAUSAL, chunk.blocks);
+              const router = this.model.takeRouterLosses(chunk.blocks)?.term ?? null;
               if (chunk.last) {
                 const out = this.model.head(h, y, CAUSAL);
                 fns.onOutput?.(out, a.microBatch);
-                return { input, output: out.loss! };
+                return { input, output: out.loss!, router };
               }
-              return { input, output: h.dtype === dtype ? h : h.to(dtype) };
+              return { input, output: h.dtype === dtype ? h : h.to(dtype), router };
             }));
           }), { microBatch: a.microBatch, chunk: chunk.modelChunk });
+          if (state.router) lossSum += state.router.item();
           if (chunk.last) lossSum += state.output.item();
           else this.post(noGrad(() => state.output.contiguous()), chunk.modelChunk + 1, chunk.modelChunk, 0, a.microBatch, m, sends);
           inflight.set(key, state);
@@ -252,13 +266,19 @@ export class PipelineSchedule implements TrainSchedule {
           inflight.delete(key);
           const grad = chunk.last ? null : await this.receive([...state.output.shape], state.output.dtype, chunk.modelChunk + 1, 1, a.microBatch, m);
           traceSpan("backward", "backward", () => withScope(() => {
+            const router = state.router;
             if (chunk.last) {
-              const scaled = fns.lossFactor === 1 ? state.output : state.output.mul(fns.lossFactor);
+              const total = router ? state.output.add(router) : state.output;
+              const scaled = fns.lossFactor === 1 ? total : total.mul(fns.lossFactor);
               scaled.backward();
+            } else if (router) {
+              // One root for both gradients (see the file comment): d/d(output) of sum(output * grad) is grad.
+              state.output.mul(grad!).sum().add(router.mul(fns.lossFactor)).backward();
             } else state.output.backward(grad!);
           }), { microBatch: a.microBatch, chunk: chunk.modelChunk });
           grad?.dispose();
           state.output.dispose();
+          state.router?.dispose();
           if (state.input) {
             const g = state.input.grad;
             if (!g) throw new ValueError(`pipeline: no gradient reached the input of chunk ${chunk.modelChunk} (micro-batch ${a.microBatch})`);
@@ -271,7 +291,7 @@ export class PipelineSchedule implements TrainSchedule {
       }
       for (const w of sends) await w.wait();
     } finally {
-      for (const s of inflight.values()) { s.output.dispose(); s.input?.dispose(); }
+      for (const s of inflight.values()) { s.output.dispose(); s.input?.dispose(); s.router?.dispose(); }
     }
     return lossSum;
   }
@@ -293,11 +313,17 @@ export class PipelineSchedule implements TrainSchedule {
     allReduce(w.grad as Tensor, g, "sum");
   }
 
-  /** The last stage's number, on every stage (the loss is reported on rank 0, as in one process). */
+  /**
+   * The loss on every stage (it is reported on rank 0, as in one process): the last stage's,
+   * broadcast, or for MoE models the sum over stages of each one's part (the last stage's loss
+   * plus every stage's router terms).
+   */
   private shareLoss(value: number): number {
     if (this.stages === 1) return value;
-    const t = tensor([this.holdsLoss ? value : 0]);
-    broadcast(t, this.group, { root: this.stages - 1 });
+    const moe = this.model.config.moe !== null;
+    const t = tensor([this.holdsLoss || moe ? value : 0]);
+    if (moe) allReduce(t, this.group, "sum");
+    else broadcast(t, this.group, { root: this.stages - 1 });
     const out = t.item();
     t.dispose();
     return out;
@@ -316,14 +342,16 @@ export class PipelineSchedule implements TrainSchedule {
         const { x, y } = batchTensors(batch);
         let h = chunk.first ? this.model.embed(x) : input!;
         h = this.model.runBlocks(h, CAUSAL, chunk.blocks);
-        if (chunk.last) return { loss: this.model.head(h, y, CAUSAL).loss!.item(), h: null };
-        return { loss: 0, h: (h.dtype === dtype ? h : h.to(dtype)).contiguous() };
+        const router = this.model.takeRouterLosses(chunk.blocks)?.term.item() ?? 0;
+        if (chunk.last) return { loss: this.model.head(h, y, CAUSAL).loss!.item() + router, h: null };
+        return { loss: router, h: (h.dtype === dtype ? h : h.to(dtype)).contiguous() };
       })));
       input?.dispose();
+      loss += out.loss;
       if (out.h) {
         this.post(out.h, k + 1, k, 2, 0, 1, sends);
         out.h.dispose();
-      } else loss = out.loss;
+      }
     }
     for (const w of sends) await w.wait();
     return this.shareLoss(loss);

@@ -11,6 +11,7 @@
  *              head multiplies by this rank's rows, so full logits never exist on one rank,
  *              and the loss is the vocabulary-parallel cross-entropy
  *   wpe, ln_*  replicated
+ *   MoE        replicated: router and experts whole on every tp rank (see below)
  *
  * Without sequence parallelism the region between blocks holds the whole (B, T, C) activation
  * on every rank: a column-parallel input is `copyToRegion`, a row-parallel output
@@ -21,6 +22,16 @@
  * go through `copyToRegion`, so their gradients are summed over tp in backward and stay equal.
  *
  * Initialisation is layout-free because the shards are cut from the full, seeded model.
+ *
+ * Mixture-of-experts MLPs are replicated over tp (DeepSpeed-MoE's choice for tp with experts):
+ * the MoE input between blocks is the whole (B, T, C) activation on every tp rank, so each
+ * rank routes the same tokens the same way (the router runs in float32 on identical inputs)
+ * and computes the same output, with no communication; gradients are identical copies, which
+ * is what a replicated parameter needs (the norm counts them on tp rank 0). The attention of
+ * those blocks is split as usual. The cost is memory and compute: every tp rank holds and runs
+ * all the experts, which expert parallelism (parallel.ep) is for. Sequence parallelism would
+ * hand the MoE a token shard, whose routing capacity differs from one process's, so it is
+ * refused with MoE.
  */
 import { ValueError } from "../core/errors.js";
 import { noGrad, recordNode } from "../autograd/index.js";
@@ -422,21 +433,23 @@ export function applyTensorParallel(model: GPT, group: ProcessGroup, opts: Tenso
   const drop = (l: Linear, keepBias = false) => replaced.push(l.weight, ...(l.bias && !keepBias ? [l.bias] : []));
   model.h.forEach((b, i) => {
     const p = `h.${i}.`;
-    if (b.mlp instanceof MoE) throw new ValueError("tensor parallelism does not split mixture-of-experts MLPs yet (model.moe with parallel.tp > 1)");
+    if (b.mlp instanceof MoE && sp) throw new ValueError(`tensor parallelism: sequence parallelism would route token shards through the replicated MoE MLP of block ${i} (a capacity per shard, not per batch); use parallel.sp=false with model.moe`);
     drop(b.attn.c_attn as Linear);
     drop(b.attn.c_proj as Linear, true);
-    drop(b.mlp.c_fc as Linear);
-    drop(b.mlp.c_proj as Linear, true);
     b.attn.setModule("c_attn", new ColumnParallelLinear(b.attn.c_attn as Linear, group, { ...o, parts: 3 }));
     b.attn.setModule("c_proj", new RowParallelLinear(b.attn.c_proj as Linear, group, o));
-    b.mlp.setModule("c_fc", new ColumnParallelLinear(b.mlp.c_fc as Linear, group, o));
-    b.mlp.setModule("c_proj", new RowParallelLinear(b.mlp.c_proj as Linear, group, o));
     specs.set(`${p}attn.c_attn.weight`, { kind: "rows", parts: 3, logicalRows: 3 * C });
     specs.set(`${p}attn.c_attn.bias`, { kind: "rows", parts: 3, logicalRows: 3 * C });
     specs.set(`${p}attn.c_proj.weight`, { kind: "cols" });
-    specs.set(`${p}mlp.c_fc.weight`, { kind: "rows", parts: 1, logicalRows: 4 * C });
-    specs.set(`${p}mlp.c_fc.bias`, { kind: "rows", parts: 1, logicalRows: 4 * C });
-    specs.set(`${p}mlp.c_proj.weight`, { kind: "cols" });
+    if (!(b.mlp instanceof MoE)) {
+      drop(b.mlp.c_fc as Linear);
+      drop(b.mlp.c_proj as Linear, true);
+      b.mlp.setModule("c_fc", new ColumnParallelLinear(b.mlp.c_fc as Linear, group, o));
+      b.mlp.setModule("c_proj", new RowParallelLinear(b.mlp.c_proj as Linear, group, o));
+      specs.set(`${p}mlp.c_fc.weight`, { kind: "rows", parts: 1, logicalRows: 4 * C });
+      specs.set(`${p}mlp.c_fc.bias`, { kind: "rows", parts: 1, logicalRows: 4 * C });
+      specs.set(`${p}mlp.c_proj.weight`, { kind: "cols" });
+    }
     if (sp) {
       b.setModule("ln_1", new SequenceParallelLayerNorm(b.ln_1, group));
       b.setModule("ln_2", new SequenceParallelLayerNorm(b.ln_2, group));

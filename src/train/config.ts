@@ -414,8 +414,9 @@ export function validateConfig(raw: unknown, source = "config", overrides: reado
   if (moe) {
     if (moe.top_k > moe.num_experts) bad("model.moe.top_k", `${moe.top_k} exceeds model.moe.num_experts (${moe.num_experts})`, ["model.moe.num_experts"]);
     if (moe.every > c.model.n_layer) bad("model.moe.every", `${moe.every} exceeds model.n_layer (${c.model.n_layer}): no block would hold experts`, ["model.n_layer"]);
-    if (p.tp > 1) bad("model.moe", `mixture of experts does not combine with tensor parallelism yet (parallel.tp=${p.tp}); use parallel.tp=1`, ["parallel.tp"]);
-    if (p.pp > 1) bad("model.moe", `mixture of experts does not combine with pipeline parallelism yet (parallel.pp=${p.pp}): the router losses of earlier stages do not reach the last; use parallel.pp=1`, ["parallel.pp"]);
+    // tp replicates the MoE MLPs (parallel/tensor_parallel.ts); each pp stage backpropagates its own router losses (pipeline.ts).
+    if (p.sp) bad("model.moe", `sequence parallelism would route token shards through the tp-replicated experts (a capacity per shard, not per batch); use parallel.sp=false with model.moe`, ["parallel.sp"]);
+    if (p.ep > 1 && (p.tp > 1 || p.pp > 1)) bad("parallel.ep", `expert parallelism (parallel.ep=${p.ep}) does not combine with tensor or pipeline parallelism yet (parallel.tp=${p.tp}, parallel.pp=${p.pp}); use parallel.ep=1 there (the experts are then replicated)`, ["parallel.tp", "parallel.pp"]);
     const ac = c.train.activation_checkpointing;
     if (ac === true || ac === "full") bad("model.moe", `full activation checkpointing frees the router losses of each block; use train.activation_checkpointing "selective" or false with MoE`, ["train.activation_checkpointing"]);
   }

@@ -166,7 +166,9 @@ test("the model.moe config key: defaults, moeConfigOf(), and errors that name th
   rejects(withMoE({ num_experts: 8, top_k: 1, experts: 2 }), /model\.moe.*experts/);
   rejects(withMoE({ num_experts: 1, top_k: 2 }), /model\.moe\.top_k: 2 exceeds model\.moe\.num_experts \(1\)/);
   rejects(withMoE({ num_experts: 4, top_k: 1, every: 5 }), /model\.moe\.every: 5 exceeds model\.n_layer \(4\)/);
-  rejects(withMoE({ num_experts: 4, top_k: 1 }, { parallel: { tp: 2 } }), /model\.moe: .*tensor parallelism/);
+  assert.equal(validateConfig(withMoE({ num_experts: 4, top_k: 1 }, { parallel: { tp: 2, pp: 2 } })).parallel.pp, 2, "tp and pp compose with MoE");
+  rejects(withMoE({ num_experts: 4, top_k: 1 }, { parallel: { tp: 2, sp: true } }), /model\.moe: sequence parallelism/);
+  rejects(withMoE({ num_experts: 4, top_k: 1 }, { parallel: { dp: 2, ep: 2, pp: 2 } }), /parallel\.ep: .*tensor or pipeline parallelism/);
   rejects(withMoE({ num_experts: 4, top_k: 1 }, { train: { max_steps: 10, activation_checkpointing: "full" } }), /model\.moe: full activation checkpointing/);
   assert.equal(validateConfig(withMoE({ num_experts: 4, top_k: 1 }, { train: { max_steps: 10, activation_checkpointing: "selective" } })).model.moe!.top_k, 1);
 });

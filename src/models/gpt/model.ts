@@ -331,22 +331,41 @@ export class GPT extends Module {
    * process without full activation checkpointing (which frees them; the config refuses it).
    */
   private addRouterLosses(out: GPTOutput): GPTOutput {
-    const moe = this.config.moe;
-    if (!moe) return out;
-    const taken = this.h.flatMap((b) => (b.mlp instanceof MoE ? [b.mlp.takeLosses()] : []));
-    const losses = taken.filter((l): l is RouterLosses => l !== null);
-    if (!out.loss || losses.length === 0) {
-      for (const l of losses) { l.aux.dispose(); l.z.dispose(); }
+    const r = this.takeRouterLosses();
+    if (!r) return out;
+    if (!out.loss) {
+      for (const t of [r.auxLoss, r.zLoss, r.term]) t.dispose();
       return out;
     }
+    const loss = out.loss.add(r.term);
+    r.term.dispose();
+    return { logits: out.logits, loss, lmLoss: out.loss, auxLoss: r.auxLoss, zLoss: r.zLoss };
+  }
+
+  /**
+   * Takes the router losses the MoE layers among `blocks` left behind in their last forward
+   * (so they are not added twice): `auxLoss` and `zLoss` summed over those layers, unscaled, and
+   * `term` = auxLossCoef x auxLoss + zLossCoef x zLoss, what the training loss adds. null for a
+   * dense model or when none is pending. A pipeline stage takes its own blocks' term and
+   * backpropagates it beside its activations (the router gradients are local to each layer).
+   * @example
+   * const r = model.takeRouterLosses(stageBlocks);   // after runBlocks(h, CAUSAL, stageBlocks)
+   * if (r) total = total.add(r.term);
+   */
+  takeRouterLosses(blocks: readonly Block[] = this.h): { auxLoss: Tensor; zLoss: Tensor; term: Tensor } | null {
+    const moe = this.config.moe;
+    if (!moe) return null;
+    const taken = blocks.flatMap((b) => (b.mlp instanceof MoE ? [b.mlp.takeLosses()] : []));
+    const losses = taken.filter((l): l is RouterLosses => l !== null);
+    if (losses.length === 0) return null;
     const sum = (ts: Tensor[]) => ts.slice(1).reduce((acc, t) => { const s = acc.add(t); acc.dispose(); t.dispose(); return s; }, ts[0]!);
     const auxLoss = sum(losses.map((l) => l.aux));
     const zLoss = sum(losses.map((l) => l.z));
     const a = auxLoss.mul(moe.auxLossCoef), z = zLoss.mul(moe.zLossCoef);
-    const withAux = out.loss.add(a);
-    const loss = withAux.add(z);
-    for (const t of [a, z, withAux]) t.dispose();
-    return { logits: out.logits, loss, lmLoss: out.loss, auxLoss, zLoss };
+    const term = a.add(z);
+    a.dispose();
+    z.dispose();
+    return { auxLoss, zLoss, term };
   }
 
   // The forward in its three parts, in order. `forward` chains them; a pipeline stage runs the
