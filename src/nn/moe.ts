@@ -108,18 +108,19 @@ export interface RouterLosses {
 
 /**
  * Expert parallelism as the layer sees it (parallel/expert_parallel.ts builds it over the ep
- * group): `size` ranks each hold E / size consecutive experts, and `exchange` is a
+ * group): `size` ranks each hold E / size consecutive experts, and `exchange` starts a
  * differentiable all-to-all, (n, E/n, S, C) blocks by destination rank in, the same shape of
- * blocks by source rank out; its backward is the reverse all-to-all. The layer knows nothing
- * of process groups.
+ * blocks by source rank out from `wait()`; its backward is the reverse all-to-all. Between
+ * start and wait the layer computes what does not need the tokens (the overlap point). The
+ * layer knows nothing of process groups.
  */
 export interface ExpertExchange {
   /** Ranks the experts are split over (n). */
   size: number;
   /** This rank's place among them (holds experts [rank E/n, (rank+1) E/n)). */
   rank: number;
-  /** (n, E/n, S, C) -> (n, E/n, S, C): block j goes to rank j, block i came from rank i. */
-  exchange(x: Tensor): Tensor;
+  /** Starts (n, E/n, S, C) -> (n, E/n, S, C): block j goes to rank j, block i came from rank i. */
+  exchange(x: Tensor): { wait(): Tensor };
 }
 
 /**
@@ -320,11 +321,21 @@ export class MoE extends Module {
     // Expert parallelism: send each rank its experts' slots, run them on every rank's tokens
     // as (E/n, n*S, C), and send the outputs back (El = E/n local experts; El = E without ep).
     const ep = this.ep, n = ep?.size ?? 1, El = E / n;
-    const xin = ep
-      ? ep.exchange(buf.view([n, El, S, C])).transpose(0, 1).reshape([El, n * S, C]) // (El, n*S, C)
+    const dispatch = ep?.exchange(buf.view([n, El, S, C]));
+    // Overlap point (expert parallelism): while the tokens travel, stack the local experts'
+    // weights and compute the router losses, neither of which needs them.
+    const weights = this.stackedWeights();
+    const { aux, z } = this.routerLosses(logits, probs, plan.stats);
+    const xin = dispatch
+      ? dispatch.wait().transpose(0, 1).reshape([El, n * S, C])                 // (El, n*S, C)
       : buf;
-    let out = this.expertsForward(xin);                                         // (El, n*S, C)
-    if (ep) out = ep.exchange(out.view([El, n, S, C]).transpose(0, 1).contiguous()).view([E, S, C]); // (E, S, C)
+    let out = this.expertsForward(xin, weights);                                // (El, n*S, C)
+    if (ep) {
+      const combine = ep.exchange(out.view([El, n, S, C]).transpose(0, 1).contiguous());
+      // Nothing left in this layer runs without the outputs: the combine is waited for at once
+      // (the next micro-batch's router would be the next candidate, a schedule change).
+      out = combine.wait().view([E, S, C]);                                     // (E, S, C)
+    }
 
     // 4. Combine: each token's k slot outputs (zero row when dropped), weighted by its gates.
     const outPad = cat([out.view([E * S, C]), zeros([1, C], { dtype: out.dtype })], 0); // (E*S + 1, C)
@@ -332,28 +343,39 @@ export class MoE extends Module {
     const picked = embedding(choiceSlot, outPad);                               // (N, k, C)
     const g = gates.dtype === picked.dtype ? gates : gates.to(picked.dtype);
     const y = picked.mul(g.unsqueeze(-1)).sum(1).view(x.shape);                 // (..., C)
+    return { y, aux, z };
+  }
 
-    // Router losses (float32): load balancing E * sum_e f_e P_e, and z-loss mean(lse^2).
-    const f = tensor(Float32Array.from(plan.stats.expertFraction), { shape: [E] });
+  /** Router losses (float32): load balancing E * sum_e f_e P_e, and z-loss mean(lse^2). */
+  private routerLosses(logits: Tensor, probs: Tensor, stats: RoutingStats): { aux: Tensor; z: Tensor } {
+    const E = this.numExperts;
+    const f = tensor(Float32Array.from(stats.expertFraction), { shape: [E] });
     const aux = probs.mean(0).mul(f).sum().mul(E);                              // ()
     const m = logits.max(-1, true).values.detach();                             // (N, 1)
     const lse = logits.sub(m).exp().sum(-1, true).log().add(m);                 // (N, 1)
     const z = lse.square().mean();                                              // ()
-    return { y, aux, z };
+    return { aux, z };
+  }
+
+  /**
+   * The local experts' weights stacked for the grouped GEMM, w1 (El, C, F) and w2 (El, F, C)
+   * as transposed views, with their Linears; null when the experts are int8 (no float weights).
+   */
+  private stackedWeights(): { w1: Tensor; w2: Tensor; fc: Linear[]; proj: Linear[] } | null {
+    const fc = this.experts.map((e) => e.c_fc), proj = this.experts.map((e) => e.c_proj);
+    if (!fc.every((l) => l instanceof Linear) || !proj.every((l) => l instanceof Linear)) return null;
+    const w1 = stack((fc as Linear[]).map((l) => l.weight)).transpose(1, 2);   // (El, C, F)
+    const w2 = stack((proj as Linear[]).map((l) => l.weight)).transpose(1, 2); // (El, F, C)
+    return { w1, w2, fc: fc as Linear[], proj: proj as Linear[] };
   }
 
   /**
    * Every local expert over its slots, (El, M, C) -> (El, M, C): one grouped GEMM over the
    * stacked float weights, or (int8 experts, see the file comment) each expert's own forward.
    */
-  private expertsForward(xin: Tensor): Tensor {
-    const linears = this.experts.map((e) => [e.c_fc, e.c_proj] as const);
-    if (!linears.every(([a, b]) => a instanceof Linear && b instanceof Linear)) {
-      return stack(this.experts.map((e, j) => e.forward(xin.select(0, j))));   // (El, M, C)
-    }
-    const fc = linears.map(([a]) => a as Linear), proj = linears.map(([, b]) => b as Linear);
-    const w1 = stack(fc.map((l) => l.weight)).transpose(1, 2);                  // (El, C, F)
-    const w2 = stack(proj.map((l) => l.weight)).transpose(1, 2);                // (El, F, C)
+  private expertsForward(xin: Tensor, weights: ReturnType<MoE["stackedWeights"]>): Tensor {
+    if (!weights) return stack(this.experts.map((e, j) => e.forward(xin.select(0, j)))); // (El, M, C)
+    const { w1, w2, fc, proj } = weights;
     let h = xin.matmul(w1);                                                     // (El, M, F)
     if (fc[0]!.bias) h = h.add(_stackedBias(fc, h.dtype));
     h = gelu(h, "tanh");

@@ -6,6 +6,13 @@
  * `MoE.shardExperts` hook calls. Capacity stays per source rank (DeepSpeed): each rank sends
  * each expert at most ceil(cf * N_local * k / E) tokens.
  *
+ * The exchange is asynchronous (`allToAllRegionStart`: `allToAllAsync` on the ep group's
+ * communication thread, then `fence`): the layer starts it, does work that does not need the
+ * tokens (stacking its experts' weights, the router losses: nn/moe.ts names the overlap point),
+ * and only then waits. A forward is synchronous code, so the wait is a fence rather than an
+ * await. The backward's reverse all-to-all has nothing to overlap with inside its node and
+ * runs issue-then-fence too.
+ *
  * Gradients (the data-parallel stage does the reducing; this file says which group):
  *   - shared parameters (attention, embeddings, routers): every rank of dp x ep holds them and
  *     read its own data, so they are averaged over `mesh.dataGroup()`;
@@ -28,31 +35,48 @@ import { Tensor } from "../tensor/index.js";
 import type { GPT } from "../models/index.js";
 import { MoE } from "../nn/index.js";
 import { clipCoefficient, type GradNormResult, type Optimizer, type OptimizerStateDict, type StepOptions } from "../optim/index.js";
-import { allToAll, type ProcessGroup } from "./collectives.js";
+import { allToAllAsync, fence, type ProcessGroup } from "./collectives.js";
 import type { GradSync } from "./grad_sync.js";
 import type { ShardedAdamW } from "./sharded_optimizer.js";
 
-/** x's all-to-all over g, outside autograd: block j (dim 0) to rank j, block i from rank i. */
-function allToAllRaw(x: Tensor, g: ProcessGroup): Tensor {
-  return noGrad(() => {
-    const src = x.contiguous();
-    const out = Tensor.empty([...x.shape], x.dtype);
-    allToAll(src, out, g);
-    src.dispose();
+/**
+ * Issues x's all-to-all over g, outside autograd (block j of dim 0 to rank j, block i from
+ * rank i); `finish()` waits for it (a fence on g) and returns the received blocks.
+ */
+function _allToAllStart(x: Tensor, g: ProcessGroup): () => Tensor {
+  const { src, out } = noGrad(() => ({ src: x.contiguous(), out: Tensor.empty([...x.shape], x.dtype) }));
+  const work = allToAllAsync(src, out, g);
+  return () => {
+    if (!work.completed) fence(g);
+    if (src !== x) src.dispose();
     return out;
-  });
+  };
 }
 
 /**
- * All-to-all forward, the reverse all-to-all backward: dim 0 of x (size g.size) indexes the
- * destination rank going in and the source rank coming out. It is its own conjugate: the
- * gradient of the block that came from rank i goes back to rank i.
+ * All-to-all forward, the reverse all-to-all backward, started now and completed by the
+ * returned `wait()` (see the file comment): dim 0 of x (size g.size) indexes the destination
+ * rank going in and the source rank coming out. It is its own conjugate: the gradient of the
+ * block that came from rank i goes back to rank i. Every rank of g must start its exchanges in
+ * the same order; x must not be written before `wait()`.
+ * @example
+ * const pending = allToAllRegionStart(slotsByDestination, mesh.group("ep"));   // (n, E/n, S, C)
+ * const w = stackWeights();                  // overlaps with the transfer
+ * const mine = pending.wait();               // (n, E/n, S, C), by source rank
+ */
+export function allToAllRegionStart(x: Tensor, g: ProcessGroup): { wait(): Tensor } {
+  if (g.size === 1) return { wait: () => recordNode("identity", x.alias(), [x], (gy) => [(gy as Tensor).alias()]) };
+  const finish = _allToAllStart(x, g);
+  return { wait: () => recordNode("ep_all_to_all", finish(), [x], (gy) => [_allToAllStart(gy as Tensor, g)()]) };
+}
+
+/**
+ * The blocking form of `allToAllRegionStart`: start and wait at once.
  * @example
  * const mine = allToAllRegion(slotsByDestination, mesh.group("ep"));   // (n, E/n, S, C)
  */
 export function allToAllRegion(x: Tensor, g: ProcessGroup): Tensor {
-  if (g.size === 1) return recordNode("identity", x.alias(), [x], (gy) => [(gy as Tensor).alias()]);
-  return recordNode("ep_all_to_all", allToAllRaw(x, g), [x], (gy) => [allToAllRaw(gy as Tensor, g)]);
+  return allToAllRegionStart(x, g).wait();
 }
 
 /** What expert parallelism did to the model. */
@@ -80,7 +104,7 @@ export function applyExpertParallel(model: GPT, group: ProcessGroup): ExpertPara
   if (group.size > 1) {
     for (const b of model.h) {
       if (!(b.mlp instanceof MoE)) continue;
-      b.mlp.shardExperts({ size: group.size, rank: group.rank, exchange: (x) => allToAllRegion(x, group) });
+      b.mlp.shardExperts({ size: group.size, rank: group.rank, exchange: (x) => allToAllRegionStart(x, group) });
       layers++;
     }
   }

@@ -27,7 +27,7 @@ export { applyBertTensorParallel, type BertTaskModel } from "./tensor_parallel_b
 /** The flat-shard layout of ZeRO checkpoints (zero_layout.json) and its inverse, from checkpoint/. */
 export { unshard, type FlatShardLayout as ZeroLayout } from "../checkpoint/index.js";
 export { underMpi, CommError } from "../backend/mpi.js";
-export { applyExpertParallel, allToAllRegion, isExpertParam, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
+export { applyExpertParallel, allToAllRegion, allToAllRegionStart, isExpertParam, ExpertGradScale, ExpertShardedAdamW, type ExpertParallelPlan } from "./expert_parallel.js";
 export { gatherLogical, type LogicalTensor } from "./logical_state.js";
 export { PlainSchedule, batchTensors, type TrainSchedule, type MicroBatch, type StepFunctions, type BatchForward, type LossOutput } from "./schedule.js";
 export { splitPipelineStages, layerSplit, PipelineSchedule, type PipelineOptions, type PipelineStagePlan, type PipelineChunk } from "./pipeline.js";
