@@ -9,14 +9,13 @@
  * Targets: memory per category within 10%, step time within 25%, and the planner's first
  * choice among these layouts measured fastest or within 10% of the fastest.
  *
- * Calibration: the cached `megalith plan --calibrate` record when it has collectives, else
- * calibrate() in this process (GEMM and copy bandwidth with this machine's threads) and
- * calibrateCollectives() in a 2-rank mpirun job (this file with --comm-worker), merged and
- * written to the calibration file. --recalibrate forces both. The predictions then use that
- * record with its GEMM rate re-measured at this model's own products (256-token GEMMs run far
- * below GPT-2 small's 1,024-token ones, bf16 most of all) and at each rank's thread count: 2
- * threads for one process, 1 thread per rank for 2 ranks (two threads on small products do not
- * reach twice one thread's rate).
+ * Calibration: the cached `megalith plan --calibrate` record when it was taken at this bench's
+ * model (its non-GEMM rate's shape) and has collectives, else `megalith plan --calibrate --config`
+ * for this model, i.e. calibrate() in this process (GEMM tables at this model's products with 2
+ * threads and with 1, the non-GEMM rate from a one-block step, the per-op cost) and the
+ * collectives from a 2-rank mpirun job (measureCollectives), written to the calibration file.
+ * --recalibrate forces it. Each layout is predicted on cpuProfile(record, dtype, ranks): one
+ * process with the 2-thread tables, each of 2 ranks with the 1-thread ones.
  *
  * Step time: the median after warm-up, as the check asks, and the fastest step beside it: this
  * machine's 2 cores are shared with other jobs (load1 per row), and the calibration is best-of,
@@ -35,12 +34,12 @@ import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { mpirunArgs, mpirunFlags } from "../src/cli/launch.js";
+import { mpirunArgs } from "../src/cli/launch.js";
+import { measureCollectives } from "../src/cli/plan.js";
 import { validateConfig, type TrainConfig } from "../src/train/config.js";
 import {
   calibrationFile, cpuProfile, describeLayout, predict, readCalibration, writeCalibration,
-  type CalibrationRecord, type CollectiveCalibration, type Layout, type Prediction,
+  type CalibrationRecord, type Layout, type Prediction,
 } from "../src/plan/index.js";
 import type { BenchResult } from "./main.js";
 
@@ -96,66 +95,28 @@ function layoutConfig(raw: Record<string, unknown>, l: BenchLayout): TrainConfig
 
 // ---- calibration -------------------------------------------------------------------------------
 
-/** Rank 0's JSON line of an mpirun --tag-output job. */
-function rank0Json<T>(out: string): T {
-  const line = out.split("\n").map((l) => l.replace(/^\[\d+,\d+\]<stdout>:/, "")).find((l) => l.startsWith("{"));
-  if (!line) throw new Error(`plan bench: no JSON in the mpirun output: ${out.slice(0, 500)}`);
-  return JSON.parse(line) as T;
+/** Whether a record holds the step-time tables for this bench's model, and collectives. */
+function fitsBench(rec: CalibrationRecord | null): rec is CalibrationRecord {
+  const m = rec?.non_gemm?.[0]?.model;
+  return !!rec?.collectives && !!m && Array.isArray(m.n_layer) && m.n_embd === MODEL.n_embd && m.block_size === MODEL.block_size && m.vocab_size === MODEL.vocab_size && m.micro_batch_size === MICRO_BATCH;
 }
 
-async function commWorker(): Promise<void> {
-  const { worldGroup } = await import("../src/parallel/index.js");
-  const { calibrateCollectives } = await import("../src/plan/calibrate.js");
-  const g = worldGroup();
-  const c = calibrateCollectives(g);
-  if (g.rank === 0) process.stdout.write(JSON.stringify(c) + "\n");
-}
-
-async function calibration(force: boolean): Promise<{ rec: CalibrationRecord; source: string }> {
+async function calibration(force: boolean, base: TrainConfig): Promise<{ rec: CalibrationRecord; source: string }> {
   const cached = force ? null : readCalibration();
-  if (cached?.collectives) return { rec: cached, source: `cached ${calibrationFile()}` };
-  let rec = cached;
-  if (!rec) {
-    console.error("plan bench: calibrating GEMM and copy bandwidth (megalith plan --calibrate, in-process)...");
-    const { calibrate } = await import("../src/plan/calibrate.js");
-    rec = calibrate();
-  }
-  console.error("plan bench: calibrating collectives (2-rank mpirun)...");
-  const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
-  const r = spawnSync("mpirun", [...mpirunFlags(2), process.execPath, "--import", "tsx", fileURLToPath(import.meta.url), "--comm-worker"], { encoding: "utf8", env, maxBuffer: 1 << 24 });
-  if (r.status !== 0) throw new Error(`plan bench: the collective calibration failed: ${r.stderr.slice(-2000)}`);
-  rec = { ...rec, collectives: rank0Json<CollectiveCalibration>(r.stdout) };
-  writeCalibration(rec);
-  return { rec, source: `measured now, written to ${calibrationFile()}` };
-}
-
-/**
- * GEMM FLOP/s at this model's own shapes (M = b·s tokens per micro-batch; the qkv, projection,
- * MLP and head products), per dtype: the FLOP-weighted harmonic mean, i.e. the rate at which one
- * forward's GEMMs run. The cached calibration's rate (GPT-2 small at 1,024 tokens) is what a
- * kernel reaches on big products; 256-token products reach less, and the step runs those.
- */
-async function modelShapeRates(threads: number): Promise<{ rates: Record<string, number>; shapes: CalibrationRecord["gemm_shapes"] }> {
+  if (fitsBench(cached)) return { rec: cached, source: `cached ${calibrationFile()}` };
+  console.error("plan bench: calibrating at this model's shapes (megalith plan --calibrate --config, in-process) and collectives (2-rank mpirun)...");
   const { calibrate } = await import("../src/plan/calibrate.js");
-  const { backend } = await import("../src/backend/index.js");
-  const before = backend.numThreads();
-  backend.setNumThreads(threads);
-  const M = MICRO_BATCH * MODEL.block_size, h = MODEL.n_embd, V = MODEL.vocab_size;
-  const shapes: Array<[number, number, number]> = [[M, h, 3 * h], [M, h, h], [M, h, 4 * h], [M, 4 * h, h], [M, h, V]];
-  const rec = calibrate({ shapes, budgetMs: 150, copyBytes: 2 ** 20 });
-  const rates: Record<string, number> = {};
-  for (const dtype of Object.keys(rec.gemm_flops)) {
-    const rows = rec.gemm_shapes.filter((r) => r.dtype === dtype);
-    const f = (mkn: [number, number, number]) => 2 * mkn[0] * mkn[1] * mkn[2];
-    rates[dtype] = rows.reduce((a, r) => a + f(r.mkn), 0) / rows.reduce((a, r) => a + f(r.mkn) / r.flops, 0);
-  }
-  backend.setNumThreads(before);
-  return { rates, shapes: rec.gemm_shapes };
+  const rec = calibrate({ config: base });
+  const coll = measureCollectives(2);
+  rec.collectives = coll.collectives;
+  if (!coll.collectives) rec.collectives_skipped = coll.why;
+  writeCalibration(rec);
+  return { rec, source: `measured now, written to ${calibrationFile()}${coll.collectives ? "" : ` (collectives skipped: ${coll.why})`}` };
 }
 
 // ---- running a layout --------------------------------------------------------------------------
 
-interface Metric { step: number; step_ms: number; mem_params_mb: number; mem_grads_mb: number; mem_optimizer_mb: number; mem_act_peak_mb: number; mem_peak_mb: number }
+interface Metric { step: number; step_ms: number; step_cpu_ms?: number; mem_params_mb: number; mem_grads_mb: number; mem_optimizer_mb: number; mem_act_peak_mb: number; mem_peak_mb: number }
 
 function readMetrics(file: string): Metric[] {
   if (!existsSync(file)) return [];
@@ -216,20 +177,13 @@ const pct = (x: number) => (Number.isFinite(x) ? `${x >= 0 ? "+" : ""}${(x * 100
 export async function run(args: string[]): Promise<BenchResult> {
   const opt = (name: string, dflt: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || dflt : dflt);
   const steps = opt("--steps", 7), timeoutS = opt("--timeout", 120);
+  // --threads1: every rank single-threaded (1-process layouts too), so that rank 0's CPU time
+  // per step estimates its step on idle cores however loaded the shared cores are.
+  const threads1 = args.includes("--threads1");
   process.env.MEGALITH_FROM_SOURCE = "1";
   process.env.MEGALITH_NUM_THREADS ??= "2";
   const started = Date.now();
   const loadStart = loadavg().map((x) => +x.toFixed(2));
-  const { rec: cached, source } = await calibration(args.includes("--recalibrate"));
-  console.error("plan bench: GEMM at this model's shapes, with 2 threads and with 1...");
-  const shapeRates = await modelShapeRates(2), shapeRates1 = await modelShapeRates(1);
-  // The profiles the predictions use: the calibration with its GEMM rates measured at this
-  // model's shapes, and at each rank's thread count: a 1-process job's 2 threads, or each of 2
-  // ranks' 1 thread (cpuProfile divides the record's rate by the ranks, so that record holds 2x
-  // the 1-thread rate). Two threads on 256-token products do not reach 2x one thread's rate.
-  const rec: CalibrationRecord = { ...cached, gemm_flops: shapeRates.rates };
-  const rec1: CalibrationRecord = { ...cached, gemm_flops: Object.fromEntries(Object.entries(shapeRates1.rates).map(([d, r]) => [d, 2 * r])) };
-  const profileRec = (l: BenchLayout) => (l.ranks === 1 ? rec : rec1);
   const dir = mkdtempSync(join(tmpdir(), "megalith-planbench-"));
   try {
     console.error("plan bench: a 512-token BPE tokenizer and the Brown corpus...");
@@ -245,11 +199,15 @@ export async function run(args: string[]): Promise<BenchResult> {
     };
     const cfg = join(dir, "config.json");
     writeFileSync(cfg, JSON.stringify(raw, null, 2));
+    const { rec: cached, source } = await calibration(args.includes("--recalibrate"), layoutConfig(raw, LAYOUTS[0]!));
+    // A 1-process layout run with 1 thread is predicted from the 1-thread tables.
+    const profileRec = (l: BenchLayout) => (threads1 && l.ranks === 1 ? { ...cached, threads: 1 } : cached);
     const only = args.includes("--only") ? (args[args.indexOf("--only") + 1] ?? "").split(",") : null;
-    const layouts = LAYOUTS.filter((l) => !only || only.includes(l.name));
+    const layouts = LAYOUTS.filter((l) => !only || only.includes(l.name)).map((l) => (threads1 ? { ...l, threads: 1 } : l));
     const rows: BenchResult["rows"] = [];
     const preds = new Map<string, Prediction>();
     const measuredMs = new Map<string, number>();
+    const cpuMs = new Map<string, number>();
     for (const [i, l] of layouts.entries()) {
       const c = layoutConfig(raw, l);
       const dtype = c.train.precision === "bf16" ? "bfloat16" : "float32";
@@ -263,6 +221,10 @@ export async function run(args: string[]): Promise<BenchResult> {
       const last = ms[ms.length - 1]!;
       const stepMs = median(steady.map((m) => m.step_ms));
       measuredMs.set(l.name, stepMs);
+      // Rank 0's CPU time per step over its threads: a 1-thread rank's idle-core step; for more
+      // threads a lower bound (serial parts leave a thread idle).
+      const cpuStep = median(steady.map((m) => m.step_cpu_ms ?? NaN)) / l.threads;
+      cpuMs.set(l.name, cpuStep);
       const row: BenchResult["rows"][number] = { name: l.name };
       let memOk = true;
       for (const [short, key, metric] of CATS) {
@@ -276,13 +238,15 @@ export async function run(args: string[]): Promise<BenchResult> {
       const predMs = p.step_time.total * 1000;
       const te = err(predMs, stepMs);
       Object.assign(row, {
-        step_pred_ms: +predMs.toFixed(0), step_meas_ms: +stepMs.toFixed(0), step_err: pct(te),
+        step_pred_ms: +predMs.toFixed(0), pred_compute_ms: +(p.step_time.compute * 1000).toFixed(0), pred_comm_ms: +(p.step_time.communication * 1000).toFixed(0),
+        step_meas_ms: +stepMs.toFixed(0), step_err: pct(te),
         mem_ok: memOk, time_ok: Math.abs(te) <= TIME_TOL, peak_meas_mb: +last.mem_peak_mb.toFixed(1),
+        step_cpu_ms: +cpuStep.toFixed(0), step_err_vs_cpu: pct(err(predMs, cpuStep)), time_ok_cpu: Math.abs(err(predMs, cpuStep)) <= TIME_TOL, threads: l.threads,
         step_min_ms: +Math.min(...steady.map((m) => m.step_ms)).toFixed(0), step_err_vs_min: pct(err(predMs, Math.min(...steady.map((m) => m.step_ms)))),
         load1: +loadavg()[0]!.toFixed(1),
       });
       rows.push(row);
-      console.error(`  measured ${stepMs.toFixed(0)} ms (predicted ${predMs.toFixed(0)}, ${pct(te)}); ` +
+      console.error(`  measured ${stepMs.toFixed(0)} ms, cpu ${cpuStep.toFixed(0)} ms (predicted ${predMs.toFixed(0)}: ${pct(te)}, ${pct(err(predMs, cpuStep))} vs cpu); ` +
         CATS.map(([s]) => `${s} ${row[`${s}_meas_mb`]}/${row[`${s}_pred_mb`]} MiB`).join(", ") + ` (load ${loadavg()[0]!.toFixed(1)})`);
     }
     // The planner's first choice among the measured layouts: fits first, then predicted time.
@@ -290,9 +254,13 @@ export async function run(args: string[]): Promise<BenchResult> {
     const first = ranked[0]![0];
     const fastest = [...measuredMs.entries()].sort((x, y) => x[1] - y[1])[0]!;
     const choiceGap = measuredMs.get(first)! / fastest[1] - 1;
+    const fastestCpu = [...cpuMs.entries()].sort((x, y) => x[1] - y[1])[0]!;
     const summary = {
       planner_first_choice: first, measured_fastest: fastest[0], first_choice_vs_fastest: pct(choiceGap), choice_ok: choiceGap <= CHOICE_TOL,
       memory_within_10pct: `${rows.filter((r) => r.mem_ok).length}/${rows.length}`, step_within_25pct: `${rows.filter((r) => r.time_ok).length}/${rows.length}`,
+      step_within_25pct_of_cpu: `${rows.filter((r) => r.time_ok_cpu).length}/${rows.length}`,
+      measured_fastest_by_cpu: fastestCpu[0], first_choice_vs_fastest_by_cpu: pct(cpuMs.get(first)! / fastestCpu[1] - 1),
+      threads_per_rank: threads1 ? 1 : "1-process layouts 2, 2-rank layouts 1",
     };
     console.error(`plan bench: ${JSON.stringify(summary)}`);
     return {
@@ -303,7 +271,7 @@ export async function run(args: string[]): Promise<BenchResult> {
         model: `gpt ${MODEL.n_layer}L/${MODEL.n_head}H/${MODEL.n_embd}, T=${MODEL.block_size}, vocab ${MODEL.vocab_size}, dropout 0`,
         global_batch: `${MICRO_BATCHES} micro-batches x ${MICRO_BATCH} x ${MODEL.block_size} tokens (dp2: 2 per rank; pp2: m=4)`,
         steps, warmup_steps: WARMUP, calibration: source, calibration_record: cached,
-        gemm_at_model_shapes: { flops_per_s_2_threads: shapeRates.rates, flops_per_s_1_thread: shapeRates1.rates, shapes_2_threads: shapeRates.shapes, shapes_1_thread: shapeRates1.shapes, note: "the predictions' GEMM rate: FLOP-weighted harmonic mean over this model's products (M = b*s = 256 tokens); 1-process layouts use the 2-thread rate, each rank of a 2-rank layout the 1-thread rate" },
+        step_model: "calibrated cpu-this: GEMMs at the table's rate for each of this model's products (2-thread table for 1 process, 1-thread for each of 2 ranks) + non-GEMM traffic at the rate measured from a one-block step + ops x per-op cost, x (1 + bubble), + collectives (measured latency and bandwidth per kind)",
         step_min: "step_min_ms: the fastest step after warm-up, the least disturbed by other jobs on the shared cores (load1: the 1-minute load average after the layout); the calibration is best-of, i.e. an undisturbed machine",
         launch: "2 ranks: mpirun (mpirunArgs), MEGALITH_NUM_THREADS=1 per rank; 1 process: 2 threads",
         measured: "rank 0's metrics.jsonl: params/grads/optimizer when the gradients are complete (last step), activation peak (max over steps after warm-up), median step_ms after warm-up",
@@ -319,4 +287,3 @@ export async function run(args: string[]): Promise<BenchResult> {
   }
 }
 
-if (process.argv.includes("--comm-worker")) await commWorker();

@@ -27,7 +27,7 @@ import { GPT } from "../models/index.js";
 import { allGather, allReduce, barrier, recv, reduceScatter, send, type ProcessGroup } from "../parallel/index.js";
 import type { CalibrationRecord, CollectiveCalibration, CollectiveKind } from "./hardware.js";
 import { iterationFlops, ringBytes } from "./formulas.js";
-import { activationTrafficBytes, forwardBackwardOps, modelGemmShapes, type Layout, type PlanConfig } from "./planner.js";
+import { trafficParts, forwardBackwardOps, modelGemmShapes, type Layout, type PlanConfig } from "./planner.js";
 
 /** Options of `calibrate()`. */
 export interface CalibrateOptions {
@@ -59,6 +59,19 @@ const DEFAULT_TABLE_MODEL: PlanConfig = {
   parallel: { dp: 1, bucket_mb: 25, reduce_dtype: "fp32", offload: "none", offload_chunk_mb: 32 },
 };
 
+/**
+ * Milliseconds since (t0, c0): wall time, or with one backend thread the smaller of it and the
+ * process's CPU time, which the other jobs on shared cores do not inflate (a 1-thread run's
+ * CPU time is its time on an idle core). With more threads wall time (CPU time / threads would
+ * credit perfect parallelism).
+ */
+function _busyMs(t0: number, c0: NodeJS.CpuUsage): number {
+  const wall = performance.now() - t0;
+  if (backend.numThreads() !== 1) return wall;
+  const c = process.cpuUsage(c0);
+  return Math.min(wall, (c.user + c.system) / 1000);
+}
+
 /** Best-of GEMM FLOP/s for one shape and dtype within a time budget. */
 function gemmFlops([M, K, N]: [number, number, number], dtype: DType, budgetMs: number): number {
   return withScope(() => {
@@ -67,9 +80,9 @@ function gemmFlops([M, K, N]: [number, number, number], dtype: DType, budgetMs: 
     let best = Infinity;
     const end = performance.now() + budgetMs;
     for (let i = 0; i < 3 || (performance.now() < end && i < 1000); i++) {
-      const t0 = performance.now();
+      const t0 = performance.now(), c0 = process.cpuUsage();
       withScope(() => { a.matmul(b); });
-      best = Math.min(best, performance.now() - t0);
+      best = Math.min(best, _busyMs(t0, c0));
     }
     return (2 * M * K * N) / (best / 1000);
   });
@@ -158,56 +171,75 @@ function opOverhead(): number {
     const x = randn([8], { seed: 3 }).requiresGrad_(), y = randn([8], { seed: 4 });
     let best = Infinity;
     for (let r = 0; r < 6; r++) {
-      const t0 = performance.now();
+      const t0 = performance.now(), c0 = process.cpuUsage();
       withScope(() => { for (let i = 0; i < 400; i++) x.mul(y); });
-      if (r > 0) best = Math.min(best, (performance.now() - t0) / 1000 / 400);
+      if (r > 0) best = Math.min(best, _busyMs(t0, c0) / 1000 / 400);
     }
     return best;
   });
 }
 
+type NonGemm = Omit<NonNullable<CalibrationRecord["non_gemm"]>[number], "dtype" | "threads">;
+
 /**
- * The non-GEMM rate at `c`'s shape: a one-block GPT's forward + backward (one micro-batch of
- * b x s tokens, under autocast for 16-bit dtypes), best of a few, less its GEMMs at `rate` and
- * its ops at `perOp`; bytes/s of `activationTrafficBytes` for that block. At least a tenth of the
- * step is left to it, so a GEMM table measured high cannot make the rate infinite.
+ * The non-GEMM rates at `c`'s shape, from two GPTs' forward + backward (one micro-batch of b x s
+ * tokens, under autocast for 16-bit dtypes; best of a few each): one block, and
+ * min(max(n_layer, 2), 4) blocks. Each step less its GEMMs at `rate` and its ops at `perOp` is
+ * the non-GEMM time; the difference per added block is a block's, the rest the embedding's,
+ * head's and loss's: bytes/s of the planner's traffic count for each (`trafficParts`). Two
+ * points, because the head's kernels (softmax and cross-entropy over the vocabulary) and a
+ * block's run at different rates, and one point would charge the head's rate to every block.
+ * Each part keeps at least a tenth of its time, so a GEMM table measured high cannot make a
+ * rate infinite.
  */
-function nonGemmRate(c: PlanConfig, dtype: DType, rate: (mkn: [number, number, number]) => number, perOp: number, budgetMs: number): { bandwidth: number; step_s: number; model: NonNullable<CalibrationRecord["non_gemm"]>[number]["model"] } {
+function nonGemmRate(c: PlanConfig, dtype: DType, rate: (mkn: [number, number, number]) => number, perOp: number, budgetMs: number): NonGemm {
   const { n_embd: h, n_head: a, block_size: s, vocab_size: V, bias } = c.model;
   const b = c.train.micro_batch_size;
-  const one: PlanConfig = { ...c, model: { ...c.model, n_layer: 1 }, train: { ...c.train, precision: dtype === "float32" ? "fp32" : dtype === "bfloat16" ? "bf16" : "fp16" } };
+  const precision = dtype === "float32" ? "fp32" : dtype === "bfloat16" ? "bf16" : "fp16";
   const layout: Layout = { dp: 1, tp: 1, pp: 1, sp: false, zero: 0, recompute: "none", schedule: "1f1b", virtualStages: 1, microBatchSize: b, microBatches: 1 };
-  const model = new GPT({ nLayer: 1, nHead: a, nEmbd: h, blockSize: s, vocabSize: V, bias }, { seed: 5 });
-  model.train();
   const ids = () => tensor(Int32Array.from({ length: b * s }, (_, i) => (i * 7919 + 13) % V), { shape: [b, s], dtype: "int32" });
-  const step = () => withScope(() => {
-    const run = () => model.forward(ids(), ids()).loss!;
-    const loss = dtype === "float32" ? run() : withAutocast(dtype, run);
-    loss.backward();
-  });
-  let best = Infinity;
-  try {
-    step();  // warm-up: first touch, primitive creation
-    const end = performance.now() + budgetMs;
-    for (let i = 0; i < 5 || (performance.now() < end && i < 50); i++) {
-      const t0 = performance.now();
-      step();
-      best = Math.min(best, (performance.now() - t0) / 1000);
+  const L2 = Math.min(Math.max(c.model.n_layer, 2), 4);
+  /** Best seconds of one forward + backward of an L-block GPT, and its non-GEMM, non-op seconds. */
+  const measure = (L: number): { step: number; rest: number; at: PlanConfig } => {
+    const at: PlanConfig = { ...c, model: { ...c.model, n_layer: L }, train: { ...c.train, precision } };
+    const model = new GPT({ nLayer: L, nHead: a, nEmbd: h, blockSize: s, vocabSize: V, bias }, { seed: 5 });
+    model.train();
+    const step = () => withScope(() => {
+      const run = () => model.forward(ids(), ids()).loss!;
+      const loss = dtype === "float32" ? run() : withAutocast(dtype, run);
+      loss.backward();
+    });
+    let best = Infinity;
+    try {
+      step();  // warm-up: first touch, primitive creation
+      const end = performance.now() + budgetMs;
+      for (let i = 0; i < 5 || (performance.now() < end && i < 50); i++) {
+        const t0 = performance.now(), c0 = process.cpuUsage();
+        step();
+        best = Math.min(best, _busyMs(t0, c0) / 1000);
+      }
+    } finally {
+      for (const p of model.parameters()) {
+        p.grad?.dispose();
+        p.dispose();
+      }
     }
-  } finally {
-    for (const p of model.parameters()) {
-      p.grad?.dispose();
-      p.dispose();
-    }
-  }
-  // The GEMM time as the planner counts it (`gemmSeconds`): the executed FLOPs (attention's
-  // included) at the FLOP-weighted harmonic mean of the block's and the head's product rates.
-  const shapes = modelGemmShapes(one, layout);
-  const w = shapes.map((mkn) => 2 * mkn[0] * mkn[1] * mkn[2]);
-  const meanRate = w.reduce((x, y) => x + y, 0) / w.reduce((t, wi, i) => t + wi / rate(shapes[i]!), 0);
-  const gemm = iterationFlops({ B: b, s, l: 1, h, V }, "none") / meanRate;
-  const rest = Math.max(best - gemm - forwardBackwardOps(one, layout) * perOp, best / 10);
-  return { bandwidth: activationTrafficBytes(one, layout) / rest, step_s: best, model: { n_embd: h, n_head: a, block_size: s, vocab_size: V, micro_batch_size: b } };
+    // The GEMM time as the planner counts it (`gemmSeconds`): the executed FLOPs (attention's
+    // included) at the FLOP-weighted harmonic mean of the blocks' and the head's product rates.
+    const shapes = modelGemmShapes(at, layout);
+    const w = shapes.map((mkn, i) => 2 * mkn[0] * mkn[1] * mkn[2] * (i === shapes.length - 1 ? 1 : L));
+    const meanRate = w.reduce((x, y) => x + y, 0) / w.reduce((t, wi, i) => t + wi / rate(shapes[i]!), 0);
+    const gemm = iterationFlops({ B: b, s, l: L, h, V }, "none") / meanRate;
+    return { step: best, rest: best - gemm - forwardBackwardOps(at, layout) * perOp, at };
+  };
+  const one = measure(1), many = measure(L2);
+  const perBlock = Math.max((many.rest - one.rest) / (L2 - 1), (many.step - one.step) / (L2 - 1) / 10);
+  const head = Math.max(one.rest - perBlock, one.step / 10);
+  const t1 = trafficParts(one.at, layout);
+  return {
+    bandwidth: t1.layers / perBlock, head_bandwidth: t1.head / head, step_s: one.step, steps_s: [one.step, many.step],
+    model: { n_embd: h, n_head: a, block_size: s, vocab_size: V, micro_batch_size: b, n_layer: [1, L2] },
+  };
 }
 
 /**

@@ -48,10 +48,12 @@ export interface HardwareProfile {
    */
   gemmTable?: Array<{ mkn: [number, number, number]; flops: number }>;
   /**
-   * Calibrated profiles: bytes/s per rank of the non-GEMM work as the planner counts its traffic
-   * (`memoryTrafficBytes`), measured through the runtime's own kernels. Absent: memoryBandwidth.
+   * Calibrated profiles: bytes/s per rank of the blocks' and AdamW's non-GEMM work as the planner
+   * counts its traffic (`trafficParts`), measured through the runtime's own kernels. Absent: memoryBandwidth.
    */
   elementwiseBandwidth?: number;
+  /** Calibrated profiles: the same for the embedding, head and loss (softmax over the vocabulary). Absent: elementwiseBandwidth. */
+  headBandwidth?: number;
   /** Calibrated profiles: seconds of fixed cost per tensor op (dispatch, autograd, allocator). Absent: 0. */
   opOverhead?: number;
   /** Which fields are planning assumptions rather than data-sheet or measured values. */
@@ -146,11 +148,16 @@ export interface CalibrationRecord {
    */
   gemm_table?: Array<{ dtype: string; threads: number; mkn: [number, number, number]; flops: number }>;
   /**
-   * The non-GEMM work's rate per dtype and thread count: bytes/s of the planner's traffic count
-   * (`activationTrafficBytes`), from a one-block GPT's forward + backward less its GEMMs at the
-   * table's rates and its ops at op_overhead_s. `model` is the shape measured; `step_s` its time.
+   * The non-GEMM work's rates per dtype and thread count, in bytes/s of the planner's traffic
+   * count (`trafficParts`): a block's (`bandwidth`, also AdamW's) and the embedding's, head's and
+   * loss's (`head_bandwidth`), from GPTs of 1 and n_layer[1] blocks (forward + backward, less
+   * their GEMMs at the table's rates and their ops at op_overhead_s). `model` is the shape
+   * measured; `step_s` the one-block step's seconds, `steps_s` both.
    */
-  non_gemm?: Array<{ dtype: string; threads: number; bandwidth: number; step_s: number; model: { n_embd: number; n_head: number; block_size: number; vocab_size: number; micro_batch_size: number } }>;
+  non_gemm?: Array<{
+    dtype: string; threads: number; bandwidth: number; head_bandwidth?: number; step_s: number; steps_s?: number[];
+    model: { n_embd: number; n_head: number; block_size: number; vocab_size: number; micro_batch_size: number; n_layer?: number[] };
+  }>;
   /** Seconds of fixed cost per tensor op with autograd recording (a tiny product, best of many). */
   op_overhead_s?: number;
 }
@@ -214,6 +221,7 @@ export function cpuProfile(rec: CalibrationRecord, dtype: string, ranks: number)
   const measured = {
     ...(table.length ? { gemmTable: table } : {}),
     ...(nonGemm ? { elementwiseBandwidth: nonGemm.bandwidth * share } : {}),
+    ...(nonGemm?.head_bandwidth ? { headBandwidth: nonGemm.head_bandwidth * share } : {}),
     ...(rec.op_overhead_s !== undefined ? { opOverhead: rec.op_overhead_s / share } : {}),
   };
   const coll = rec.collectives?.kinds;

@@ -21,5 +21,5 @@ export {
 } from "./hardware.js";
 export {
   type PlanConfig, type Layout, type MemoryPrediction, type CommBytes, type Prediction, type Refusal, type Plan,
-  gptParameters, stageParameters, checkLayout, commBytes, memoryTrafficBytes, activationTrafficBytes, modelGemmShapes, gemmRate, gemmSeconds, opsPerStep, forwardBackwardOps, predict, rankPredictions, describeLayout, formatSeconds, plan,
+  gptParameters, stageParameters, checkLayout, commBytes, memoryTrafficBytes, trafficParts, modelGemmShapes, gemmRate, gemmSeconds, opsPerStep, forwardBackwardOps, predict, rankPredictions, describeLayout, formatSeconds, plan,
 } from "./planner.js";

@@ -282,20 +282,25 @@ export function commBytes(c: PlanConfig, l: Layout): CommBytes {
  * this rank's shard). GEMM operands are not counted: they are the FLOP term's.
  */
 export function memoryTrafficBytes(c: PlanConfig, l: Layout): number {
-  const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
-  const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
-  return activationTrafficBytes(c, l) + optimizer;
+  const t = trafficParts(c, l);
+  return t.layers + t.head + t.optimizer;
 }
 
-/** `memoryTrafficBytes` less the optimizer's: the forward and backward passes over the activations. */
-export function activationTrafficBytes(c: PlanConfig, l: Layout): number {
+/**
+ * `memoryTrafficBytes` by where the bytes move (a calibrated profile has a rate for each): the
+ * blocks' activation passes, the embedding's, head's and loss's, and AdamW's.
+ */
+export function trafficParts(c: PlanConfig, l: Layout): { layers: number; head: number; optimizer: number } {
   const { n_layer: L, n_embd: h, n_head: a, block_size: s, vocab_size: V } = c.model;
   const shape = { s, b: l.microBatchSize, h, a, t: l.tp, sp: l.sp };
   const bytes = actBytes(c);
   // Every layer's activations as if none were recomputed: recomputation rewrites them.
-  const perMicro = (L / l.pp) * activationLayerBytesAt(shape, "none", bytes) + (activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2;
   const passes = 4 + (l.recompute === "full" ? 1 : 0);
-  return passes * l.microBatches * perMicro;
+  const layers = passes * l.microBatches * (L / l.pp) * activationLayerBytesAt(shape, "none", bytes);
+  const head = 4 * l.microBatches * (activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2;
+  const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
+  const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
+  return { layers, head, optimizer };
 }
 
 /**
@@ -379,7 +384,8 @@ export function predict(c: PlanConfig, l: Layout, hw: HardwareProfile, stage?: n
   const shape = { B, s: c.model.block_size, l: c.model.n_layer, h: c.model.n_embd, V: c.model.vocab_size };
   const flops = { model: iterationFlops(shape, "none"), hardware: iterationFlops(shape, l.recompute) };
   const gemm = gemmSeconds(c, l, hw, flops.hardware / world);
-  const nonGemm = memoryTrafficBytes(c, l) / (hw.elementwiseBandwidth ?? hw.memoryBandwidth) + opsPerStep(c, l) * (hw.opOverhead ?? 0);
+  const traffic = trafficParts(c, l), bw = hw.elementwiseBandwidth ?? hw.memoryBandwidth;
+  const nonGemm = (traffic.layers + traffic.optimizer) / bw + traffic.head / (hw.headBandwidth ?? bw) + opsPerStep(c, l) * (hw.opOverhead ?? 0);
   const compute = (gemm + nonGemm) * (1 + bubble);
   // Which link each group crosses: ranks are numbered tp innermost, then dp, then pp (DeviceMesh).
   // Inside a node a calibrated profile has each collective kind's own bandwidth and latency.

@@ -66,6 +66,12 @@ export interface StepMetrics {
   /** Peak MiB of activations during this step (forward + backward), from the allocator. */
   mem_act_peak_mb: number;
   step_ms: number;
+  /**
+   * CPU time of this process during the step (user + system, all its threads), ms. On cores
+   * shared with other jobs it is what their load does not inflate: for a 1-thread rank, about
+   * its step time on idle cores (the plan bench compares predictions with it).
+   */
+  step_cpu_ms: number;
   /** fp16: the loss scale after this step, and the steps skipped for overflow so far. */
   loss_scale?: number;
   skipped_steps?: number;
@@ -306,7 +312,7 @@ export class Trainer {
   /** One optimizer step (all micro-steps). Returns the metrics, or null when the step was skipped. */
   async trainStep(): Promise<StepMetrics | SkippedStep> {
     const c = this.config;
-    const t0 = performance.now();
+    const t0 = performance.now(), cpu0 = process.cpuUsage();
     this.runPeakBytes = Math.max(this.runPeakBytes, memoryStats().peakTotal);
     resetPeakMemory();
     const policy = this.precision;
@@ -368,6 +374,7 @@ export class Trainer {
     });
     this.step++;
     const dt = (performance.now() - t0) / 1000;
+    const cpu = process.cpuUsage(cpu0);
     // Token positions this step computed (fine-tuning batches are padded only to their longest row).
     const tokens = batches.reduce((a, b) => a + b.batchSize * b.blockSize, 0) * this.config.parallel.dp;
     this.tokensSeen += tokens;
@@ -376,6 +383,7 @@ export class Trainer {
     return {
       step: stepNumber, loss, lr, grad_norm: norm, tokens_per_s: tokens / dt, flops_per_s: flops,
       mfu: flops / this.peakFlops, mem_live_mb: mem.liveTotal / 2 ** 20, mem_peak_mb: Math.max(this.runPeakBytes, mem.peakTotal) / 2 ** 20, step_ms: dt * 1000,
+      step_cpu_ms: (cpu.user + cpu.system) / 1000,
       mem_params_mb: memAtGrads.live.params / 2 ** 20, mem_grads_mb: memAtGrads.live.grads / 2 ** 20, mem_optimizer_mb: memAtGrads.live.optimizer / 2 ** 20,
       mem_act_peak_mb: mem.peak.activations / 2 ** 20,
       ...(scaler ? { loss_scale: scaler.scale, skipped_steps: scaler.skippedSteps } : {}),

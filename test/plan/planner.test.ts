@@ -5,7 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validateConfig, type TrainConfig } from "../../src/train/config.js";
 import {
-  BUILTIN_PROFILES, checkLayout, cpuProfile, gptParameters, memoryTrafficBytes, plan, predict, rankPredictions, stageParameters,
+  BUILTIN_PROFILES, checkLayout, cpuProfile, gptParameters, memoryTrafficBytes, trafficParts, plan, predict, rankPredictions, stageParameters,
   type HardwareProfile, type Layout,
 } from "../../src/plan/index.js";
 
@@ -134,13 +134,16 @@ test("predict() counts this runtime's memory: 4/4/8 bytes per parameter under bf
   assert.deepEqual([z3.parameters, z3.gradients, z3.optimizer], [9 * 2 ** 20, 9 * 2 ** 20, 18 * 2 ** 20]);
 });
 
-test("memoryTrafficBytes() counts 4 passes over each micro-batch's activations (5 with full recomputation) and AdamW's 28 bytes per shard parameter", () => {
+test("memoryTrafficBytes() counts 4 passes over each micro-batch's activations (5 over the blocks' with full recomputation) and AdamW's 28 bytes per shard parameter", () => {
   const c = config();
   const psi = gptParameters(c);
-  const none = memoryTrafficBytes(c, base), full = memoryTrafficBytes(c, { ...base, recompute: "full" });
-  const acts = (none - 28 * psi) / 4;
-  assert.ok(acts > 0);
-  assert.equal(full, 5 * acts + 28 * psi);
+  const none = trafficParts(c, base), full = trafficParts(c, { ...base, recompute: "full" });
+  assert.equal(memoryTrafficBytes(c, base), none.layers + none.head + none.optimizer);
+  const acts = (none.layers + none.head) / 4;
+  assert.ok(none.layers > 0 && none.head > 0);
+  assert.equal(none.optimizer, 28 * psi);
+  assert.equal(full.layers, (5 / 4) * none.layers);
+  assert.equal(full.head, none.head, "the head is not recomputed");
   assert.equal(memoryTrafficBytes(c, { ...base, dp: 2, zero: 1, microBatches: 2 }), 2 * (acts / 4) * 4 + 14 * psi);
   // and predict() spends it at the profile's memory bandwidth
   const slow = { ...a100, memoryBandwidth: a100.memoryBandwidth / 10 };

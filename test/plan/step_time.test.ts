@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { validateConfig, type TrainConfig } from "../../src/train/config.js";
 import {
-  cpuProfile, forwardBackwardOps, gemmRate, gemmSeconds, modelGemmShapes, opsPerStep, predict, writeCalibration,
+  cpuProfile, forwardBackwardOps, gemmRate, gemmSeconds, modelGemmShapes, opsPerStep, predict, trafficParts, writeCalibration,
   type CalibrationRecord, type Layout,
 } from "../../src/plan/index.js";
 import { calibrate } from "../../src/plan/calibrate.js";
@@ -42,7 +42,7 @@ function record(): CalibrationRecord {
     version: 1, measured_at: "2026-12-07T00:00:00.000Z", cpu: "test-cpu", threads: 2, memory_bytes: 16 * 2 ** 30,
     gemm_flops: { float32: 5e10 }, gemm_shapes: [], memory_bandwidth: 2e10, collectives: null,
     gemm_table: table,
-    non_gemm: [{ dtype: "float32", threads: 2, bandwidth: 4e9, step_s: 0.01, model: { n_embd: 64, n_head: 4, block_size: 32, vocab_size: 512, micro_batch_size: 2 } },
+    non_gemm: [{ dtype: "float32", threads: 2, bandwidth: 4e9, head_bandwidth: 1e9, step_s: 0.01, model: { n_embd: 64, n_head: 4, block_size: 32, vocab_size: 512, micro_batch_size: 2 } },
       { dtype: "float32", threads: 1, bandwidth: 3e9, step_s: 0.02, model: { n_embd: 64, n_head: 4, block_size: 32, vocab_size: 512, micro_batch_size: 2 } }],
     op_overhead_s: 5e-6,
   };
@@ -61,6 +61,7 @@ test("cpuProfile() gives each rank the tables measured at its own thread count",
   assert.equal(gemmRate(one, qkv), 4e10, "1 process: the 2-thread rate");
   assert.equal(gemmRate(two, qkv), 2e10, "2 ranks on 2 threads: each the 1-thread rate");
   assert.deepEqual([one.elementwiseBandwidth, two.elementwiseBandwidth, one.opOverhead], [4e9, 3e9, 5e-6]);
+  assert.deepEqual([one.headBandwidth, two.headBandwidth], [1e9, undefined], "the head's rate where measured");
   // 4 ranks on 2 threads: 1 thread each, sharing the cores 2 to 1.
   const four = cpuProfile(rec, "float32", 4);
   assert.equal(gemmRate(four, qkv), 1e10);
@@ -92,7 +93,10 @@ test("predict() adds the non-GEMM traffic at the measured rate and the per-op co
   assert.ok(opsPerStep(c, base) > forwardBackwardOps(c, base), "AdamW's ops on top");
   assert.ok(forwardBackwardOps(c, { ...base, recompute: "full" }) > forwardBackwardOps(c, { ...base, recompute: "selective" }));
   const slowKernels = predict(c, base, cpuProfile({ ...rec, non_gemm: rec.non_gemm!.map((r) => ({ ...r, bandwidth: r.bandwidth / 2 })) }, "float32", 1));
-  assert.ok(slowKernels.step_time.compute > withOps.step_time.compute);
+  const t = trafficParts(c, base);
+  assert.ok(Math.abs(slowKernels.step_time.compute - withOps.step_time.compute - (t.layers + t.optimizer) / 4e9) < 1e-12, "blocks and AdamW at the block rate");
+  const slowHead = predict(c, base, cpuProfile({ ...rec, non_gemm: rec.non_gemm!.map((r) => ({ ...r, head_bandwidth: 5e8 })) }, "float32", 1));
+  assert.ok(Math.abs(slowHead.step_time.compute - withOps.step_time.compute - (t.head / 5e8 - t.head / 1e9)) < 1e-12, "the head at its own rate");
 });
 
 test("predict() charges measured collectives: dp all-reduce time grows with their latency", () => {
@@ -112,7 +116,8 @@ test("calibrate() measures GEMM, non-GEMM and per-op tables at a model's shapes 
   for (const s of shapes) assert.ok(rec.gemm_table!.some((r) => r.threads === 1 && r.mkn.join("x") === s && r.flops > 0), s);
   assert.equal(rec.non_gemm!.length, 1);
   assert.ok(rec.non_gemm![0]!.bandwidth > 0 && rec.non_gemm![0]!.step_s > 0);
-  assert.deepEqual(rec.non_gemm![0]!.model, { n_embd: 32, n_head: 2, block_size: 16, vocab_size: 128, micro_batch_size: 2 });
+  assert.deepEqual(rec.non_gemm![0]!.model, { n_embd: 32, n_head: 2, block_size: 16, vocab_size: 128, micro_batch_size: 2, n_layer: [1, 2] });
+  assert.ok(rec.non_gemm![0]!.head_bandwidth! > 0 && rec.non_gemm![0]!.steps_s!.length === 2);
   assert.ok(rec.op_overhead_s! > 0);
   const p = predict(c, base, cpuProfile(rec, "float32", 1));
   assert.ok(Number.isFinite(p.step_time.total) && p.step_time.total > 0);
@@ -173,6 +178,7 @@ test("Trainer: the first step's metrics row carries the planner's plan_* predict
     assert.deepEqual(Object.fromEntries(Object.keys(expect).map((k) => [k, rows[0]![k]])), expect);
     assert.equal(rows[0]!.plan_step_ms, undefined, "no calibration: no step-time prediction");
     assert.equal(rows[1]!.plan_params_mb, undefined, "only the first step");
+    for (const r of rows) assert.ok((r.step_cpu_ms as number) > 0, "every step reports its CPU time");
     // The parameters are predicted exactly (the planner counts what the allocator holds).
     assert.ok(Math.abs((rows[0]!.plan_params_mb as number) - (rows[0]!.mem_params_mb as number)) < 0.01, JSON.stringify(rows[0]));
   } finally {
