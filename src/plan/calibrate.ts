@@ -233,7 +233,8 @@ function nonGemmRate(c: PlanConfig, dtype: DType, rate: (mkn: [number, number, n
     return { step: best, rest: best - gemm - forwardBackwardOps(at, layout) * perOp, at };
   };
   const one = measure(1), many = measure(L2);
-  const perBlock = Math.max((many.rest - one.rest) / (L2 - 1), (many.step - one.step) / (L2 - 1) / 10);
+  // Floors keep both positive when noise makes the longer model's step look no slower.
+  const perBlock = Math.max((many.rest - one.rest) / (L2 - 1), many.step / L2 / 10);
   const head = Math.max(one.rest - perBlock, one.step / 10);
   const t1 = trafficParts(one.at, layout);
   return {
