@@ -127,7 +127,7 @@ export class ClassifyTask implements TrainTask {
     ctx: TaskContext,
   ) {
     this.tokensPerMicroBatch = c.train.micro_batch_size * maxLen;
-    this.flopsPerToken = model instanceof GPT2ForSequenceClassification ? model.flopsPerToken(maxLen) : 6 * model.numParameters();
+    this.flopsPerToken = model.flopsPerToken(maxLen);
     this.loader = new ExampleLoader({
       examples: train, microBatchSize: c.train.micro_batch_size, seed: c.train.seed, rank: ctx.rank, worldSize: ctx.dpSize,
       collate: (ex, rows) => collatePadded(ex, rows, padId, maxLen),

@@ -50,6 +50,18 @@ export class BertForSequenceClassification extends Module {
     this.bert.activationCheckpointing = v;
   }
 
+  /**
+   * Training FLOPs per token: 6 x the encoder layers' and embedding LayerNorm's parameters (the
+   * embeddings are lookups), attention's 12 L C T, and the pooler and classifier once per row.
+   */
+  flopsPerToken(T: number): number {
+    const count = (prefix: string) => this.namedParameters().filter(([n]) => n.startsWith(prefix)).reduce((s, [, p]) => s + p.numel, 0);
+    const c = this.bert.config;
+    const perToken = count("bert.encoder.") + count("bert.embeddings.LayerNorm.");
+    const perRow = count("bert.pooler.") + count("classifier.");
+    return 6 * (perToken + perRow / T) + 12 * c.nLayer * c.nEmbd * T;
+  }
+
   /** idx (B, T) int32 -> class logits (B, L) and, with labels, the loss. */
   forward(idx: Tensor, opts: BertClassifyOptions = {}): { logits: Tensor; loss: Tensor | null } {
     const h = this.bert.encode(idx, { ...(opts.tokenTypeIds ? { tokenTypeIds: opts.tokenTypeIds } : {}), ...(opts.attentionMask ? { attentionMask: opts.attentionMask } : {}) });   // (B, T, C)

@@ -93,8 +93,13 @@ export class GPT2ForSequenceClassification extends Module {
     });
   }
 
-  /** Training FLOPs per token: the transformer's (the head is negligible). */
+  /**
+   * Training FLOPs per token: 6 x the blocks' and final norm's parameters (the embeddings are
+   * lookups here: no LM head multiplies by wte) plus attention's 12 L C T; the head once per row.
+   */
   flopsPerToken(T: number): number {
-    return this.transformer.flopsPerToken(T);
+    const c = this.transformer.config;
+    const embeddings = this.transformer.wte.weight.numel + this.transformer.wpe.weight.numel;
+    return 6 * (this.transformer.numParameters() - embeddings + this.score.weight.numel / T) + 12 * c.nLayer * c.nEmbd * T;
   }
 }
