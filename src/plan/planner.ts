@@ -297,7 +297,11 @@ export function trafficParts(c: PlanConfig, l: Layout): { layers: number; head: 
   // Every layer's activations as if none were recomputed: recomputation rewrites them.
   const passes = 4 + (l.recompute === "full" ? 1 : 0);
   const layers = passes * l.microBatches * (L / l.pp) * activationLayerBytesAt(shape, "none", bytes);
-  const head = 4 * l.microBatches * (activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2;
+  // Under tp the cross-entropy is composed from ops (vocabParallelCrossEntropy): z = logits - max,
+  // exp(z) and a float one-hot, 3 more fp32 values per local logit, each written and read in the
+  // forward and backward, where the fused kernel moves none (stageMemory counts them too).
+  const composedCe = l.tp > 1 ? 3 * 4 * ((s * l.microBatchSize * V) / l.tp) : 0;
+  const head = 4 * l.microBatches * ((activationOutsideLayersBytes({ ...shape, V }).last * bytes) / 2 + composedCe);
   const psi = Math.max(stageParameters(c, l, 0), stageParameters(c, l, l.pp - 1));
   const optimizer = (28 * psi) / (l.zero >= 1 ? l.dp : 1);
   return { layers, head, optimizer };

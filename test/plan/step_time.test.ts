@@ -99,6 +99,16 @@ test("predict() adds the non-GEMM traffic at the measured rate and the per-op co
   assert.ok(Math.abs(slowHead.step_time.compute - withOps.step_time.compute - (t.head / 5e8 - t.head / 1e9)) < 1e-12, "the head at its own rate");
 });
 
+test("trafficParts() adds the composed vocab-parallel cross-entropy's z, exp(z) and one-hot under tp", () => {
+  const c = config();
+  const one = trafficParts(c, base), two = trafficParts(c, { ...base, tp: 2 });
+  const logitsPerRank = (32 * 2 * 512) / 2;
+  // The head's own activations shrink with tp (the logits split); the composed loss adds 4 passes x 3 fp32 values per local logit per micro-batch.
+  const tp2Fused = trafficParts({ ...c }, { ...base, tp: 2 }).head - 4 * 2 * 3 * 4 * logitsPerRank;
+  assert.ok(tp2Fused > 0 && tp2Fused < one.head);
+  assert.ok(two.head > tp2Fused);
+});
+
 test("predict() charges measured collectives: dp all-reduce time grows with their latency", () => {
   const rec = record();
   const c = config({}, {}, { dp: 2 });
