@@ -74,7 +74,10 @@ export interface CollectivesResult {
  * const { collectives, why } = measureCollectives(2); // a few seconds
  */
 export function measureCollectives(ranks = 2, timeoutS = 90, run: typeof spawnSync = spawnSync): CollectivesResult {
-  const env = { ...process.env, MEGALITH_NUM_THREADS: "1" };
+  // The ranks run the code this process runs: the TypeScript sources when it does (tests,
+  // `npm run bench`), where bin/megalith.js would otherwise prefer a compiled dist/.
+  const fromSource = import.meta.url.endsWith(".ts") ? { MEGALITH_FROM_SOURCE: "1" } : {};
+  const env = { ...process.env, ...fromSource, MEGALITH_NUM_THREADS: "1" };
   const r = run("mpirun", mpirunArgs(ranks, ["plan", "--collectives-worker"]), { encoding: "utf8", env, timeout: timeoutS * 1000, maxBuffer: 1 << 24 });
   if (r.error) {
     const code = (r.error as NodeJS.ErrnoException).code;
@@ -136,7 +139,8 @@ export function register(program: Command): void {
           : `collectives skipped (${coll.why})`;
         if (o.json) process.stdout.write(JSON.stringify(rec) + "\n");
         else process.stderr.write(`calibrated: GEMM ${Object.entries(rec.gemm_flops).map(([d, f]) => `${d} ${(f / 1e9).toFixed(0)} GFLOP/s`).join(", ")}; copy ${(rec.memory_bandwidth / 1e9).toFixed(1)} GB/s; ${said} -> ${calibrationFile()}\n`);
-        if (!o.config) return;
+        // --config alone named the shapes to calibrate at; with --world it is also planned.
+        if (!o.config || o.world === undefined) return;
       }
       if (!o.config) throw new ValueError("megalith plan needs --config FILE (or --calibrate alone)");
       if (o.world === undefined) throw new ValueError("megalith plan needs --world N: the ranks to plan for");

@@ -145,6 +145,14 @@ test("measureCollectives() skips with a reason when mpirun cannot run", () => {
   assert.deepEqual(ok.collectives?.kinds, kinds);
 });
 
+test("measureCollectives() measures every kind in a real 2-rank mpirun job", { timeout: 120_000 }, (t) => {
+  const r = measureCollectives(2, 100);
+  if (!r.collectives && /mpirun not found/.test(r.why)) return t.skip(r.why);
+  assert.ok(r.collectives, r.why);
+  assert.equal(r.collectives.ranks, 2);
+  for (const [kind, k] of Object.entries(r.collectives.kinds)) assert.ok(k.latency_s > 0 && k.bandwidth > 0 && Number.isFinite(k.bandwidth), `${kind}: ${JSON.stringify(k)}`);
+});
+
 test("predictRun() models GPT language-model runs only; memoryWarning() compares the ranks' peak with what is available", () => {
   const c = config();
   const p = predictRun(c, record())!;
