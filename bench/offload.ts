@@ -8,12 +8,14 @@
  *    and random gradients: ms per step, the bytes it streams, and where the time went (waiting
  *    for I/O, the AdamW kernel, host<->chunk copies).
  *  - training step: a GPT forward + backward + step with and without offload, so the overhead
- *    is seen against a whole step; the allocator's optimizer bytes beside it.
+ *    is seen against a whole step; the allocator's optimizer bytes beside it. Then the same in
+ *    bf16, where offload also moves the fp32 master weights out (bf16 parameters and gradients
+ *    stay resident): params + grads + optimizer bytes per parameter, in memory vs offloaded.
  */
 import { mkdtempSync, openSync, writeSync, fsyncSync, closeSync, readSync, rmSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
-import { GPT, AdamW, OffloadedAdamW, withScope, randint, randn, memoryStats, backend, type Optimizer, type Tensor } from "../src/index.js";
+import { GPT, AdamW, OffloadedAdamW, withScope, withAutocast, randint, randn, memoryStats, backend, type Optimizer, type Tensor } from "../src/index.js";
 import type { BenchResult } from "./main.js";
 
 const BLOCK = 32 * 2 ** 20;
@@ -72,12 +74,21 @@ async function timeSteps(opt: Optimizer, params: Tensor[], steps: number): Promi
   return times[Math.floor(times.length / 2)]!;
 }
 
-async function trainStepMs(offloadDir: string | null, steps: number, cfg: { L: number; C: number; H: number; T: number; V: number; B: number }): Promise<{ ms: number; optimizerMiB: number; params: number }> {
+/**
+ * Median ms of a GPT train step; `optimizerMiB` the optimizer's allocator bytes; `stateMiB` what
+ * params + grads + optimizer grew by over the freshly built fp32 model once the first step's
+ * gradients are complete (negative for the params when bf16 parameters replace them). `bf16`:
+ * the forward under autocast, and offload moves the fp32 masters out too (bf16 parameters).
+ */
+async function trainStepMs(offloadDir: string | null, steps: number, cfg: { L: number; C: number; H: number; T: number; V: number; B: number }, bf16 = false): Promise<{ ms: number; optimizerMiB: number; stateMiB: number; params: number }> {
   const gpt = new GPT({ nLayer: cfg.L, nHead: cfg.H, nEmbd: cfg.C, blockSize: cfg.T, vocabSize: cfg.V }, { seed: 1 });
   const params = gpt.parameters();
-  const before = memoryStats().live.optimizer;
-  const opt: Optimizer = offloadDir ? new OffloadedAdamW(params, { lr: 1e-4 }, { path: join(offloadDir, "train.bin"), chunkBytes: TRAIN_CHUNK }) : new AdamW(params, { lr: 1e-4 });
-  const optimizerMiB = (memoryStats().live.optimizer - before) / 2 ** 20;
+  const before = memoryStats().live;
+  const opt: Optimizer = offloadDir
+    ? new OffloadedAdamW(params, { lr: 1e-4 }, { path: join(offloadDir, "train.bin"), chunkBytes: TRAIN_CHUNK, ...(bf16 ? { masterDtype: "bfloat16" as const } : {}) })
+    : new AdamW(params, { lr: 1e-4 });
+  const optimizerMiB = (memoryStats().live.optimizer - before.optimizer) / 2 ** 20;
+  let stateMiB = 0;
   gpt.train();
   const times: number[] = [];
   for (let s = 0; s < steps + 1; s++) {
@@ -85,8 +96,12 @@ async function trainStepMs(offloadDir: string | null, steps: number, cfg: { L: n
     withScope(() => {
       const x = randint(0, cfg.V, [cfg.B, cfg.T], { seed: 10 + s, dtype: "int32" });
       const y = randint(0, cfg.V, [cfg.B, cfg.T], { seed: 20 + s, dtype: "int32" });
-      gpt.forward(x, y).loss!.backward();
+      withAutocast(bf16 ? "bfloat16" : null, () => gpt.forward(x, y)).loss!.backward();
     });
+    if (s === 0) {
+      const l = memoryStats().live;
+      stateMiB = (l.params + l.grads + l.optimizer - before.params - before.grads - before.optimizer) / 2 ** 20;
+    }
     await opt.step({ gradScale: 1 });
     opt.zeroGrad();
     if (s > 0) times.push(performance.now() - t0);
@@ -95,7 +110,7 @@ async function trainStepMs(offloadDir: string | null, steps: number, cfg: { L: n
   else for (const t of [...(opt as AdamW).m, ...(opt as AdamW).v]) t.dispose();
   for (const p of params) p.dispose();
   times.sort((a, b) => a - b);
-  return { ms: times[Math.floor(times.length / 2)]!, optimizerMiB, params: gpt.numParameters() };
+  return { ms: times[Math.floor(times.length / 2)]!, optimizerMiB, stateMiB, params: gpt.numParameters() };
 }
 
 export async function run(args: string[]): Promise<BenchResult> {
@@ -140,6 +155,15 @@ export async function run(args: string[]): Promise<BenchResult> {
       optimizer_mib_in_memory: +m.optimizerMiB.toFixed(1), optimizer_mib_offloaded: +o.optimizerMiB.toFixed(1),
       saved_bytes_per_param: +(((m.optimizerMiB - o.optimizerMiB) * 2 ** 20) / m.params).toFixed(2),
     });
+    const mb = await trainStepMs(null, trainSteps, cfg, true);
+    const ob = await trainStepMs(root, trainSteps, cfg, true);
+    rows.push({
+      name: `train step GPT ${cfg.L}L/${cfg.C} bf16, fp32 masters offloaded too`,
+      in_memory_ms: +mb.ms.toFixed(1), offloaded_ms: +ob.ms.toFixed(1), overhead_pct: +(100 * (ob.ms / mb.ms - 1)).toFixed(1),
+      state_mib_in_memory: +mb.stateMiB.toFixed(1), state_mib_offloaded: +ob.stateMiB.toFixed(1),
+      // params 4 -> 2, grads 4 -> 2, m and v 8 -> 0: ~12 less the chunk.
+      saved_bytes_per_param: +(((mb.stateMiB - ob.stateMiB) * 2 ** 20) / mb.params).toFixed(2),
+    });
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
@@ -149,7 +173,7 @@ export async function run(args: string[]): Promise<BenchResult> {
       date: new Date().toISOString().slice(0, 10), quick, threads: backend.numThreads(), kernels: backend.info().kernels,
       // The machine is shared: the 1-minute load at the start and the end, next to its cores.
       load_start: loadStart, load_end: +loadavg()[0]!.toFixed(1),
-      note: "reads are usually served by the page cache (no root to drop it); the offloaded bytes are m and v, 8 per parameter",
+      note: "reads are usually served by the page cache (no root to drop it); the offloaded bytes are m and v, 8 per parameter (fp32); with bf16 also the fp32 masters, and parameters and gradients stay bf16: 12 per parameter",
     },
     rows,
   };

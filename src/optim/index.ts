@@ -7,4 +7,4 @@ export {
   type AdamWOptions, type AdamWHyper,
 } from "./adamw.js";
 export { cosineLr, type CosineScheduleOptions } from "./schedule.js";
-export { OffloadFile, OffloadedAdamW, type OffloadOptions, type OffloadSegment, type OffloadTimings } from "./offload.js";
+export { OffloadFile, OffloadedAdamW, type OffloadOptions, type OffloadedAdamWOptions, type OffloadSegment, type OffloadTimings } from "./offload.js";

@@ -17,10 +17,12 @@
  * `adamwUpdate()` on views of the chunk: the same kernel call the in-memory AdamW makes, so the
  * results are bit-exact with it (tested with chunks that cut tensors anywhere).
  *
- * What is offloaded is m and v (8 bytes per parameter). The fp32 parameters stay resident: in
- * this runtime they are both the master weights and what the model computes with (bf16 mode
- * casts them at use), so there is no separate master copy to move out. ZeRO-Infinity's 12
- * bytes per parameter assume 16-bit resident weights beside an offloaded fp32 master.
+ * What is offloaded is m and v (8 bytes per parameter), and with `OffloadedAdamW`'s
+ * `masterDtype` (bf16 / fp16 training, one process, ZeRO 0) the fp32 master weights too: the
+ * chunk regions are then [m | v | master] (12 bytes per parameter, ZeRO-Infinity's figure), the
+ * parameters stay resident in the 16-bit dtype (so do their gradients), and each step writes
+ * the rounded master back into them. Without it the fp32 parameters stay resident: they are
+ * both the master weights and what the model computes with (bf16 mode casts them at use).
  *
  * The file is scratch: it is created empty (all zeros) by every run and never read across a
  * crash. Checkpoints hold the moments (read back from the file by `stateDict()`), and resuming
@@ -41,8 +43,8 @@ import {
 } from "./adamw.js";
 import type { AdamWState, GradNormResult, HostArray, HostOptimizerStateDict, Optimizer, OptimizerStateDict, StepOptions } from "./optimizer.js";
 
-/** Bytes of m and v per element. */
-const STATE_BYTES = 8;
+/** Bytes of one fp32 field (m, v or the master weight) per element. */
+const FIELD_BYTES = 4;
 /** Node's fs calls move at most 2 GiB at once; chunks stay well below. */
 const MAX_CHUNK_BYTES = 2 ** 30;
 /** Host buffers: one being read into, one being updated, one being written from. */
@@ -58,8 +60,13 @@ const READBACK_ELEMS = 64 * 1024;
 export interface OffloadOptions {
   /** The scratch file (its directory is created). Every run truncates it. */
   path: string;
-  /** Bytes of optimizer state (m and v together) per chunk. Default 32 MiB. */
+  /** Bytes of optimizer state (m and v, and the master with `master`) per chunk. Default 32 MiB. */
   chunkBytes?: number;
+  /**
+   * Hold a third fp32 field per element, the master weight, after m and v (OffloadedAdamW's
+   * `masterDtype`). It starts as zeros like m and v; the owner writes it. Default false.
+   */
+  master?: boolean;
   /** Delete the file on `close()`. Default true. */
   removeOnClose?: boolean;
 }
@@ -99,10 +106,12 @@ export class OffloadFile {
   readonly numel: number;
   /** Elements per chunk. */
   readonly chunkElems: number;
+  /** fp32 fields per element: 2 (m, v) or 3 (m, v, master). */
+  readonly fields: 2 | 3;
   readonly timings: OffloadTimings = { chunks: 0, bytesRead: 0, bytesWritten: 0, waitMs: 0, computeMs: 0, copyInMs: 0, copyOutMs: 0 };
   private fd: number;
   private readonly removeOnClose: boolean;
-  /** The resident chunk, [m(len) | v(len)] like the file's chunk regions. */
+  /** The resident chunk, [m(len) | v(len) (| master(len))] like the file's chunk regions. */
   private readonly chunk: Tensor;
   private readonly slots: Float32Array[];
   private busy = false;
@@ -110,19 +119,21 @@ export class OffloadFile {
   constructor(numel: number, opts: OffloadOptions) {
     if (!Number.isSafeInteger(numel) || numel < 0) throw new ValueError(`OffloadFile: numel must be a non-negative integer, got ${numel}`);
     const chunkBytes = opts.chunkBytes ?? 32 * 2 ** 20;
-    if (!(Number.isSafeInteger(chunkBytes) && chunkBytes >= STATE_BYTES && chunkBytes <= MAX_CHUNK_BYTES)) {
-      throw new ValueError(`OffloadFile: chunkBytes must be an integer from ${STATE_BYTES} (one element's m and v) to ${MAX_CHUNK_BYTES}, got ${chunkBytes}`);
+    this.fields = opts.master ? 3 : 2;
+    const elemBytes = this.fields * FIELD_BYTES;
+    if (!(Number.isSafeInteger(chunkBytes) && chunkBytes >= elemBytes && chunkBytes <= MAX_CHUNK_BYTES)) {
+      throw new ValueError(`OffloadFile: chunkBytes must be an integer from ${elemBytes} (one element's state) to ${MAX_CHUNK_BYTES}, got ${chunkBytes}`);
     }
     this.path = opts.path;
     this.numel = numel;
-    this.chunkElems = Math.max(1, Math.min(Math.floor(chunkBytes / STATE_BYTES), numel));
+    this.chunkElems = Math.max(1, Math.min(Math.floor(chunkBytes / elemBytes), numel));
     this.removeOnClose = opts.removeOnClose ?? true;
     mkdirSync(dirname(opts.path), { recursive: true });
     // "w+": a fresh file every run; the holes ftruncate leaves read as zeros (AdamW's initial state).
     this.fd = openSync(opts.path, "w+", 0o600);
-    ftruncateSync(this.fd, numel * STATE_BYTES);
-    this.chunk = withCategory("optimizer", () => keep(Tensor.empty([2 * this.chunkElems])));
-    this.slots = Array.from({ length: SLOTS }, () => new Float32Array(2 * this.chunkElems));
+    ftruncateSync(this.fd, numel * elemBytes);
+    this.chunk = withCategory("optimizer", () => keep(Tensor.empty([this.fields * this.chunkElems])));
+    this.slots = Array.from({ length: SLOTS }, () => new Float32Array(this.fields * this.chunkElems));
   }
 
   /** Number of chunks. */
@@ -132,20 +143,20 @@ export class OffloadFile {
 
   /** Bytes resident for streaming: the chunk tensor plus the three host buffers. */
   get residentBytes(): number {
-    return (1 + SLOTS) * this.chunkElems * STATE_BYTES;
+    return (1 + SLOTS) * this.chunkElems * this.fields * FIELD_BYTES;
   }
 
   /**
    * Streams every chunk that holds part of a segment through memory: `fn(seg, from, n, m, v)`
    * is called for each part of each segment inside a chunk, `from` being the part's first
-   * element within the segment, `m`/`v` 1-D views (n elements) of the chunk that `fn` updates
-   * in place. Segments must not overlap; chunks no segment touches are neither read nor
+   * element within the segment, `m`/`v` (and `w`, the master, when the file holds one) 1-D
+   * views (n elements) of the chunk that `fn` updates in place. Segments must not overlap; chunks no segment touches are neither read nor
    * written. Resolves once every updated chunk is back in the file.
    */
-  async update<S extends OffloadSegment>(segments: readonly S[], fn: (seg: S, from: number, n: number, m: Tensor, v: Tensor) => void): Promise<void> {
+  async update<S extends OffloadSegment>(segments: readonly S[], fn: (seg: S, from: number, n: number, m: Tensor, v: Tensor, w: Tensor | null) => void): Promise<void> {
     this.checkOpen();
     if (this.busy) throw new ValueError(`OffloadFile ${this.path}: update() called while another update is running (await it first)`);
-    const C = this.chunkElems;
+    const C = this.chunkElems, F = this.fields;
     const byChunk = new Map<number, S[]>();
     for (const s of segments) {
       if (!(s.start >= 0 && s.len >= 0 && s.start + s.len <= this.numel)) {
@@ -175,8 +186,8 @@ export class OffloadFile {
     const startRead = (i: number): Promise<void> => {
       const issue = () => {
         const k = order[i]!, len = this.chunkLen(k);
-        t.bytesRead += 2 * len * 4;
-        return _readAt(this.fd, new Uint8Array(this.slots[i % SLOTS]!.buffer, 0, 2 * len * 4), k * C * STATE_BYTES);
+        t.bytesRead += F * len * FIELD_BYTES;
+        return _readAt(this.fd, new Uint8Array(this.slots[i % SLOTS]!.buffer, 0, F * len * FIELD_BYTES), k * C * F * FIELD_BYTES);
       };
       const prev = writes[i - SLOTS];
       return !prev || written[i - SLOTS] ? issue() : prev.then(issue);
@@ -185,10 +196,10 @@ export class OffloadFile {
       reads[0] = _handled(startRead(0));
       for (let i = 0; i < order.length; i++) {
         const k = order[i]!, len = this.chunkLen(k), base = k * C;
-        const slot = this.slots[i % SLOTS]!.subarray(0, 2 * len);
+        const slot = this.slots[i % SLOTS]!.subarray(0, F * len);
         await wait(reads[i]);
         let t0 = performance.now();
-        const view = noGrad(() => this.chunk.narrow(0, 0, 2 * len));
+        const view = noGrad(() => this.chunk.narrow(0, 0, F * len));
         backend.write(view, slot);
         view.dispose();
         t.copyInMs += performance.now() - t0;
@@ -197,25 +208,26 @@ export class OffloadFile {
         for (const s of byChunk.get(k)!) {
           const lo = Math.max(s.start, base), hi = Math.min(s.start + s.len, base + len);
           if (hi <= lo) continue;
-          const [m, v] = noGrad(() => [this.chunk.narrow(0, lo - base, hi - lo), this.chunk.narrow(0, len + lo - base, hi - lo)]);
+          const [m, v, w] = noGrad(() => [0, 1, 2].slice(0, F).map((f) => this.chunk.narrow(0, f * len + lo - base, hi - lo)));
           try {
-            fn(s, lo - s.start, hi - lo, m, v);
+            fn(s, lo - s.start, hi - lo, m!, v!, w ?? null);
           } finally {
-            m.dispose();
-            v.dispose();
+            m!.dispose();
+            v!.dispose();
+            w?.dispose();
           }
         }
         t.computeMs += performance.now() - t0;
         t0 = performance.now();
-        for (let e = 0; e < 2 * len; e += READBACK_ELEMS) {
-          const n = Math.min(READBACK_ELEMS, 2 * len - e);
+        for (let e = 0; e < F * len; e += READBACK_ELEMS) {
+          const n = Math.min(READBACK_ELEMS, F * len - e);
           const piece = noGrad(() => this.chunk.narrow(0, e, n));
           slot.set(new Float32Array(backend.read(piece, n)), e);
           piece.dispose();
         }
         t.copyOutMs += performance.now() - t0;
-        writes[i] = _handled(_writeAt(this.fd, new Uint8Array(slot.buffer, 0, 2 * len * 4), base * STATE_BYTES).then(() => { written[i] = true; }));
-        t.bytesWritten += 2 * len * 4;
+        writes[i] = _handled(_writeAt(this.fd, new Uint8Array(slot.buffer, 0, F * len * FIELD_BYTES), base * F * FIELD_BYTES).then(() => { written[i] = true; }));
+        t.bytesWritten += F * len * FIELD_BYTES;
         t.chunks++;
       }
       await wait(Promise.all(writes).then(() => undefined));
@@ -228,23 +240,47 @@ export class OffloadFile {
 
   /** m and v of flat elements [start, start + len), read synchronously (checkpoints). */
   readRange(start: number, len: number): { m: Float32Array; v: Float32Array } {
-    this.checkRange(start, len);
-    const m = new Float32Array(len), v = new Float32Array(len);
-    this.eachChunkPart(start, len, (pos, chunkBase, chunkLen, off, n) => {
-      _readSyncAt(this.fd, new Uint8Array(m.buffer, pos * 4, n * 4), (chunkBase * 2 + off) * 4);
-      _readSyncAt(this.fd, new Uint8Array(v.buffer, pos * 4, n * 4), (chunkBase * 2 + chunkLen + off) * 4);
-    });
-    return { m, v };
+    return { m: this.readField(0, start, len), v: this.readField(1, start, len) };
   }
 
   /** Overwrites m and v of flat elements [start, start + m.length) (restoring a checkpoint). */
   writeRange(start: number, m: Float32Array, v: Float32Array): void {
     if (m.length !== v.length) throw new ValueError(`OffloadFile.writeRange: m has ${m.length} elements, v ${v.length}`);
-    this.checkRange(start, m.length);
-    this.eachChunkPart(start, m.length, (pos, chunkBase, chunkLen, off, n) => {
-      _writeSyncAt(this.fd, new Uint8Array(m.buffer, m.byteOffset + pos * 4, n * 4), (chunkBase * 2 + off) * 4);
-      _writeSyncAt(this.fd, new Uint8Array(v.buffer, v.byteOffset + pos * 4, n * 4), (chunkBase * 2 + chunkLen + off) * 4);
+    this.writeField(0, start, m);
+    this.writeField(1, start, v);
+  }
+
+  /** The master weights of flat elements [start, start + len) (a file opened with `master`). */
+  readMaster(start: number, len: number): Float32Array {
+    return this.readField(2, start, len);
+  }
+
+  /** Overwrites the master weights of flat elements [start, start + w.length). */
+  writeMaster(start: number, w: Float32Array): void {
+    this.writeField(2, start, w);
+  }
+
+  /** Field f (0 m, 1 v, 2 master) of a range, read synchronously. */
+  private readField(f: number, start: number, len: number): Float32Array {
+    this.checkField(f);
+    this.checkRange(start, len);
+    const out = new Float32Array(len);
+    this.eachChunkPart(start, len, (pos, chunkBase, chunkLen, off, n) => {
+      _readSyncAt(this.fd, new Uint8Array(out.buffer, pos * FIELD_BYTES, n * FIELD_BYTES), (chunkBase * this.fields + f * chunkLen + off) * FIELD_BYTES);
     });
+    return out;
+  }
+
+  private writeField(f: number, start: number, a: Float32Array): void {
+    this.checkField(f);
+    this.checkRange(start, a.length);
+    this.eachChunkPart(start, a.length, (pos, chunkBase, chunkLen, off, n) => {
+      _writeSyncAt(this.fd, new Uint8Array(a.buffer, a.byteOffset + pos * FIELD_BYTES, n * FIELD_BYTES), (chunkBase * this.fields + f * chunkLen + off) * FIELD_BYTES);
+    });
+  }
+
+  private checkField(f: number): void {
+    if (f >= this.fields) throw new ValueError(`OffloadFile ${this.path} holds m and v only (no master weights); open it with master: true`);
   }
 
   /** Zeroes the I/O accounting. */
@@ -338,9 +374,26 @@ function _writeSyncAt(fd: number, src: Uint8Array, position: number): void {
   for (let done = 0; done < src.length;) done += writeSync(fd, src, done, src.length - done, position + done);
 }
 
+/** OffloadedAdamW's options: the file's, plus where the master weights live. */
+export interface OffloadedAdamWOptions extends OffloadOptions {
+  /**
+   * Offload the fp32 master weights too, and keep the parameters resident in this 16-bit dtype
+   * (bf16 / fp16 training). The constructor moves each float32 parameter's values into the file
+   * and replaces its data with the rounded copy; gradients then arrive in that dtype. Default:
+   * none (float32 parameters stay resident and are the master weights).
+   */
+  masterDtype?: "bfloat16" | "float16";
+}
+
 /**
  * AdamW with m and v offloaded to disk (see the file comment): same math, same kernel, same
  * state dict as `AdamW`, but `step()` is async (it streams the moments through memory).
+ *
+ * With `masterDtype` the fp32 master weights live in the file too (12 bytes per parameter on
+ * disk): each chunk's update reads master/m/v, runs the same `adamwUpdate()` on the fp32 master
+ * (the kernel widens the 16-bit gradient), writes them back, and copies the rounded master into
+ * the resident 16-bit parameter. Code that reads or writes whole weights (checkpoints, export)
+ * goes through `withMasterParams()`, which swaps the fp32 masters in for its duration.
  * @example
  * const opt = new OffloadedAdamW(model.parameters(), { lr: 6e-4 }, { path: "out/offload/rank00000.bin" });
  * loss.backward(); await opt.step(); opt.zeroGrad();
@@ -359,7 +412,10 @@ export class OffloadedAdamW implements Optimizer {
   readonly file: OffloadFile;
   private readonly offsets: number[] = [];
 
-  constructor(params: Tensor[], adam: AdamWOptions, offload: OffloadOptions) {
+  /** The resident parameters' dtype when the masters are offloaded, else null. */
+  readonly masterDtype: "bfloat16" | "float16" | null;
+
+  constructor(params: Tensor[], adam: AdamWOptions, offload: OffloadedAdamWOptions) {
     this.params = params;
     const r = resolveAdamWOptions(adam);
     this.lr = r.lr;
@@ -368,11 +424,31 @@ export class OffloadedAdamW implements Optimizer {
     this.weightDecay = r.weightDecay;
     let total = 0;
     for (const p of params) {
-      if (p.dtype !== "float32" || !p.isContiguous) throw new ValueError(`OffloadedAdamW: parameter ${p.name ?? ""} must be a contiguous float32 tensor`);
+      if (p.dtype !== "float32" || !p.isContiguous) throw new ValueError(`OffloadedAdamW: parameter ${p.name ?? ""} must be a contiguous float32 tensor, got ${p.dtype}${p.isContiguous ? "" : " (strided)"}`);
       this.offsets.push(total);
       total += p.numel;
     }
-    this.file = new OffloadFile(total, offload);
+    this.masterDtype = offload.masterDtype ?? null;
+    if (this.masterDtype !== null && this.masterDtype !== "bfloat16" && this.masterDtype !== "float16") {
+      throw new ValueError(`OffloadedAdamW: masterDtype must be "bfloat16" or "float16", got ${JSON.stringify(this.masterDtype)}`);
+    }
+    const { masterDtype: _, ...fileOpts } = offload;
+    this.file = new OffloadFile(total, { ...fileOpts, master: this.masterDtype !== null });
+    if (this.masterDtype) {
+      // The masters move out one parameter at a time: resident memory never holds both copies.
+      this.params.forEach((p, i) => {
+        this.file.writeMaster(this.offsets[i]!, p.data() as Float32Array);
+        this.setResident(p, p);
+      });
+    }
+  }
+
+  /** Replaces p's data by `src` rounded to the resident dtype (a parameter's own storage). */
+  private setResident(p: Tensor, src: Tensor): void {
+    noGrad(() => {
+      const c = withCategory("params", () => src.to(this.masterDtype!));
+      p.setData_(c);
+    });
   }
 
   /** One update of every parameter that has a gradient, chunk by chunk through the file. */
@@ -381,11 +457,18 @@ export class OffloadedAdamW implements Optimizer {
     this.stepCount++;
     const scale = opts.gradScale ?? 1;
     const segments = this.params.flatMap((p, i) => (p.grad ? [{ start: this.offsets[i]!, len: p.numel, param: i }] : []));
-    await this.file.update(segments, (s, from, n, m, v) => {
+    await this.file.update(segments, (s, from, n, m, v, master) => {
       const p = this.params[s.param]!;
       const [w, g] = noGrad(() => [_flatRange(p, from, n), _flatRange(p.grad!, from, n)]);
       try {
-        adamwUpdate(w, g, m, v, adamwStepHyper(this, this.stepCount, p.ndim, scale));
+        // With offloaded masters the update runs on the fp32 master (the kernel widens the
+        // 16-bit gradient), and the resident parameter takes its rounded copy.
+        adamwUpdate(master ?? w, g, m, v, adamwStepHyper(this, this.stepCount, p.ndim, scale));
+        if (master) noGrad(() => {
+          const low = master.to(this.masterDtype!);  // (n,) rounded to nearest even
+          w.copy_(low);
+          low.dispose();
+        });
       } finally {
         w.dispose();
         g.dispose();
@@ -445,6 +528,33 @@ export class OffloadedAdamW implements Optimizer {
       }
       this.file.writeRange(this.offsets[i]!, m[i]!.data() as Float32Array, v[i]!.data() as Float32Array);
     });
+  }
+
+  /**
+   * Runs `fn` with the fp32 master weights in the parameters (read from the file), e.g. to
+   * save a checkpoint or export a model; afterwards the parameters hold the 16-bit rounding of
+   * what they hold then. `writeBack`: what `fn` wrote into the parameters (a checkpoint being
+   * loaded) becomes the new masters. Without offloaded masters it just runs `fn`.
+   * @example
+   * await opt.withMasterParams(() => writeSafetensors(file, gptToRecords(model)));
+   */
+  async withMasterParams<T>(fn: () => T | Promise<T>, opts: { writeBack?: boolean } = {}): Promise<T> {
+    if (!this.masterDtype) return await fn();
+    this.params.forEach((p, i) => {
+      const w = withCategory("params", () => tensor(this.file.readMaster(this.offsets[i]!, p.numel), { shape: p.shape }));
+      noGrad(() => p.setData_(w));
+    });
+    try {
+      return await fn();
+    } finally {
+      this.params.forEach((p, i) => {
+        if (opts.writeBack) {
+          if (p.dtype !== "float32") throw new ValueError(`OffloadedAdamW.withMasterParams: parameter ${p.name ?? i} became ${p.dtype} inside fn; expected float32`);
+          this.file.writeMaster(this.offsets[i]!, p.data() as Float32Array);
+        }
+        this.setResident(p, p);
+      });
+    }
   }
 
   /** Closes and deletes the scratch file. */

@@ -41,7 +41,7 @@ import { ValueError } from "../core/errors.js";
 import { GPT, BertForPreTraining, BertForSequenceClassification, type ActivationCheckpointing } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { join } from "node:path";
-import { AdamW, OffloadedAdamW, type AdamWOptions, type Optimizer, type GradNormScope, type OffloadOptions } from "../optim/index.js";
+import { AdamW, OffloadedAdamW, type AdamWOptions, type Optimizer, type GradNormScope, type OffloadedAdamWOptions } from "../optim/index.js";
 import type { Tensor } from "../tensor/index.js";
 import type { ProcessGroup } from "./collectives.js";
 import { DataParallel } from "./data_parallel.js";
@@ -105,9 +105,10 @@ export interface ParallelizeConfig {
   /**
    * Offload AdamW's moments to disk (ZeRO-Infinity, optim/offload.ts): each rank streams its
    * state (its shard under ZeRO) from a scratch file in `dir`. Data parallelism and ZeRO only.
-   * Default: in memory.
+   * Default: in memory. `masterDtype` (bf16 / fp16 training): the fp32 master weights go to the
+   * file too and the parameters stay resident in that dtype (one process, ZeRO 0 only).
    */
-  offload?: { dir: string; chunkBytes?: number };
+  offload?: { dir: string; chunkBytes?: number; masterDtype?: "bfloat16" | "float16" };
   /** A micro-batch's forward and loss for models other than the GPT language model (see schedule.ts). */
   forwardBatch?: BatchForward;
 }
@@ -262,7 +263,7 @@ const dataParallel: Stage = (ctx) => {
       ctx.applied.push(`DDP (dp=${group.size})`);
     }
     ctx.optimizer = offload ? new OffloadedAdamW(params, config.optimizer ?? {}, offload) : new AdamW(params, config.optimizer);
-    if (offload) ctx.applied.push("optimizer state offloaded to disk");
+    if (offload) ctx.applied.push(offload.masterDtype ? `fp32 master weights and optimizer state offloaded to disk (${offload.masterDtype} parameters)` : "optimizer state offloaded to disk");
     return;
   }
   if (![1, 2, 3].includes(zero)) throw new ValueError(`parallelize: zero must be 0, 1, 2 or 3, got ${String(zero)}`);
@@ -287,13 +288,22 @@ const dataParallel: Stage = (ctx) => {
  * offload. Refused with model parallelism: its optimizers (tp/pp logical checkpoints, ep's
  * split AdamW) keep their state in memory.
  */
-function offloadOptions(ctx: Context): OffloadOptions | undefined {
+function offloadOptions(ctx: Context): OffloadedAdamWOptions | undefined {
   const o = ctx.config.offload;
   if (!o) return undefined;
   const split = (["tp", "pp", "ep"] as const).filter((a) => ctx.mesh.sizes[a] > 1);
   if (split.length) throw new ValueError(`parallelize: parallel.offload "disk" works with data parallelism and ZeRO only, not with ${split.map((a) => `${a}=${ctx.mesh.sizes[a]}`).join(", ")}`);
+  // Offloaded masters leave 16-bit parameters and gradients: DDP's bucketed all-reduce and
+  // ZeRO's flat shards are written for float32 ones, so those layouts are refused, not guessed at.
+  if (o.masterDtype && ((ctx.config.zero ?? 0) !== 0 || ctx.mesh.world.size > 1)) {
+    throw new ValueError(`parallelize: offloading the fp32 master weights (parallel.offload "disk" with ${o.masterDtype} training) works with one process and parallel.zero 0 only, ` +
+      `got zero=${ctx.config.zero ?? 0} on ${ctx.mesh.world.size} process(es); train in fp32 to offload the moments alone under DDP or ZeRO`);
+  }
   const rank = String(ctx.mesh.world.rank).padStart(5, "0");
-  return { path: join(o.dir, `adamw-moments-rank${rank}.bin`), ...(o.chunkBytes !== undefined ? { chunkBytes: o.chunkBytes } : {}) };
+  return {
+    path: join(o.dir, `adamw-moments-rank${rank}.bin`), ...(o.chunkBytes !== undefined ? { chunkBytes: o.chunkBytes } : {}),
+    ...(o.masterDtype ? { masterDtype: o.masterDtype } : {}),
+  };
 }
 
 /** The stages, in the order they apply. */
@@ -336,7 +346,8 @@ export function parallelize<M extends ParallelModel>(model: M, mesh: DeviceMesh,
     optimizer,
     gradSync,
     dpGroup: mesh.dataGroup(),
-    withFullParams: async (fn, opts) => (fsdp ? await fsdp.withFullParams(fn, opts) : await fn()),
+    // Offloaded masters: whole-model reads and writes see (and set) the fp32 masters.
+    withFullParams: async (fn, opts) => (fsdp ? await fsdp.withFullParams(fn, opts) : optimizer instanceof OffloadedAdamW ? await optimizer.withMasterParams(fn, opts) : await fn()),
     fsdp,
     applied: ctx.applied,
     schedule,

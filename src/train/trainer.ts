@@ -24,7 +24,7 @@ function fmtEta(seconds: number): string {
 }
 import { getRngState, setRngState, manualSeed } from "../core/rng_state.js";
 import { tensor, withScope, memoryStats, resetPeakMemory, type Tensor } from "../tensor/index.js";
-import { PrecisionPolicy, type LossScalerState } from "./precision.js";
+import { PRECISION_DTYPE, PrecisionPolicy, type LossScalerState } from "./precision.js";
 import { noGrad } from "../autograd/index.js";
 import type { GPTOutput } from "../models/index.js";
 import { cosineLr, type AdamWState, type HostArray, type HostOptimizerStateDict, type Optimizer, type OptimizerStateDict } from "../optim/index.js";
@@ -270,7 +270,11 @@ export class Trainer {
       sequenceParallel: pc.sp,
       pipeline: { schedule: pc.pp_schedule, virtualStages: pc.pp_schedule === "interleaved" ? pc.pp_virtual_stages : 1, layers: pc.pp_layers },
       ...(this.task.forwardBatch ? { forwardBatch: this.task.forwardBatch } : {}),
-      ...(pc.offload === "disk" ? { offload: { dir: pc.offload_dir ?? join(c.out_dir, "offload"), chunkBytes: Math.round(pc.offload_chunk_mb * 2 ** 20) } } : {}),
+      ...(pc.offload === "disk" ? { offload: {
+        dir: pc.offload_dir ?? join(c.out_dir, "offload"), chunkBytes: Math.round(pc.offload_chunk_mb * 2 ** 20),
+        // Mixed precision: the fp32 master weights go to the file too; the parameters stay 16-bit.
+        ...(c.train.precision !== "fp32" ? { masterDtype: PRECISION_DTYPE[c.train.precision] as "bfloat16" | "float16" } : {}),
+      } } : {}),
     });
     this.optimizer = this.parallel.optimizer;
     this.moeMetrics = new MoEMetrics(this.model);
