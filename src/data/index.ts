@@ -50,5 +50,5 @@ export { MLM_IGNORE_INDEX, maskExample, maskingVocab, resolveMasking } from "./m
 export type { MaskingOptions, MaskingVocab, MaskKey } from "./mlm_masking.js";
 export { MlmLoader, mlmEvalBatches, mlmEvalBatchCount } from "./mlm_loader.js";
 export type { MlmBatch, MlmLoaderOptions, MlmLoaderState, MlmEvalBatchesOptions } from "./mlm_loader.js";
-export { readRows, readLabelledTexts, readSftExamples, seededSplit } from "./labelled.js";
+export { readRows, readLabelledTexts, readSftExamples, seededSplit, seededPermutation } from "./labelled.js";
 export type { LabelledText, ChatMessage, SftExample, FieldOptions } from "./labelled.js";

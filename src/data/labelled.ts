@@ -113,16 +113,30 @@ export function readSftExamples(file: string, opts: FieldOptions = {}): SftExamp
   });
 }
 
-/** splitmix32: a small seeded generator for the split's shuffle. */
-function splitmix32(seed: number): () => number {
+/**
+ * A seeded permutation of [0, n): Fisher-Yates over splitmix32. The fine-tuning split and the
+ * example loader's epochs both shuffle with it.
+ * @example
+ * seededPermutation(5, 1);   // the same order on every rank and run
+ */
+export function seededPermutation(n: number, seed: number): Int32Array {
+  const p = new Int32Array(n);
+  for (let i = 0; i < n; i++) p[i] = i;
   let s = seed >>> 0;
-  return () => {
+  const rand = () => {
     s = (s + 0x9e3779b9) >>> 0;
     let z = s;
     z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
     z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
     return ((z ^ (z >>> 16)) >>> 0) / 2 ** 32;
   };
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    const t = p[i]!;
+    p[i] = p[j]!;
+    p[j] = t;
+  }
+  return p;
 }
 
 /**
@@ -133,12 +147,7 @@ function splitmix32(seed: number): () => number {
  */
 export function seededSplit<T>(items: readonly T[], valFraction: number, seed: number): { train: T[]; val: T[] } {
   if (!(valFraction >= 0 && valFraction < 1)) throw new ValueError(`val fraction must be in [0, 1), got ${valFraction}`);
-  const order = items.map((_, i) => i);
-  const rand = splitmix32(seed);
-  for (let i = order.length - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
+  const order = Array.from(seededPermutation(items.length, seed));
   const nVal = Math.round(items.length * valFraction);
   const nTrain = items.length - nVal;
   return { train: order.slice(0, nTrain).map((i) => items[i]!), val: order.slice(nTrain).map((i) => items[i]!) };

@@ -9,28 +9,8 @@
  */
 import { ValueError } from "../core/errors.js";
 import type { MicroBatch } from "../parallel/index.js";
+import { seededPermutation as permutation } from "../data/index.js";
 import type { TaskLoader } from "./task.js";
-
-/** A seeded permutation of [0, n) (Fisher-Yates over splitmix32). */
-export function permutation(n: number, seed: number): Int32Array {
-  const p = new Int32Array(n);
-  for (let i = 0; i < n; i++) p[i] = i;
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x9e3779b9) >>> 0;
-    let z = s;
-    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-    return ((z ^ (z >>> 16)) >>> 0) / 2 ** 32;
-  };
-  for (let i = n - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    const t = p[i]!;
-    p[i] = p[j]!;
-    p[j] = t;
-  }
-  return p;
-}
 
 /** Position of an ExampleLoader: samples consumed by the whole data-parallel group. */
 export interface ExampleLoaderState {
