@@ -65,7 +65,7 @@ function handleStopSignals(trainer: Trainer, say: (line: string) => void): () =>
 export function register(program: Command): void {
   program
     .command("train")
-    .description("train a GPT from a JSON config (see configs/tiny.json)")
+    .description("train a GPT, or a BERT (model.type \"bert\"), from a JSON config (see configs/tiny.json)")
     .requiredOption("--config <file>", "training config (JSON)")
     .option("--set <key=value...>", "override config keys, e.g. --set train.max_steps=20 out_dir=runs/x", [])
     .option("--resume", "continue from the newest complete checkpoint in out_dir", false)
