@@ -90,6 +90,7 @@ export function finetuneConfig(o: FinetuneFlags): Record<string, unknown> {
       throw new FormatError(o.config, `cannot read it as JSON (${(e as Error).message})`);
     }
   }
+  const model = modelSection(o.model);   // a bad --model is named before the data is read
   const batch = num("batch-size", o.batchSize, true) ?? 8;
   const valFraction = o.valFraction !== undefined ? Number(o.valFraction) : 0.2;
   if (!(valFraction >= 0 && valFraction < 1)) throw new ValueError(`--val-fraction must be in [0, 1), got ${JSON.stringify(o.valFraction)}`);
@@ -105,7 +106,7 @@ export function finetuneConfig(o: FinetuneFlags): Record<string, unknown> {
     : undefined;
   const flags: Record<string, unknown> = {
     out_dir: o.out ?? `runs/finetune-${basename(o.data).replace(/\.[^.]+$/, "")}`,
-    model: { ...modelSection(o.model), init_from: o.fromScratch ? null : o.model },
+    model: { ...model, init_from: o.fromScratch ? null : o.model },
     data: { tokenizer: o.model },
     train: { max_steps: steps, micro_batch_size: batch, log_interval: Math.max(1, Math.floor(steps / 20)) },
     optimizer: { lr: num("lr", o.lr) ?? 5e-5, warmup_steps: Math.min(100, Math.floor(steps / 10)), weight_decay: 0.01, betas: [0.9, 0.999] },
