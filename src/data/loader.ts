@@ -18,6 +18,7 @@
 
 import { join } from "node:path";
 import { FormatError, ValueError } from "../core/errors.js";
+import { restoredPosition } from "./_loader_state.js";
 import { IndexPermutation, splitU53 } from "./_permutation.js";
 import { readMeta, requireTask, type PreparedMeta, type Split } from "./meta.js";
 import { ShardReader, readShardHeader } from "./shards.js";
@@ -258,21 +259,7 @@ export class TokenLoader {
    * ValueError if it was saved for another split, seed, blockSize, shuffle setting or dataset.
    */
   restore(state: TokenLoaderState): void {
-    const s = state as Partial<TokenLoaderState> | null;
-    if (s?.kind !== "megalith-token-loader" || s.version !== 1) {
-      throw new ValueError(`not a TokenLoader state (version 1): ${JSON.stringify(state)?.slice(0, 200)}`);
-    }
-    const mine = this.state();
-    for (const key of ["split", "seed", "shuffle", "blockSize", "windows"] as const) {
-      if (s[key] !== mine[key]) {
-        throw new ValueError(
-          `cannot restore loader state: it was saved with ${key} = ${JSON.stringify(s[key])}, this loader has ${JSON.stringify(mine[key])}` +
-            (key === "windows" ? " (the prepared data differs from the data the state was saved on)" : ""),
-        );
-      }
-    }
-    if (!Number.isSafeInteger(s.position) || s.position! < 0) throw new ValueError(`loader state position must be a non-negative integer, got ${s.position}`);
-    this.position = s.position!;
+    this.position = restoredPosition(state, this.state(), ["split", "seed", "shuffle", "blockSize", "windows"], "windows", "a TokenLoader");
   }
 
   /** Closes the shard files. */

@@ -19,6 +19,7 @@
 
 import { join } from "node:path";
 import { FormatError, ValueError } from "../core/errors.js";
+import { restoredPosition } from "./_loader_state.js";
 import { IndexPermutation, splitU53 } from "./_permutation.js";
 import { readMeta, requireTask, type MlmInfo, type PreparedMeta, type Split } from "./meta.js";
 import { MLM_IGNORE_INDEX, maskExample, maskingVocab, resolveMasking, type MaskingOptions, type MaskingVocab } from "./mlm_masking.js";
@@ -330,22 +331,7 @@ export class MlmLoader {
    * was saved for another split, seed, shuffle setting, masking rule or dataset.
    */
   restore(state: MlmLoaderState): void {
-    const s = state as Partial<MlmLoaderState> | null;
-    if (s?.kind !== "megalith-mlm-loader" || s.version !== 1) {
-      throw new ValueError(`not an MlmLoader state (version 1): ${JSON.stringify(state)?.slice(0, 200)}`);
-    }
-    const mine = this.state();
-    const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
-    for (const key of ["split", "seed", "shuffle", "masking", "examples"] as const) {
-      if (!same(s[key], mine[key])) {
-        throw new ValueError(
-          `cannot restore loader state: it was saved with ${key} = ${JSON.stringify(s[key])}, this loader has ${JSON.stringify(mine[key])}` +
-            (key === "examples" ? " (the prepared data differs from the data the state was saved on)" : ""),
-        );
-      }
-    }
-    if (!Number.isSafeInteger(s.position) || s.position! < 0) throw new ValueError(`loader state position must be a non-negative integer, got ${s.position}`);
-    this.position = s.position!;
+    this.position = restoredPosition(state, this.state(), ["split", "seed", "shuffle", "masking", "examples"], "examples", "an MlmLoader");
   }
 
   /** Closes the index and shard files. */
